@@ -1,0 +1,1 @@
+"""Reading slides: OpenSlide and plain images, tissue detection, tile grids, demo slides."""

@@ -1,0 +1,79 @@
+"""Writing small pyramidal slides: the demo slide and test fixtures.
+
+OpenSlide reads a tiled, JPEG-compressed pyramidal TIFF whose first ImageDescription starts
+with ``Aperio Image Library`` as an Aperio SVS, including its ``MPP`` and ``AppMag``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from skimage.transform import resize
+
+__all__ = ["demo_ihc_image", "write_demo_slide", "write_svs"]
+
+
+def write_svs(
+    path: str | Path,
+    rgb: np.ndarray,
+    *,
+    mpp: float = 0.25,
+    magnification: int = 40,
+    tile: int = 256,
+    min_level_size: int = 512,
+    quality: int = 90,
+) -> Path:
+    """Write ``rgb`` (rows, cols, 3) uint8 as a pyramidal Aperio SVS that OpenSlide opens.
+
+    Levels halve in size until the longer side is below ``min_level_size``. Returns the path.
+    The file is written beside the target and renamed, so it appears whole or not at all.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows, cols = rgb.shape[:2]
+    description = (
+        f"Aperio Image Library v12.0.0\r\n{cols}x{rows} [0,0 {cols}x{rows}] ({tile}x{tile}) "
+        f"JPEG Q={quality}|AppMag = {magnification}|MPP = {mpp}"
+    )
+    tmp = path.with_name(path.name + ".partial")
+    with tifffile.TiffWriter(tmp, bigtiff=False) as tif:
+        level = np.ascontiguousarray(rgb, dtype=np.uint8)
+        first = True
+        while True:
+            tif.write(
+                level,
+                tile=(tile, tile),
+                photometric="rgb",
+                compression="jpeg",
+                compressionargs={"level": quality},
+                description=description if first else None,
+                metadata=None,
+                subfiletype=0 if first else 1,
+            )
+            first = False
+            if max(level.shape[:2]) // 2 < min_level_size:
+                break
+            half = (level.shape[0] // 2, level.shape[1] // 2)
+            level = (resize(level, half, anti_aliasing=True, preserve_range=True)).astype(np.uint8)
+    tmp.replace(path)
+    return path
+
+
+def demo_ihc_image(*, repeats: int = 2) -> np.ndarray:
+    """scikit-image's real IHC image (DAB + hematoxylin), mirrored into a larger field.
+
+    Returns an array of shape (512 * repeats, 512 * repeats, 3), uint8. Mirroring keeps
+    the tissue continuous across copies so the demo slide needs several tiles.
+    """
+    from skimage import data
+
+    base = data.immunohistochemistry()
+    row = np.concatenate([base if i % 2 == 0 else base[:, ::-1] for i in range(repeats)], axis=1)
+    return np.concatenate([row if i % 2 == 0 else row[::-1] for i in range(repeats)], axis=0)
+
+
+def write_demo_slide(path: str | Path, *, repeats: int = 2) -> Path:
+    """Write the demo slide: the mirrored scikit-image IHC field as a 40x (0.25 µm/px) SVS."""
+    return write_svs(path, demo_ihc_image(repeats=repeats), mpp=0.25, magnification=40)

@@ -1,0 +1,60 @@
+"""Shared fixtures: the real data in ../shared/data, synthetic slides, and Ray settings."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Ray 2.60 on one machine: no token auth file, no usage stats, a private temp dir.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="nucflow-ray-"))
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data folder beside the project (never copied into it)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared data not found at {SHARED_DATA}; tests need ../shared/data")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def demo_svs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo slide: scikit-image's IHC image mirrored to 1024x1024, 0.25 µm/px, pyramidal SVS."""
+    from nucflow.slide.synthetic import write_demo_slide
+
+    return write_demo_slide(tmp_path_factory.mktemp("slides") / "demo.svs")
+
+
+@pytest.fixture(scope="session")
+def small_svs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 768x640 synthetic SVS: tissue-coloured blobs on white, 0.5 µm/px, two levels."""
+    from nucflow.slide.synthetic import write_svs
+
+    rng = np.random.default_rng(0)
+    rows, cols = 640, 768
+    rgb = np.full((rows, cols, 3), 242, np.uint8)
+    rgb[100:540, 120:650] = (200, 170, 190)
+    rr, cc = np.mgrid[:rows, :cols]
+    for r, c in rng.integers((110, 130), (530, 640), size=(60, 2)):
+        blob = (rr - r) ** 2 + (cc - c) ** 2 < 36
+        rgb[blob] = (80, 60, 120)
+    return write_svs(tmp_path_factory.mktemp("slides") / "small.svs", rgb, mpp=0.5, min_level_size=256)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole test session (2 CPUs, no dashboard), shut down at the end."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
