@@ -1,0 +1,1 @@
+"""Click commands, one module each; see nucflow.cli."""

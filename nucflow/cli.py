@@ -1,0 +1,32 @@
+"""The ``nucflow`` command line: click commands that only parse options and call the library.
+
+Each command lives in ``nucflow/_cli/<name>.py`` and is registered on the group below.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from nucflow import __version__
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nucflow")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Unsupervised nuclei segmentation of IHC whole-slide images, on Ray, Zarr and Dask."""
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    from nucflow._cli import segment
+
+    main.add_command(segment.segment)
+
+
+_register()
