@@ -24,9 +24,7 @@ def main(verbose: int) -> None:
 
 
 def _register() -> None:
-    from nucflow._cli import segment
-
-    main.add_command(segment.segment)
+    pass
 
 
 _register()
