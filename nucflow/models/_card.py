@@ -1,0 +1,138 @@
+"""The model card: everything needed to rebuild and correctly apply a trained segmentator."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nucflow.errors import ModelError
+
+__all__ = ["CARD_FORMAT", "CARD_VERSION", "ModelCard", "NORMALISATIONS", "STAIN_PROFILES"]
+
+CARD_FORMAT = "nucflow-model-card"
+CARD_VERSION = 1
+#: "minus_one_one": RGB in [0, 1] is mapped to [-1, 1] before the UNet (pix2pix convention).
+NORMALISATIONS = ("minus_one_one",)
+#: "ki67": R and D_R work on RGB; "her2": on the hematoxylin channel only (membranous stains).
+STAIN_PROFILES = ("ki67", "her2")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Description of a trained segmentator S, stored as JSON beside its weights.
+
+    Attributes
+    ----------
+    architecture : str
+        "unet" (pix2pix UNet, see :class:`nucflow.models.UNet`).
+    ngf, depth, norm, dropout, dropout_blocks, max_mult : UNet hyper-parameters.
+    r : float
+        Sharpening factor multiplying the logits before the sigmoid.
+    mpp : float
+        Working resolution in µm/px; images are resampled to it before the model.
+    tile_size : int
+        Side in px (at ``mpp``) of the tiles the model was trained on and should see.
+    normalisation : str
+        How RGB in [0, 1] is normalised before the UNet (see ``NORMALISATIONS``).
+    stain_profile : str
+        "ki67" or "her2" (see ``STAIN_PROFILES``).
+    training : Mapping
+        Summary of the training run (data, config, command).
+    steps : int
+        Optimiser steps of the exported checkpoint.
+    losses : Mapping
+        Loss terms of the exported checkpoint.
+    software_version : str
+        nucflow version that wrote the card.
+    model_id : str
+        First 16 hex digits of the SHA-256 of the weights file.
+    """
+
+    architecture: str = "unet"
+    ngf: int = 64
+    depth: int = 8
+    norm: str = "batch"
+    dropout: float = 0.5
+    dropout_blocks: int = 3
+    max_mult: int = 8
+    r: float = 60.0
+    mpp: float = 0.5
+    tile_size: int = 256
+    normalisation: str = "minus_one_one"
+    stain_profile: str = "ki67"
+    training: Mapping[str, Any] = field(default_factory=dict)
+    steps: int = 0
+    losses: Mapping[str, float] = field(default_factory=dict)
+    software_version: str = ""
+    model_id: str = ""
+    format: str = CARD_FORMAT
+    format_version: int = CARD_VERSION
+
+    @property
+    def input_multiple(self) -> int:
+        """Image sides given to the model must be multiples of this (``2**depth``)."""
+        return 2**self.depth
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Channel widths of the UNet's encoder levels, outermost first."""
+        return tuple(self.ngf * min(2**level, self.max_mult) for level in range(self.depth))
+
+    def to_json(self) -> str:
+        """The card as JSON (derived fields ``input_multiple`` and ``widths`` included)."""
+        data = dataclasses.asdict(self)
+        data["input_multiple"] = self.input_multiple
+        data["widths"] = list(self.widths)
+        return json.dumps(data, indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "<card>") -> ModelCard:
+        """Parse and validate a card; anything not understood is a :class:`ModelError`."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"model card {source} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ModelError(f"model card {source} must be a JSON object")
+        _check_format(data, source)
+        derived = {k: data.pop(k) for k in ("input_multiple", "widths") if k in data}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ModelError(f"model card {source} has unknown field {unknown[0]!r}")
+        card = cls(**data)
+        card.validate(source=source)
+        if derived.get("input_multiple", card.input_multiple) != card.input_multiple:
+            raise ModelError(f"model card {source}: input_multiple disagrees with depth")
+        return card
+
+    def validate(self, *, source: str = "<card>") -> None:
+        """Raise :class:`ModelError` if a field holds a value this version cannot apply."""
+        checks = [
+            (self.architecture == "unet", f"architecture {self.architecture!r} (expected 'unet')"),
+            (self.norm in ("batch", "instance", "none"), f"norm {self.norm!r}"),
+            (self.normalisation in NORMALISATIONS, f"normalisation {self.normalisation!r}"),
+            (self.stain_profile in STAIN_PROFILES, f"stain_profile {self.stain_profile!r}"),
+            (self.depth >= 2 and self.ngf >= 1, f"depth {self.depth} / ngf {self.ngf}"),
+            (self.mpp > 0 and self.r > 0, f"mpp {self.mpp} / r {self.r}"),
+            (self.tile_size % self.input_multiple == 0, f"tile_size {self.tile_size}"),
+        ]
+        for ok, what in checks:
+            if not ok:
+                raise ModelError(f"model card {source}: unsupported {what}")
+
+
+def _check_format(data: Mapping[str, Any], source: str) -> None:
+    fmt, version = data.get("format"), data.get("format_version")
+    if fmt != CARD_FORMAT:
+        raise ModelError(
+            f"model card {source} has format {fmt!r}, not {CARD_FORMAT!r}; not a nucflow model"
+        )
+    if version != CARD_VERSION:
+        raise ModelError(
+            f"model card {source} has format_version {version!r}; this nucflow reads "
+            f"version {CARD_VERSION} only: upgrade nucflow or re-export the model"
+        )

@@ -1,0 +1,140 @@
+"""Safe weights I/O (safetensors + JSON card) and the inference-ready segmentator."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from nucflow import __version__
+from nucflow.errors import ModelError
+from nucflow.models._card import ModelCard
+from nucflow.models._networks import UNet
+
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "LoadedModel",
+    "Segmentator",
+    "build_unet",
+    "default_model_path",
+    "load_model",
+    "save_model",
+]
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
+
+
+def build_unet(card: ModelCard) -> UNet:
+    """The segmentator's UNet (3 -> 1 channels) described by ``card``, randomly initialised."""
+    return UNet(
+        3, 1, ngf=card.ngf, depth=card.depth, norm=card.norm, dropout=card.dropout,
+        dropout_blocks=card.dropout_blocks, max_mult=card.max_mult,
+    )
+
+
+class Segmentator(nn.Module):
+    """RGB (N, 3, H, W) float32 in [0, 1] -> nucleus probability (N, 1, H, W) in [0, 1].
+
+    Normalises to [-1, 1], runs the UNet, multiplies the logits by ``r`` and applies the
+    sigmoid. H and W must be multiples of ``unet.input_multiple``.
+    """
+
+    def __init__(self, unet: UNet, *, r: float) -> None:
+        super().__init__()
+        self.unet = unet
+        self.r = float(r)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.r * self.unet(rgb * 2.0 - 1.0))
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A validated model: its card and its UNet weights (CPU tensors)."""
+
+    card: ModelCard
+    state_dict: dict[str, torch.Tensor]
+    path: Path
+
+    def build(self, device: str | torch.device = "cpu") -> Segmentator:
+        """The segmentator in eval mode on ``device`` (see :class:`Segmentator`)."""
+        unet = build_unet(self.card)
+        _load_state(unet, self.state_dict, self.path)
+        return Segmentator(unet, r=self.card.r).to(device).eval()
+
+
+def _load_state(unet: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        unet.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelError(
+            f"weights {path} do not match the architecture in their model card: {first}"
+        ) from None
+
+
+def _file_id(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def save_model(path: str | Path, unet: nn.Module, card: ModelCard) -> ModelCard:
+    """Write ``unet``'s weights to ``path`` (.safetensors) and its card beside it (.json).
+
+    ``path`` may also be a folder, which then holds ``model.safetensors`` + ``model.json``.
+    Returns the card as written (``model_id`` and ``software_version`` filled in).
+    """
+    weights, card_path = _paths(Path(path), creating=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
+    save_file(state, str(weights), metadata={"format": card.format})
+    written = dataclasses.replace(card, model_id=_file_id(weights), software_version=__version__)
+    card_path.write_text(written.to_json() + "\n")
+    return written
+
+
+def _paths(path: Path, *, creating: bool = False) -> tuple[Path, Path]:
+    if path.is_dir() or (creating and path.suffix == ""):
+        path.mkdir(parents=True, exist_ok=True)
+        return path / "model.safetensors", path / "model.json"
+    if path.suffix != ".safetensors":
+        raise ModelError(f"model path {path} must be a .safetensors file or a folder")
+    return path, path.with_suffix(".json")
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Load and validate a model: a .safetensors file with its ``.json`` card, or a folder.
+
+    Raises :class:`ModelError` when a file is missing or corrupt, the card is not
+    understood, the weights hash differs from the card's ``model_id``, or the weights do
+    not fit the card's architecture.
+    """
+    weights, card_path = _paths(Path(path))
+    for p, what in ((weights, "weights"), (card_path, "model card")):
+        if not p.is_file():
+            raise ModelError(f"model {what} {p} does not exist")
+    card = ModelCard.from_json(card_path.read_text(), source=str(card_path))
+    if card.model_id and card.model_id != _file_id(weights):
+        raise ModelError(
+            f"weights {weights} do not match their model card {card_path} (model_id "
+            f"{card.model_id} != file hash {_file_id(weights)}): the files were mixed up or altered"
+        )
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"weights {weights} are corrupt or not safetensors: {exc}") from None
+    model = LoadedModel(card=card, state_dict=state, path=weights)
+    _load_state(build_unet(card), state, weights)
+    return model
+
+
+def default_model_path() -> Path | None:
+    """The bundled default model's weights file, or None when none ships."""
+    weights = DEFAULT_MODEL_DIR / "model.safetensors"
+    if weights.is_file() and weights.with_suffix(".json").is_file():
+        return weights
+    return None
