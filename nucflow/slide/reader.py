@@ -1,0 +1,309 @@
+"""One small class that reads any slide at any resolution.
+
+OpenSlide reads the whole-slide formats (.svs .ndpi .mrxs .scn .tiff .vms .bif DICOM ...);
+plain images (PNG, JPEG, TIFF including single-level OME-TIFF) are decoded into memory with
+tifffile or imageio. Both sit behind :class:`Slide`, whose :meth:`Slide.read` returns a
+region at a requested resolution in that resolution's pixel grid.
+
+Resampling is defined per output pixel (its centre maps to a fixed position of the source
+level), so a region read whole and the same region read as tiles agree pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from scipy import ndimage
+
+from nucflow.errors import InputError, SlideError
+
+__all__ = ["Slide", "open_slide", "safe_slide_name"]
+
+_PLAIN_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+_WHITE = 255
+
+
+class _Backend(Protocol):
+    """What a slide format has to provide: level geometry and raw level reads."""
+
+    level_shapes: list[tuple[int, int]]  # (rows, cols) per level
+    level_downsamples: list[float]
+
+    def read_level(self, level: int, row: int, col: int, rows: int, cols: int) -> np.ndarray:
+        """RGB uint8 (rows, cols, 3) of ``level``; white past the edges."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _OpenSlideBackend:
+    def __init__(self, handle: object) -> None:
+        self._slide = handle
+        self.level_shapes = [(h, w) for w, h in handle.level_dimensions]  # type: ignore[attr-defined]
+        self.level_downsamples = [float(d) for d in handle.level_downsamples]  # type: ignore[attr-defined]
+
+    def read_level(self, level: int, row: int, col: int, rows: int, cols: int) -> np.ndarray:
+        downsample = self.level_downsamples[level]
+        # OpenSlide takes its location as level-0 (x, y) and its size as level (width, height).
+        location = (round(col * downsample), round(row * downsample))
+        rgba = np.asarray(self._slide.read_region(location, level, (cols, rows)))  # type: ignore[attr-defined]
+        return _rgba_on_white(rgba)
+
+    def close(self) -> None:
+        self._slide.close()  # type: ignore[attr-defined]
+
+
+class _ArrayBackend:
+    def __init__(self, rgb: np.ndarray) -> None:
+        self._rgb = rgb
+        self.level_shapes = [rgb.shape[:2]]
+        self.level_downsamples = [1.0]
+
+    def read_level(self, level: int, row: int, col: int, rows: int, cols: int) -> np.ndarray:
+        out = np.full((rows, cols, 3), _WHITE, np.uint8)
+        r0, c0 = max(row, 0), max(col, 0)
+        r1, c1 = min(row + rows, self._rgb.shape[0]), min(col + cols, self._rgb.shape[1])
+        if r1 > r0 and c1 > c0:
+            out[r0 - row : r1 - row, c0 - col : c1 - col] = self._rgb[r0:r1, c0:c1]
+        return out
+
+    def close(self) -> None:
+        self._rgb = np.empty((0, 0, 3), np.uint8)
+
+
+def _rgba_on_white(rgba: np.ndarray) -> np.ndarray:
+    """Composite OpenSlide's premultiplied RGBA onto white (transparent past the slide edge)."""
+    rgb = rgba[..., :3].astype(np.uint16)
+    alpha = rgba[..., 3:4].astype(np.uint16)
+    return (rgb + (255 - alpha)).clip(0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class _Opened:
+    backend: _Backend
+    mpp: float | None
+    vendor: str
+
+
+class Slide:
+    """A slide opened for reading at any resolution.
+
+    Use :func:`open_slide` to make one. ``mpp`` is the level-0 resolution in µm/px and
+    ``size`` the level-0 (rows, cols).
+    """
+
+    def __init__(self, path: Path, opened: _Opened, *, mpp: float) -> None:
+        self.path = path
+        self.name = path.name
+        self.mpp = mpp
+        self.vendor = opened.vendor
+        self._backend = opened.backend
+        self.size: tuple[int, int] = opened.backend.level_shapes[0]
+
+    def __repr__(self) -> str:
+        return f"Slide({str(self.path)!r}, mpp={self.mpp:.4g}, size={self.size}, vendor={self.vendor!r})"
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def shape_at(self, mpp: float) -> tuple[int, int]:
+        """(rows, cols) of the whole slide at resolution ``mpp``."""
+        scale = self.mpp / mpp
+        return (max(1, math.ceil(self.size[0] * scale)), max(1, math.ceil(self.size[1] * scale)))
+
+    def read(self, *, mpp: float, row: int, col: int, rows: int, cols: int) -> np.ndarray:
+        """Read a region at resolution ``mpp`` (µm/px), in that resolution's pixel grid.
+
+        Parameters
+        ----------
+        mpp : float
+            Target resolution in µm per pixel.
+        row, col : int
+            Top-left corner of the region, in target-resolution pixels (may be negative).
+        rows, cols : int
+            Region size in target-resolution pixels.
+
+        Returns
+        -------
+        np.ndarray
+            (rows, cols, 3) uint8 RGB; white past the slide's edges.
+        """
+        downsample = mpp / self.mpp
+        level = self._level_for(downsample)
+        scale = downsample / self._backend.level_downsamples[level]
+        try:
+            if abs(scale - 1.0) < 1e-9:
+                return self._backend.read_level(level, row, col, rows, cols)
+            return self._resampled(level, scale, row, col, rows, cols)
+        except SlideError:
+            raise
+        except Exception as exc:
+            raise SlideError(
+                f"cannot read region (row {row}, col {col}, {rows}x{cols} at {mpp} µm/px) "
+                f"of slide {self.path}: {exc}; the file may be truncated or corrupt"
+            ) from exc
+
+    def thumbnail(self, *, max_size: int = 1024) -> tuple[np.ndarray, float]:
+        """The whole slide with its longer side at most ``max_size`` pixels.
+
+        Returns the (rows, cols, 3) uint8 image and its resolution in µm/px.
+        """
+        mpp = max(self.mpp, self.mpp * max(self.size) / max_size)
+        rows, cols = self.shape_at(mpp)
+        return self.read(mpp=mpp, row=0, col=0, rows=rows, cols=cols), mpp
+
+    def _level_for(self, downsample: float) -> int:
+        """The coarsest level at least as fine as ``downsample`` (never upsample from coarse)."""
+        candidates = [i for i, d in enumerate(self._backend.level_downsamples) if d <= downsample + 1e-6]
+        return max(candidates, key=lambda i: self._backend.level_downsamples[i]) if candidates else 0
+
+    def _resampled(self, level: int, scale: float, row: int, col: int, rows: int, cols: int) -> np.ndarray:
+        # Output pixel centre r + 0.5 sits at source coordinate (r + 0.5) * scale - 0.5.
+        sigma = max(0.0, (scale - 1.0) / 2.0)
+        margin = int(math.ceil(4 * sigma)) + 2
+        src_r0 = math.floor((row + 0.5) * scale - 0.5) - margin
+        src_c0 = math.floor((col + 0.5) * scale - 0.5) - margin
+        src_rows = math.ceil(rows * scale) + 2 * margin + 1
+        src_cols = math.ceil(cols * scale) + 2 * margin + 1
+        src = self._backend.read_level(level, src_r0, src_c0, src_rows, src_cols).astype(np.float32)
+        if sigma > 0:
+            src = ndimage.gaussian_filter(src, sigma=(sigma, sigma, 0), mode="nearest")
+        rr = (np.arange(row, row + rows) + 0.5) * scale - 0.5 - src_r0
+        cc = (np.arange(col, col + cols) + 0.5) * scale - 0.5 - src_c0
+        grid = np.meshgrid(rr, cc, indexing="ij")
+        out = np.empty((rows, cols, 3), np.float32)
+        for channel in range(3):
+            out[..., channel] = ndimage.map_coordinates(src[..., channel], grid, order=1, mode="nearest")
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
+    """Open a whole-slide image or plain image.
+
+    Parameters
+    ----------
+    path : str or Path
+        Any format OpenSlide reads, or a PNG/JPEG/TIFF/OME-TIFF image.
+    mpp : float, optional
+        Level-0 resolution in µm/px; overrides the file's metadata. Required when the file
+        carries none.
+
+    Raises
+    ------
+    SlideError
+        The file is missing, not an image, unreadable, or has no known resolution.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SlideError(f"slide {path} does not exist; check the path")
+    if path.is_dir() and path.suffix.lower() not in {".mrxs", ".dcm"}:
+        raise SlideError(f"slide {path} is a folder, not a slide file")
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise InputError(f"--mpp must be a positive number of µm per pixel, got {mpp}")
+    opened = _open_openslide(path) or _open_plain(path)
+    resolution = mpp if mpp is not None else opened.mpp
+    if resolution is None or not resolution > 0:
+        opened.backend.close()
+        raise SlideError(
+            f"slide {path} has no resolution in its metadata; pass --mpp with its µm per pixel "
+            "(e.g. --mpp 0.25 for 40x, --mpp 0.5 for 20x)"
+        )
+    return Slide(path, opened, mpp=float(resolution))
+
+
+def _open_openslide(path: Path) -> _Opened | None:
+    import openslide
+
+    try:
+        handle = openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError:
+        return None
+    except openslide.OpenSlideError as exc:
+        raise SlideError(f"OpenSlide cannot open slide {path}: {exc}; the file may be truncated") from exc
+    props = handle.properties
+    mpp_x = props.get(openslide.PROPERTY_NAME_MPP_X)
+    mpp = float(mpp_x) if mpp_x not in (None, "") else None
+    vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
+    return _Opened(_OpenSlideBackend(handle), mpp, vendor)
+
+
+def _open_plain(path: Path) -> _Opened:
+    if path.suffix.lower() not in _PLAIN_SUFFIXES:
+        raise SlideError(
+            f"{path} is not a slide: neither OpenSlide nor the plain-image reader knows the "
+            f"format {path.suffix or '(no suffix)'}; use a whole-slide file or PNG/JPEG/TIFF"
+        )
+    try:
+        if path.suffix.lower() in {".tif", ".tiff"}:
+            rgb, mpp = _read_tiff(path)
+        else:
+            import imageio.v3 as iio
+
+            rgb, mpp = iio.imread(path), None
+    except Exception as exc:
+        raise SlideError(f"cannot decode image {path}: {exc}; the file may be truncated or corrupt") from exc
+    return _Opened(_ArrayBackend(_as_rgb(rgb, path)), mpp, "plain-image")
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        rgb = page.asarray()
+        mpp = _ome_mpp(tif.ome_metadata) if tif.is_ome else None
+        return rgb, mpp if mpp is not None else _tag_mpp(page)
+
+
+def _ome_mpp(ome_xml: str | None) -> float | None:
+    match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', ome_xml or "")
+    if match is None:
+        return None
+    unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', ome_xml or "")
+    factor = {"nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(unit.group(1) if unit else "µm", 1.0)
+    return float(match.group(1)) * factor
+
+
+def _tag_mpp(page: object) -> float | None:
+    tags = page.tags  # type: ignore[attr-defined]
+    res, unit = tags.get("XResolution"), tags.get("ResolutionUnit")
+    if res is None or unit is None:
+        return None
+    numerator, denominator = res.value
+    pixels_per_unit = numerator / denominator if denominator else 0
+    microns = {2: 25400.0, 3: 10000.0}.get(int(unit.value))
+    return microns / pixels_per_unit if microns and pixels_per_unit > 1 else None
+
+
+def _as_rgb(image: np.ndarray, path: Path) -> np.ndarray:
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise SlideError(f"image {path} has shape {image.shape}; expected an RGB or RGBA image")
+    if image.dtype != np.uint8:
+        raise SlideError(f"image {path} has dtype {image.dtype}; expected 8-bit RGB")
+    return np.ascontiguousarray(image[..., :3])
+
+
+def safe_slide_name(path: str | Path) -> str:
+    """A file-system-safe output folder name for a slide: its stem without odd characters."""
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    else:
+        name = Path(name).stem
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return cleaned or "slide"
