@@ -1,0 +1,16 @@
+"""From a probability map to a table of nuclei: labelling, features, tables and pictures.
+
+In memory, :func:`label_nuclei` applies the paper's post-processing to a whole map; for a
+slide, :func:`nuclei_table` runs the same steps on overlapping Dask blocks of a Zarr map and
+returns one row per nucleus, which the writers save as GeoParquet or QuPath GeoJSON.
+"""
+
+from nucflow.postprocess._config import PostprocessConfig, load_stain_profile, stain_profiles
+from nucflow.postprocess._label import label_nuclei
+
+__all__ = [
+    "PostprocessConfig",
+    "label_nuclei",
+    "load_stain_profile",
+    "stain_profiles",
+]

@@ -1,0 +1,107 @@
+"""Post-processing settings per stain profile (``configs/stains/<name>.yaml``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from nucflow.config import CONFIG_DIR, load_config
+from nucflow.errors import ConfigError
+
+__all__ = ["PixelSizes", "PostprocessConfig", "load_stain_profile", "stain_profiles"]
+
+STAIN_DIR = CONFIG_DIR / "stains"
+
+
+@dataclass(frozen=True)
+class PixelSizes:
+    """The physical settings of a :class:`PostprocessConfig` in pixels of one resolution."""
+
+    min_distance: int
+    min_area: int
+    max_diameter: int
+    max_hole_area: int
+    erosion: int
+    halo: int
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """How a probability map becomes labelled nuclei, and when a nucleus is DAB-positive.
+
+    Pixel settings (``median_size``, ``opening_radius``, ``closing_radius``) apply at the
+    probability map's resolution; physical ones (µm, µm²) are converted with its µm/px.
+    """
+
+    stain_profile: str = "ki67"
+    threshold: float = 0.5
+    median_size: int = 5
+    opening_radius: int = 1
+    closing_radius: int = 1
+    fill_holes: bool = True
+    min_distance_um: float = 3.0
+    min_area_um2: float = 10.0
+    max_diameter_um: float = 30.0
+    erosion_um: float = 0.0
+    dab_threshold: float = 0.15
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"threshold must lie in (0, 1), got {self.threshold}")
+        if self.median_size < 1 or self.median_size % 2 == 0:
+            raise ConfigError(f"median_size must be an odd number >= 1, got {self.median_size}")
+        for name in ("opening_radius", "closing_radius", "erosion_um", "min_area_um2"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("min_distance_um", "max_diameter_um"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    def in_pixels(self, mpp: float) -> PixelSizes:
+        """The physical settings at ``mpp`` µm/px, and the block halo they need."""
+        if not mpp > 0:
+            raise ConfigError(f"mpp must be > 0 µm/px, got {mpp}")
+        diameter = math.ceil(self.max_diameter_um / mpp)
+        erosion = round(self.erosion_um / mpp)
+        min_distance = max(1, round(self.min_distance_um / mpp))
+        # Each filter reaches this far beyond a nucleus; the halo must cover a whole nucleus
+        # plus every footprint so a block sees what the whole map would.
+        reach = (
+            self.median_size // 2
+            + 2 * (self.opening_radius + self.closing_radius)
+            + min_distance
+            + erosion
+        )
+        return PixelSizes(
+            min_distance=min_distance,
+            min_area=math.ceil(self.min_area_um2 / mpp**2),
+            max_diameter=diameter,
+            max_hole_area=math.ceil(math.pi * diameter**2 / 4),
+            erosion=erosion,
+            halo=diameter + reach + 2,
+        )
+
+
+def stain_profiles() -> list[str]:
+    """Names of the stain profiles shipped in ``configs/stains``."""
+    return sorted(p.stem for p in STAIN_DIR.glob("*.yaml"))
+
+
+def load_stain_profile(name_or_path: str | Path) -> PostprocessConfig:
+    """Load a stain profile by name (``"ki67"``, ``"her2"``) or from a YAML file path.
+
+    Raises
+    ------
+    ConfigError
+        If the name is unknown, the file is missing, or it holds an unknown key.
+    """
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = STAIN_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ConfigError(
+                f"unknown stain profile {str(name_or_path)!r}; "
+                f"known: {', '.join(stain_profiles())}, or pass a .yaml file"
+            )
+    return load_config(PostprocessConfig, path)

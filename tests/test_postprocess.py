@@ -1,0 +1,110 @@
+"""In-memory post-processing: the paper's labelling steps and the stain profiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from nucflow.errors import ConfigError, InputError
+from nucflow.postprocess import PostprocessConfig, label_nuclei, load_stain_profile
+
+MPP = 0.5
+KI67 = PostprocessConfig()
+
+
+def discs(shape: tuple[int, int], centres: list[tuple[int, int]], radius: float) -> np.ndarray:
+    """A uint8 probability map (230 inside discs, 20 outside)."""
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    inside = np.zeros(shape, bool)
+    for r, c in centres:
+        inside |= (rr - r) ** 2 + (cc - c) ** 2 <= radius**2
+    return np.where(inside, 230, 20).astype(np.uint8)
+
+
+def test_isolated_discs_become_one_nucleus_each_at_their_centre():
+    centres = [(20, 20), (20, 70), (60, 40), (90, 90)]
+    labels = label_nuclei(discs((120, 120), centres, 7), mpp=MPP, config=KI67)
+    assert labels.dtype == np.int32
+    assert labels.max() == len(centres)
+    found = ndi.center_of_mass(labels > 0, labels, range(1, labels.max() + 1))
+    assert np.allclose(sorted(found), sorted(centres), atol=0.01)
+
+
+def test_two_touching_discs_are_split():
+    labels = label_nuclei(discs((60, 80), [(30, 28), (30, 48)], 11), mpp=MPP, config=KI67)
+    assert labels.max() == 2
+    assert labels[30, 22] != labels[30, 54]
+
+
+def test_float_and_uint8_maps_give_the_same_labels():
+    prob = discs((80, 80), [(25, 25), (50, 55)], 8)
+    as_float = label_nuclei(prob / 255.0, mpp=MPP, config=KI67)
+    assert np.array_equal(as_float, label_nuclei(prob, mpp=MPP, config=KI67))
+
+
+def test_small_specks_and_huge_blobs_are_dropped():
+    prob = discs((200, 200), [(20, 20), (40, 150)], 2)  # 13 px < 10 µm² / 0.25 = 40 px
+    prob[80:180, 60:180] = 230  # 100 px = 50 µm wide, above max_diameter_um 30
+    prob[20:34, 100:114] = 230
+    labels = label_nuclei(prob, mpp=MPP, config=KI67)
+    assert labels.max() == 1
+    assert labels[27, 107] == 1
+
+
+def test_hole_filling_turns_a_ring_into_a_filled_nucleus():
+    rr, cc = np.mgrid[:60, :60]
+    radius = np.hypot(rr - 30, cc - 30)
+    prob = np.where((radius <= 12) & (radius >= 6), 230, 20).astype(np.uint8)
+    filled = label_nuclei(prob, mpp=MPP, config=KI67)
+    hollow = label_nuclei(prob, mpp=MPP, config=PostprocessConfig(fill_holes=False))
+    assert filled.max() == 1 and filled[30, 30] == 1
+    assert hollow[30, 30] == 0
+
+
+def test_her2_erosion_shrinks_every_nucleus_and_keeps_them_apart():
+    prob = discs((80, 100), [(40, 30), (40, 52)], 11)
+    ki67 = label_nuclei(prob, mpp=MPP, config=load_stain_profile("ki67"))
+    her2 = label_nuclei(prob, mpp=MPP, config=load_stain_profile("her2"))
+    assert ki67.max() == her2.max() == 2
+    for index in (1, 2):
+        assert (her2 == index).sum() < (ki67 == index).sum()
+    assert np.all((her2 > 0) <= (ki67 > 0))
+    # A 1 µm (2 px) erosion from each side leaves more than 4 px between the touching pair.
+    assert ndi.distance_transform_edt(ki67 != 1)[ki67 == 2].min() <= 1.0
+    assert ndi.distance_transform_edt(her2 != 1)[her2 == 2].min() > 4.0
+
+
+def test_shipped_profiles_load_and_differ_in_erosion():
+    assert load_stain_profile("ki67").erosion_um == 0.0
+    assert load_stain_profile("her2").erosion_um > 0.0
+    assert load_stain_profile("her2").stain_profile == "her2"
+
+
+def test_unknown_key_in_a_stain_profile_is_a_config_error(tmp_path: Path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("threshold: 0.4\nmedian_sise: 5\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'median_sise' in .*mine\.yaml"):
+        load_stain_profile(path)
+
+
+def test_unknown_profile_name_and_bad_values_are_config_errors(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"unknown stain profile 'ki76'.*ki67"):
+        load_stain_profile("ki76")
+    path = tmp_path / "bad.yaml"
+    path.write_text("median_size: 4\n")
+    with pytest.raises(ConfigError, match="median_size must be an odd number"):
+        load_stain_profile(path)
+    with pytest.raises(ConfigError, match=r"threshold must lie in \(0, 1\), got 1.5"):
+        PostprocessConfig(threshold=1.5)
+    with pytest.raises(ConfigError, match="mpp must be > 0"):
+        KI67.in_pixels(0.0)
+
+
+def test_malformed_probability_maps_are_input_errors():
+    with pytest.raises(InputError, match=r"must be 2-D \(rows, cols\), got shape \(4, 4, 3\)"):
+        label_nuclei(np.zeros((4, 4, 3), np.uint8), mpp=MPP, config=KI67)
+    with pytest.raises(InputError, match="must be uint8 or float, got dtype int64"):
+        label_nuclei(np.zeros((4, 4), np.int64), mpp=MPP, config=KI67)
