@@ -24,7 +24,9 @@ def main(verbose: int) -> None:
 
 
 def _register() -> None:
-    pass
+    from nucflow._cli.submit import submit
+
+    main.add_command(submit)
 
 
 _register()
