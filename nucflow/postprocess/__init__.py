@@ -5,12 +5,33 @@ slide, :func:`nuclei_table` runs the same steps on overlapping Dask blocks of a 
 returns one row per nucleus, which the writers save as GeoParquet or QuPath GeoJSON.
 """
 
-from nucflow.postprocess._config import PostprocessConfig, load_stain_profile, stain_profiles
+from nucflow.postprocess._blocked import empty_table, nuclei_table
+from nucflow.postprocess._config import (
+    PixelSizes,
+    PostprocessConfig,
+    load_stain_profile,
+    stain_profiles,
+)
+from nucflow.postprocess._features import (
+    COLUMNS,
+    MapGeometry,
+    RgbReader,
+    read_rgb_from_array,
+    stain_od,
+)
 from nucflow.postprocess._label import label_nuclei
 
 __all__ = [
+    "COLUMNS",
+    "MapGeometry",
+    "PixelSizes",
     "PostprocessConfig",
+    "RgbReader",
+    "empty_table",
     "label_nuclei",
     "load_stain_profile",
+    "nuclei_table",
+    "read_rgb_from_array",
+    "stain_od",
     "stain_profiles",
 ]

@@ -1,0 +1,251 @@
+"""Nucleus tables of whole slides: the labelling run on overlapping Dask blocks of a map."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+import zarr
+
+from nucflow.errors import InputError
+from nucflow.postprocess._config import PostprocessConfig
+from nucflow.postprocess._features import COLUMNS, MapGeometry, RgbReader, region_measures
+from nucflow.postprocess._label import as_uint8_probability, label_nuclei
+
+__all__ = ["Block", "blocks", "empty_table", "nuclei_table", "open_probability"]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Block:
+    """A core the block owns and the extended region (core plus halo, clipped) it labels."""
+
+    core: tuple[int, int, int, int]  # row0, row1, col0, col1
+    region: tuple[int, int, int, int]
+
+
+def blocks(shape: tuple[int, int], *, block_size: int, halo: int) -> list[Block]:
+    """Cover a (rows, cols) map with cores of ``block_size`` px and regions ``halo`` px wider."""
+    if block_size < 1:
+        raise InputError(f"block_size must be >= 1 px, got {block_size}")
+    rows, cols = shape
+    out = []
+    for r0 in range(0, rows, block_size):
+        for c0 in range(0, cols, block_size):
+            r1, c1 = min(r0 + block_size, rows), min(c0 + block_size, cols)
+            region = (max(r0 - halo, 0), min(r1 + halo, rows), max(c0 - halo, 0), min(c1 + halo, cols))
+            out.append(Block(core=(r0, r1, c0, c1), region=region))
+    return out
+
+
+def open_probability(
+    prob: str | Path | zarr.Array | np.ndarray | da.Array,
+) -> tuple[da.Array, dict[str, Any]]:
+    """The probability map as a 2-D Dask array, and its Zarr attributes (empty for arrays)."""
+    if isinstance(prob, str | Path):
+        try:
+            prob = zarr.open(str(prob), mode="r")
+        except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
+            raise InputError(f"no Zarr probability map at {prob}: {exc}") from None
+    attrs: dict[str, Any] = {}
+    if isinstance(prob, zarr.Group):
+        arrays = list(prob.arrays())
+        if len(arrays) != 1:
+            raise InputError(f"Zarr group {prob.store_path} must hold one array, has {len(arrays)}")
+        attrs.update(prob.attrs.asdict())
+        prob = arrays[0][1]
+    if isinstance(prob, zarr.Array):
+        attrs.update(prob.attrs.asdict())
+        array = da.from_zarr(prob)
+    else:
+        array = prob if isinstance(prob, da.Array) else da.from_array(np.asarray(prob))
+    if array.ndim != 2:
+        raise InputError(f"probability map must be 2-D (rows, cols), got shape {array.shape}")
+    return array, attrs
+
+
+def map_geometry(attrs: dict[str, Any], **overrides: Any) -> MapGeometry:
+    """Geometry from probability.zarr attributes, with explicit (non-None) overrides."""
+    values = {
+        "mpp": attrs.get("mpp"),
+        "level0_offset": attrs.get("level0_offset", (0.0, 0.0)),
+        "level0_scale": attrs.get("level0_scale", 1.0),
+        "slide_mpp": attrs.get("slide_mpp"),
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if values["mpp"] is None:
+        raise InputError("the probability map's resolution is unknown: pass mpp= (µm/px)")
+    offset = tuple(float(v) for v in values["level0_offset"])
+    return MapGeometry(
+        mpp=float(values["mpp"]),
+        level0_offset=(offset[0], offset[1]),
+        level0_scale=float(values["level0_scale"]),
+        slide_mpp=None if values["slide_mpp"] is None else float(values["slide_mpp"]),
+    )
+
+
+def empty_table() -> gpd.GeoDataFrame:
+    """A nucleus table with no rows and every column."""
+    frame = pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in COLUMNS.items()})
+    return _geo(frame, [], geometry_um=[])
+
+
+def _geo(frame: pd.DataFrame, outlines: list, *, geometry_um: list) -> gpd.GeoDataFrame:
+    table = gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(outlines, index=frame.index))
+    table.insert(1, "geometry_um", gpd.GeoSeries(geometry_um, index=frame.index))
+    return table[["id", "geometry", "geometry_um", *list(COLUMNS)[1:]]]
+
+
+def nuclei_table(
+    prob: str | Path | zarr.Array | np.ndarray | da.Array,
+    *,
+    config: PostprocessConfig,
+    read_rgb: RgbReader | None = None,
+    mpp: float | None = None,
+    level0_offset: tuple[float, float] | None = None,
+    level0_scale: float | None = None,
+    slide_mpp: float | None = None,
+    block_size: int = 1024,
+    scheduler: str = "threads",
+    num_workers: int | None = None,
+    progress: Progress | None = None,
+) -> gpd.GeoDataFrame:
+    """Label the nuclei of a whole probability map block by block and measure each one.
+
+    Blocks of ``block_size`` px are labelled with a halo wider than the largest nucleus plus
+    every filter footprint (:meth:`PostprocessConfig.in_pixels`); a block keeps the nuclei
+    whose centroid lies in its core, so none is counted twice or cut, and the table equals
+    what :func:`label_nuclei` on the whole map gives. Ids run 1..N in block raster order.
+
+    Parameters
+    ----------
+    prob : path or zarr.Array of probability.zarr, or a (rows, cols) array (uint8 0-255 or
+        float in [0, 1]); its attributes ``mpp``, ``level0_offset``, ``level0_scale`` and
+        ``slide_mpp`` place it on the slide unless given here.
+    config : PostprocessConfig
+    read_rgb : callable ``(row, col, rows, cols) -> (rows, cols, 3) uint8`` in map pixels,
+        for the stain columns (None: they are NaN and no nucleus is positive). Called from
+        several threads at once.
+    block_size : core side in map pixels.
+    scheduler, num_workers : the Dask scheduler ("threads" in one process) and its threads.
+    progress : called as ``progress(blocks_done, blocks_total)`` after each block.
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+        One row per nucleus: ``id``, ``geometry`` (outline, level-0 px, x = column),
+        ``geometry_um``, then :data:`COLUMNS`; empty with the same columns if no nucleus.
+    """
+    array, attrs = open_probability(prob)
+    geometry = map_geometry(
+        attrs, mpp=mpp, level0_offset=level0_offset, level0_scale=level0_scale, slide_mpp=slide_mpp
+    )
+    grid = blocks(array.shape, block_size=block_size, halo=config.in_pixels(geometry.mpp).halo)
+    task = _with_progress(_block_table, len(grid), progress)
+    parts = [
+        dask.delayed(task)(
+            array[b.region[0] : b.region[1], b.region[2] : b.region[3]],
+            block=b, read_rgb=read_rgb, geometry=geometry, config=config,
+        )
+        for b in grid
+    ]
+    results = dask.compute(*parts, scheduler=scheduler, num_workers=num_workers)
+    table = _assemble([r for r in results if r is not None], geometry)
+    logger.debug("%d nuclei from %d blocks of %s", len(table), len(grid), array.shape)
+    return table
+
+
+def _with_progress(func: Callable[..., Any], total: int, progress: Progress | None) -> Callable:
+    if progress is None:
+        return func
+    lock, done = threading.Lock(), [0]
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        result = func(*args, **kwargs)
+        with lock:
+            done[0] += 1
+            progress(done[0], total)
+        return result
+
+    return counted
+
+
+def _block_table(
+    prob: np.ndarray,
+    *,
+    block: Block,
+    read_rgb: RgbReader | None,
+    geometry: MapGeometry,
+    config: PostprocessConfig,
+) -> tuple[dict[str, np.ndarray], list[shapely.Polygon]] | None:
+    """Label one block's region and measure the nuclei whose centroid lies in its core."""
+    prob = as_uint8_probability(prob)
+    labels = label_nuclei(prob, mpp=geometry.mpp, config=config)
+    indices = owned_labels(labels, block)
+    if indices.size == 0:
+        return None
+    r0, r1, c0, c1 = block.region
+    rgb = None if read_rgb is None else _checked(read_rgb(r0, c0, r1 - r0, c1 - c0), labels.shape)
+    return region_measures(
+        labels, indices, prob, rgb,
+        geometry=geometry, origin=(r0, c0), dab_threshold=config.dab_threshold,
+    )
+
+
+def owned_labels(labels: np.ndarray, block: Block) -> np.ndarray:
+    """Labels of ``labels`` (the block's region) whose centroid lies in the block's core.
+
+    Pixel ``i`` spans ``[i - 0.5, i + 0.5)``; centroids are compared in exact integer
+    arithmetic (twice the coordinate sum against the pixel count), so a centroid on a
+    boundary belongs to exactly one of the neighbouring blocks.
+    """
+    count = int(labels.max(initial=0))
+    if count == 0:
+        return np.zeros(0, np.int64)
+    flat = labels.ravel()
+    rows, cols = labels.shape
+    sizes = np.bincount(flat, minlength=count + 1)[1:]
+    inside = np.ones(count, bool)
+    for axis, (start, stop) in enumerate((block.core[:2], block.core[2:])):
+        first = block.region[2 * axis]
+        coords = np.arange(rows)[:, None] if axis == 0 else np.arange(cols)[None, :]
+        coords = np.broadcast_to(coords + first, labels.shape).ravel()
+        twice_sum = 2 * np.bincount(flat, weights=coords, minlength=count + 1)[1:]
+        inside &= (twice_sum >= (2 * start - 1) * sizes) & (twice_sum < (2 * stop - 1) * sizes)
+    return np.flatnonzero(inside) + 1
+
+
+def _checked(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.shape != (*shape, 3) or rgb.dtype != np.uint8:
+        raise InputError(
+            f"read_rgb returned {rgb.shape} {rgb.dtype}; expected {(*shape, 3)} uint8"
+        )
+    return rgb
+
+
+def _assemble(
+    parts: list[tuple[dict[str, np.ndarray], list[shapely.Polygon]]], geometry: MapGeometry
+) -> gpd.GeoDataFrame:
+    if not parts:
+        return empty_table()
+    names = list(COLUMNS)[1:]
+    columns = {name: np.concatenate([p[0][name] for p in parts]) for name in names}
+    outlines = np.array([o for p in parts for o in p[1]], dtype=object)
+    frame = pd.DataFrame({"id": np.arange(1, len(outlines) + 1, dtype=np.int64), **columns})
+    um = geometry.um_per_level0_px
+    outlines_um = shapely.transform(outlines, lambda xy: xy * um)
+    return _geo(frame, list(outlines), geometry_um=list(outlines_um))
