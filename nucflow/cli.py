@@ -24,6 +24,9 @@ def main(verbose: int) -> None:
 
 
 def _register() -> None:
+    from nucflow._cli.segment import segment
+
+    main.add_command(segment)
     from nucflow._cli.submit import submit
 
     main.add_command(submit)

@@ -1,0 +1,108 @@
+"""``nucflow segment``: options in, :func:`nucflow.segment.segment` called, outcome reported."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from nucflow.errors import NucflowError
+
+__all__ = ["segment"]
+
+
+@click.command()
+@click.argument("slides", nargs=-1)
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder: OUT/<slide>/ per slide and OUT/summary.csv.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Segment settings YAML (default: configs/segment.yaml).")
+@click.option("--cluster-config", type=click.Path(dir_okay=False, path_type=Path),
+              help="Actors, batch sizes and local Ray settings (default: configs/cluster.yaml).")
+@click.option("--method", type=click.Choice(["unet", "threshold", "deconvolution"]),
+              help="unet (trained model, default) or one of the paper's baselines.")
+@click.option("--model", type=click.Path(path_type=Path), help="Model .safetensors (card beside it) or folder.")
+@click.option("--mpp", type=float, help="Level-0 µm/px, for slides without it in their metadata (overrides).")
+@click.option("--stain", "stain_profile", help="Stain profile: ki67, her2, or a YAML path.")
+@click.option("--geojson", is_flag=True, help="Also write nuclei.geojson for QuPath.")
+@click.option("--overwrite", is_flag=True, help="Redo slides already (partly) done instead of resuming.")
+@click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster address (HEAD:6379); default: a local Ray.")
+@click.option("--demo", is_flag=True, help="Add the built-in demo slide (scikit-image's IHC image as an SVS).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def segment(slides: tuple[str, ...], out: Path, config_path: Path | None, cluster_config: Path | None,
+            demo: bool, quiet: bool, stain_profile: str | None, **options: Any) -> None:
+    """Segment every nucleus of SLIDES (paths or quoted globs) into per-slide tables."""
+    from dataclasses import replace
+
+    from nucflow.cluster import load_cluster_config
+    from nucflow.segment import load_segment_config
+    from nucflow.segment import segment as run_segment
+
+    try:
+        config = load_segment_config(config_path)
+        if stain_profile:
+            config = replace(config, stain_profile=stain_profile)
+        inputs = [*slides, *([str(_demo_slide(out))] if demo else [])]
+        if not inputs:
+            raise click.UsageError("give at least one slide (or --demo)")
+        with _ProgressBars(enabled=not quiet) as bars:
+            result = run_segment(
+                inputs, out, config=config, cluster_config=load_cluster_config(cluster_config),
+                progress=bars.update, **options,
+            )
+    except NucflowError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _report(result)
+
+
+def _demo_slide(out: Path) -> Path:
+    from nucflow.slide.synthetic import write_demo_slide
+
+    path = out / "_demo" / "ihc-demo.svs"
+    return path if path.is_file() else write_demo_slide(path)
+
+
+def _report(result: Any) -> None:
+    for s in result.slides:
+        if s.status == "ok":
+            m = s.summary
+            click.echo(f"{s.slide}: {m['nuclei']} nuclei, {m['positive']} positive "
+                       f"(labelling index {m['labelling_index_percent']:.1f}%), {m['tissue_area_mm2']:.3f} mm² tissue")
+        elif s.status == "skipped":
+            click.echo(f"{s.slide}: already done with this configuration (skipped; --overwrite redoes it)")
+    click.echo(f"summary: {result.out / 'summary.csv'}")
+    if result.failed:
+        for s in result.failed:
+            click.echo(f"FAILED {s.slide} ({s.path}): {s.error}", err=True)
+        names = ", ".join(s.slide for s in result.failed)
+        raise click.ClickException(f"{len(result.failed)} slide(s) failed: {names}")
+
+
+class _ProgressBars:
+    """One bar over all tiles of all slides, then one over the slides being finished."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bars: dict[str, Any] = {}
+
+    def __enter__(self) -> _ProgressBars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+    def update(self, event: Any) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(event.stage)
+        if bar is None:
+            label = {"tiles": "tiles", "slides": "post-processing"}.get(event.stage, event.stage)
+            bar = tqdm(total=event.total, desc=label, unit=event.stage[:-1], dynamic_ncols=True)
+            self.bars[event.stage] = bar
+        bar.set_postfix_str(event.slide, refresh=False)
+        bar.update(event.done - bar.n)

@@ -1,0 +1,95 @@
+"""In-memory prediction of a whole image through the same tiles the slide pipeline uses."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from nucflow.inference.predictors import Predictor, UNetPredictor
+from nucflow.slide.tiles import Tile, tile_grid
+
+__all__ = ["auto_tile_size", "crop_padded", "predict_image", "predict_tiles", "predict_whole"]
+
+_WHITE = 255
+
+
+def auto_tile_size(input_multiple: int, *, margin: int, core_target: int = 512) -> int:
+    """The smallest valid tile side whose core is at least ``core_target`` pixels."""
+    return math.ceil((core_target + 2 * margin) / input_multiple) * input_multiple
+
+
+def crop_padded(image: np.ndarray, row: int, col: int, rows: int, cols: int) -> np.ndarray:
+    """``image[row:row+rows, col:col+cols]`` with white outside the image, as slides read."""
+    out = np.full((rows, cols, *image.shape[2:]), _WHITE, image.dtype)
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + rows, image.shape[0]), min(col + cols, image.shape[1])
+    if r1 > r0 and c1 > c0:
+        out[r0 - row : r1 - row, c0 - col : c1 - col] = image[r0:r1, c0:c1]
+    return out
+
+
+def _batches(tiles: Sequence[Tile], size: int) -> Iterator[Sequence[Tile]]:
+    for start in range(0, len(tiles), size):
+        yield tiles[start : start + size]
+
+
+def predict_tiles(
+    read_window: Any, tiles: Sequence[Tile], predictor: Predictor, *, batch_size: int, params: dict | None = None
+) -> Iterator[tuple[Tile, np.ndarray]]:
+    """Run ``predictor`` over ``tiles`` and yield each tile with its core's probabilities.
+
+    ``read_window(row, col, rows, cols)`` returns the (rows, cols, 3) uint8 context window.
+    Each yielded core is a (tile.rows, tile.cols) float32 array.
+    """
+    for batch in _batches(tiles, batch_size):
+        windows = np.stack([read_window(*t.read_origin, t.size, t.size) for t in batch])
+        probs = predictor(windows, params=params)
+        for tile, prob in zip(batch, probs, strict=True):
+            m = tile.margin
+            yield tile, prob[m : m + tile.rows, m : m + tile.cols]
+
+
+def predict_image(
+    rgb: np.ndarray,
+    model: Any,
+    *,
+    margin: int = 32,
+    tile_size: int | None = None,
+    batch_size: int = 4,
+    predictor: Predictor | None = None,
+) -> np.ndarray:
+    """Predict nucleus probabilities of a whole in-memory image, tile by tile.
+
+    Parameters
+    ----------
+    rgb : np.ndarray
+        (rows, cols, 3) uint8 image, already at the model's working resolution.
+    model : nucflow.models.LoadedModel
+        The segmentator (ignored when ``predictor`` is given).
+    margin : int
+        Context pixels read around each tile's core.
+
+    Returns
+    -------
+    np.ndarray
+        (rows, cols) float32 in [0, 1].
+    """
+    predictor = predictor or UNetPredictor(model)
+    size = tile_size or auto_tile_size(predictor.input_multiple, margin=margin)
+    grid = tile_grid(rgb.shape[:2], tile_size=size, margin=margin)
+    out = np.zeros(rgb.shape[:2], np.float32)
+    for tile, core in predict_tiles(lambda *a: crop_padded(rgb, *a), grid.tiles, predictor, batch_size=batch_size):
+        out[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols] = core
+    return out
+
+
+def predict_whole(rgb: np.ndarray, predictor: Predictor) -> np.ndarray:
+    """One forward pass over the whole image (padded with white to the input multiple)."""
+    multiple = predictor.input_multiple
+    rows = math.ceil(rgb.shape[0] / multiple) * multiple
+    cols = math.ceil(rgb.shape[1] / multiple) * multiple
+    padded = crop_padded(rgb, 0, 0, rows, cols)
+    return predictor(padded[None])[0][: rgb.shape[0], : rgb.shape[1]]

@@ -1,0 +1,88 @@
+"""Finishing a slide: post-processing its map into tables, a summary and a QC picture.
+
+:func:`finish_slide` runs where the compute is: the pipeline calls it as a Ray task, so on
+a cluster it executes on a worker node (Dask threads inside that task), never on the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from nucflow import __version__
+from nucflow.atomic import write_json
+from nucflow.inference.store import ProbabilityMap
+from nucflow.postprocess import (
+    load_stain_profile,
+    nuclei_table,
+    render_overlay,
+    write_geojson_qupath,
+    write_geoparquet,
+)
+from nucflow.segment.config import SegmentConfig
+from nucflow.segment.plan import SlidePlan
+from nucflow.slide import open_slide, tissue_mask
+
+__all__ = ["finish_slide", "slide_summary"]
+
+log = logging.getLogger(__name__)
+
+
+def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool) -> dict[str, Any]:
+    """Post-process ``plan``'s finished map and write its outputs; returns its summary.
+
+    Writes ``nuclei.parquet`` (and ``nuclei.geojson``), ``overlay.png`` and, last,
+    ``summary.json`` whose presence with the run's config hash marks the slide finished.
+    """
+    started = time.perf_counter()
+    out_dir = Path(plan.out_dir)
+    profile = load_stain_profile(config.stain_profile)
+    with open_slide(plan.path, mpp=plan.slide_mpp) as slide:
+
+        def read_rgb(row: int, col: int, rows: int, cols: int) -> Any:
+            return slide.read(mpp=plan.mpp, row=row, col=col, rows=rows, cols=cols)
+
+        table = nuclei_table(
+            ProbabilityMap(plan.map_path).array(), config=profile, read_rgb=read_rgb,
+            block_size=config.postprocess_block, num_workers=max(1, int(config.postprocess_cpus)),
+        )
+        seconds_post = time.perf_counter() - started
+        write_geoparquet(table, out_dir / "nuclei.parquet")
+        if geojson:
+            write_geojson_qupath(table, out_dir / "nuclei.geojson")
+        thumb, thumb_mpp = slide.thumbnail(max_size=config.tissue.thumbnail_size)
+    tissue = tissue_mask(
+        thumb, mpp=thumb_mpp, min_saturation=config.tissue.min_saturation,
+        max_luminance=config.tissue.max_luminance, min_area_um2=config.tissue.min_area_um2,
+    )
+    render_overlay(thumb, thumb_mpp / (plan.mpp / plan.level0_scale), tissue, table, out_dir / "overlay.png")
+    seconds_write = time.perf_counter() - started - seconds_post
+    seconds = {**plan.seconds, "postprocess": round(seconds_post, 3), "write": round(seconds_write, 3)}
+    summary = slide_summary(plan, table, seconds=seconds)
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def slide_summary(plan: SlidePlan, table: Any, *, seconds: dict[str, float]) -> dict[str, Any]:
+    """The slide-level figures: counts, Ki67 labelling index, density, timings."""
+    count = int(len(table))
+    positive = int(table["dab_positive"].sum()) if count else 0
+    area = plan.tissue_area_mm2
+    return {
+        "slide": plan.key,
+        "path": plan.path,
+        "status": "ok",
+        "nuclei": count,
+        "positive": positive,
+        "labelling_index_percent": round(100.0 * positive / count, 3) if count else 0.0,
+        "tissue_area_mm2": round(area, 4),
+        "nuclei_per_mm2": round(count / area, 2) if area > 0 else 0.0,
+        "tiles": len(plan.grid.tiles) if plan.grid else 0,
+        "mpp": plan.mpp,
+        "model_id": plan.model_id,
+        "config_hash": plan.run_hash,
+        "nucflow_version": __version__,
+        "seconds": seconds,
+    }

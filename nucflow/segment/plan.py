@@ -1,0 +1,191 @@
+"""Planning a run: which slides, where their outputs go, and which tiles are still to do."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import shutil
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nucflow import __version__
+from nucflow.config import config_hash, to_dict
+from nucflow.errors import InputError, NucflowError, SlideError
+from nucflow.inference.predictors import MethodSpec
+from nucflow.inference.store import create_map, open_map
+from nucflow.inference.tiled import auto_tile_size
+from nucflow.segment.config import SegmentConfig
+from nucflow.slide import TileGrid, open_slide, safe_slide_name, tile_grid, tissue_mask
+
+__all__ = ["SlidePlan", "expand_slides", "output_names", "plan_slide"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SlidePlan:
+    """One slide's work: its output folder, tissue, tile grid, and tiles still to do.
+
+    ``status`` is ``"todo"`` (tiles or post-processing remain), ``"done"`` (finished with this
+    configuration; skipped) or ``"failed"`` (``error`` says why).
+    """
+
+    key: str
+    path: str
+    out_dir: str
+    status: str
+    error: str = ""
+    slide_mpp: float | None = None
+    mpp: float = 0.0
+    level0_scale: float = 1.0
+    grid: TileGrid | None = None
+    todo: tuple[int, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+    tissue_area_mm2: float = 0.0
+    thumbnail_mpp: float = 0.0
+    model_id: str = ""
+    map_hash: str = ""
+    run_hash: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def map_path(self) -> str:
+        return str(Path(self.out_dir) / "probability.zarr")
+
+
+def expand_slides(patterns: Sequence[str | Path]) -> list[Path]:
+    """Expand paths and globs in order, without duplicates; a pattern matching nothing is an error."""
+    found: list[Path] = []
+    for pattern in patterns:
+        text = str(pattern)
+        matches = sorted(glob.glob(text, recursive=True)) if glob.has_magic(text) else [text]
+        matches = [m for m in matches if Path(m).exists()]
+        if not matches:
+            raise InputError(f"no slide matches {text!r}; check the path or glob (quote globs for the shell)")
+        found.extend(Path(m).resolve() for m in matches)
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise InputError("no slides given; pass one or more slide paths or globs")
+    return unique
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """Safe, unique output folder names; slides sharing a name get a suffix from their folder."""
+    names = [safe_slide_name(p) for p in paths]
+    counts = Counter(names)
+    return [
+        f"{name}-{hashlib.sha256(str(p.parent).encode()).hexdigest()[:8]}" if counts[name] > 1 else name
+        for name, p in zip(names, paths, strict=True)
+    ]
+
+
+def plan_slide(
+    path: Path, key: str, out: Path, *, spec: MethodSpec, config: SegmentConfig, mpp: float | None, overwrite: bool
+) -> SlidePlan:
+    """Open a slide, find its tissue and tiles, and reconcile with what ``out`` already holds.
+
+    Errors that concern only this slide come back as a ``"failed"`` plan, so the others go on.
+    """
+    out_dir = out / key
+    try:
+        return _plan(path, key, out_dir, spec=spec, config=config, mpp=mpp, overwrite=overwrite)
+    except (SlideError, InputError) as exc:
+        return SlidePlan(key, str(path), str(out_dir), "failed", error=str(exc))
+    except NucflowError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure belongs to this slide only
+        return SlidePlan(key, str(path), str(out_dir), "failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def _plan(
+    path: Path, key: str, out_dir: Path, *, spec: MethodSpec, config: SegmentConfig, mpp: float | None, overwrite: bool
+) -> SlidePlan:
+    with open_slide(path, mpp=mpp) as slide:
+        thumb, thumb_mpp = slide.thumbnail(max_size=config.tissue.thumbnail_size)
+        tissue = tissue_mask(
+            thumb, mpp=thumb_mpp, min_saturation=config.tissue.min_saturation,
+            max_luminance=config.tissue.max_luminance, min_area_um2=config.tissue.min_area_um2,
+        )
+        shape = slide.shape_at(spec.mpp)
+        slide_mpp = slide.mpp
+    margin = config.inference.margin
+    size = config.inference.tile_size or auto_tile_size(_multiple(spec), margin=margin)
+    grid = tile_grid(shape, tile_size=size, margin=margin, tissue=tissue)
+    params = _fit_params(spec, thumb, tissue)
+    map_hash = config_hash(spec.model_id, spec.mpp, spec.sigma, size, margin, to_dict(config.tissue), params, mpp)
+    run_hash = config_hash(map_hash, to_dict(config), __version__)
+    plan = SlidePlan(
+        key, str(path), str(out_dir), "todo", slide_mpp=mpp, mpp=spec.mpp, level0_scale=spec.mpp / slide_mpp,
+        grid=grid, params=params, tissue_area_mm2=float(tissue.sum()) * (thumb_mpp / 1000.0) ** 2,
+        thumbnail_mpp=thumb_mpp, model_id=spec.model_id, map_hash=map_hash, run_hash=run_hash,
+    )
+    return _reconcile(plan, slide_mpp=slide_mpp, overwrite=overwrite)
+
+
+def _multiple(spec: MethodSpec) -> int:
+    return int(spec.model.card.input_multiple) if spec.model is not None else 32
+
+
+def _fit_params(spec: MethodSpec, thumb: np.ndarray, tissue: np.ndarray) -> dict[str, Any]:
+    """Per-slide predictor parameters: the baselines' Otsu threshold, fitted on tissue."""
+    if spec.method == "unet" or not tissue.any():
+        return {}
+    from nucflow.inference.baselines import fit_threshold
+
+    return {"threshold": float(fit_threshold(thumb, method=spec.method, sigma=spec.sigma, mask=tissue))}
+
+
+def _reconcile(plan: SlidePlan, *, slide_mpp: float, overwrite: bool) -> SlidePlan:
+    out_dir = Path(plan.out_dir)
+    if overwrite and out_dir.exists():
+        shutil.rmtree(out_dir)
+    if _finished_with(out_dir, plan.run_hash):
+        return replace(plan, status="done")
+    existing = open_map(plan.map_path)
+    if existing is not None and existing.attrs.get("map_hash") == plan.map_hash:
+        done = existing.done_chunks()
+        assert plan.grid is not None
+        return replace(plan, todo=tuple(t.index for t in plan.grid.tiles if t.chunk not in done))
+    if existing is not None or (out_dir / "summary.json").exists():
+        raise InputError(
+            f"{out_dir} holds results of slide {plan.path} made with another model, method or tiling; "
+            "pass --overwrite to redo it, or choose another output folder"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    assert plan.grid is not None
+    create_map(plan.map_path, shape=plan.grid.shape, core=plan.grid.core, attrs=_map_attrs(plan, slide_mpp))
+    return replace(plan, todo=tuple(t.index for t in plan.grid.tiles))
+
+
+def _map_attrs(plan: SlidePlan, slide_mpp: float) -> dict[str, Any]:
+    assert plan.grid is not None
+    return {
+        "mpp": plan.mpp,
+        "slide_mpp": slide_mpp,
+        "level0_offset": [0, 0],
+        "level0_scale": plan.level0_scale,
+        "slide_path": plan.path,
+        "model_id": plan.model_id,
+        "map_hash": plan.map_hash,
+        "tile_size": plan.grid.tiles[0].size if plan.grid.tiles else None,
+        "tile_core": plan.grid.core,
+        "tile_margin": plan.grid.margin,
+        "nucflow_version": __version__,
+    }
+
+
+def _finished_with(out_dir: Path, run_hash: str) -> bool:
+    summary = out_dir / "summary.json"
+    if not summary.is_file():
+        return False
+    try:
+        return json.loads(summary.read_text()).get("config_hash") == run_hash
+    except (OSError, json.JSONDecodeError):
+        return False

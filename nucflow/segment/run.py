@@ -1,0 +1,261 @@
+"""``segment``: whole slides in, nucleus tables out (the library call behind the CLI)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from nucflow.atomic import write_text
+from nucflow.cluster import ClusterConfig, check_shared_path, load_cluster_config, ray_session
+from nucflow.errors import ModelError
+from nucflow.inference.actors import ActorOptions, TileScheduler, WorkItem, actor_options_for_cluster
+from nucflow.inference.predictors import MethodSpec, parse_method
+from nucflow.inference.store import ProbabilityMap
+from nucflow.segment.config import SegmentConfig
+from nucflow.segment.finish import finish_slide
+from nucflow.segment.plan import SlidePlan, expand_slides, output_names, plan_slide
+
+__all__ = ["Progress", "SegmentResult", "SlideResult", "segment"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress report: ``done`` of ``total`` units of ``stage`` ("tiles" or "slides")."""
+
+    stage: str
+    done: int
+    total: int
+    slide: str = ""
+
+
+@dataclass(frozen=True)
+class SlideResult:
+    """How one slide ended: ``ok``, ``skipped`` (already finished) or ``failed``."""
+
+    slide: str
+    path: str
+    status: str
+    error: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    out: Path
+    slides: tuple[SlideResult, ...]
+
+    @property
+    def failed(self) -> tuple[SlideResult, ...]:
+        return tuple(s for s in self.slides if s.status == "failed")
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def segment(
+    slides: Sequence[str | Path],
+    out: str | Path,
+    *,
+    config: SegmentConfig | None = None,
+    method: str | None = None,
+    model: str | Path | None = None,
+    mpp: float | None = None,
+    overwrite: bool = False,
+    geojson: bool = False,
+    address: str | None = None,
+    cluster_config: ClusterConfig | None = None,
+    progress: ProgressCallback | None = None,
+) -> SegmentResult:
+    """Segment every nucleus of ``slides`` into ``out/<slide>/``.
+
+    Parameters
+    ----------
+    slides : paths or globs of slides (any OpenSlide format, PNG/JPEG/TIFF/OME-TIFF).
+    out : output folder; each slide gets ``out/<slide>/`` and the run ``out/summary.csv``.
+    config : settings (``configs/segment.yaml`` when None); ``method`` and ``model``
+        override its fields.
+    mpp : level-0 µm/px for slides whose metadata lacks it (overrides metadata).
+    overwrite : redo slides that are already (partly) done instead of resuming.
+    geojson : also write ``nuclei.geojson`` for QuPath.
+    address : Ray cluster to join (else ``RAY_ADDRESS``, else a local Ray).
+    cluster_config : actors, batch sizes, local Ray settings (``configs/cluster.yaml`` when None).
+    progress : called with :class:`Progress` as tiles and slides finish.
+
+    Returns
+    -------
+    SegmentResult
+        Per-slide outcome; a failed slide does not stop the others.
+    """
+    from nucflow.segment.config import load_segment_config
+
+    config = config or load_segment_config()
+    config = replace(config, method=parse_method(method or config.method), model=str(model) if model else config.model)
+    out = Path(out).resolve()
+    paths = expand_slides(slides)
+    spec = _method_spec(config)
+    started = time.perf_counter()
+    plans = [
+        plan_slide(p, key, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite)
+        for p, key in zip(paths, output_names(paths), strict=True)
+    ]
+    per_slide_plan = (time.perf_counter() - started) / max(1, len(plans))
+    plans = [replace(p, seconds={"plan": round(per_slide_plan, 3)}) for p in plans]
+    cluster = cluster_config or load_cluster_config()
+    with ray_session(address, config=cluster) as info:
+        if info.nodes > 1 and cluster.check_shared_output:
+            check_shared_path(out, timeout_s=cluster.shared_check_timeout_s)
+        results = _run(plans, spec, config, cluster, geojson=geojson, progress=progress)
+    result = SegmentResult(out, tuple(results))
+    _write_run_summary(out / "summary.csv", result)
+    return result
+
+
+def _method_spec(config: SegmentConfig) -> MethodSpec:
+    if config.method != "unet":
+        return MethodSpec(config.method, mpp=config.baseline_mpp, sigma=config.baseline_sigma)
+    from nucflow.models import default_model_path, load_model
+
+    path = config.model or default_model_path()
+    if path is None:
+        raise ModelError("no model given and no bundled default model; pass --model PATH or --method threshold")
+    loaded = load_model(path)
+    return MethodSpec("unet", mpp=loaded.card.mpp, model=loaded)
+
+
+def _run(
+    plans: list[SlidePlan],
+    spec: MethodSpec,
+    config: SegmentConfig,
+    cluster: ClusterConfig,
+    *,
+    geojson: bool,
+    progress: ProgressCallback | None,
+) -> list[SlideResult]:
+    outcome: dict[str, SlideResult] = {
+        p.key: SlideResult(p.key, p.path, "failed", error=p.error) for p in plans if p.status == "failed"
+    }
+    outcome.update({p.key: SlideResult(p.key, p.path, "skipped") for p in plans if p.status == "done"})
+    active = [p for p in plans if p.status == "todo"]
+    tracker = _Tracker(active, config, geojson=geojson, progress=progress)
+    options = _actor_options(config, cluster)
+    items = [item for p in active for item in _work_items(p, options.batch_size)]
+    if items:
+        scheduler = TileScheduler(ray.put(spec), options, max_retries=config.inference.max_retries)
+        try:
+            scheduler.run(items, on_done=tracker.tiles_done, on_error=tracker.failed)
+        finally:
+            scheduler.shutdown()
+    outcome.update(tracker.finish())
+    return [outcome[p.key] for p in plans]
+
+
+def _actor_options(config: SegmentConfig, cluster: ClusterConfig) -> ActorOptions:
+    return actor_options_for_cluster(
+        ray.cluster_resources(), cluster=cluster, amp=config.inference.amp, channels_last=config.inference.channels_last
+    )
+
+
+def _work_items(plan: SlidePlan, batch_size: int) -> list[WorkItem]:
+    assert plan.grid is not None
+    tiles = [plan.grid.tiles[i] for i in plan.todo]
+    return [
+        WorkItem(plan.key, plan.path, plan.slide_mpp, plan.map_path, plan.mpp, batch, plan.params)
+        for batch in (tuple(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size))
+    ]
+
+
+class _Tracker:
+    """Follows tiles to completion per slide, records them, and starts each slide's finishing task."""
+
+    def __init__(
+        self, plans: list[SlidePlan], config: SegmentConfig, *, geojson: bool, progress: ProgressCallback | None
+    ) -> None:
+        self.plans = {p.key: p for p in plans}
+        self.remaining = {p.key: len(p.todo) for p in plans}
+        self.started = {p.key: time.perf_counter() for p in plans}
+        self.errors: dict[str, str] = {}
+        self.finishing: dict[str, Any] = {}
+        self.config, self.geojson, self.progress = config, geojson, progress
+        self.total = sum(self.remaining.values())
+        self.done = 0
+        self._finish = ray.remote(num_cpus=config.postprocess_cpus, max_retries=1)(finish_slide)
+        for key, left in self.remaining.items():
+            if left == 0:
+                self._start_finishing(key)
+
+    def tiles_done(self, item: WorkItem, indices: tuple[int, ...]) -> None:
+        plan = self.plans[item.slide_key]
+        assert plan.grid is not None
+        ProbabilityMap(plan.map_path).mark_done(plan.grid.tiles[i] for i in indices)
+        self.remaining[item.slide_key] -= len(indices)
+        self.done += len(indices)
+        self._report("tiles", self.done, self.total, item.slide_key)
+        if self.remaining[item.slide_key] == 0 and item.slide_key not in self.errors:
+            self._start_finishing(item.slide_key)
+
+    def failed(self, item: WorkItem, exc: BaseException) -> None:
+        if item.slide_key not in self.errors:
+            log.error("slide %s failed: %s", item.slide_key, exc)
+            self.errors[item.slide_key] = f"{type(exc).__name__}: {exc}"
+        self.done += len(item.tiles)
+        self._report("tiles", self.done, self.total, item.slide_key)
+
+    def _start_finishing(self, key: str) -> None:
+        plan = self.plans[key]
+        seconds = {**plan.seconds, "inference": round(time.perf_counter() - self.started[key], 3)}
+        self.finishing[key] = self._finish.remote(replace(plan, seconds=seconds), self.config, geojson=self.geojson)
+
+    def finish(self) -> dict[str, SlideResult]:
+        results = {k: SlideResult(k, self.plans[k].path, "failed", error=e) for k, e in self.errors.items()}
+        for n, (key, ref) in enumerate(self.finishing.items(), start=1):
+            results[key] = self._collect(key, ref)
+            self._report("slides", n, len(self.finishing), key)
+        return results
+
+    def _collect(self, key: str, ref: Any) -> SlideResult:
+        path = self.plans[key].path
+        try:
+            summary = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.as_instanceof_cause()
+            return SlideResult(key, path, "failed", error=f"post-processing: {type(cause).__name__}: {cause}")
+        if summary["nuclei"] == 0:
+            log.warning("slide %s: no nuclei found (no tissue or an empty slide?)", key)
+        return SlideResult(key, path, "ok", summary=summary)
+
+    def _report(self, stage: str, done: int, total: int, slide: str) -> None:
+        if self.progress is not None:
+            self.progress(Progress(stage, done, total, slide))
+
+
+_CSV_FIELDS = (
+    "slide", "path", "status", "error", "nuclei", "positive", "labelling_index_percent",
+    "tissue_area_mm2", "nuclei_per_mm2", "tiles", "seconds_total",
+)
+
+
+def _write_run_summary(path: Path, result: SegmentResult) -> None:
+    """``summary.csv``: one row per slide of this run (finished ones read from their summary.json)."""
+    import json
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for s in result.slides:
+        summary = s.summary
+        if s.status == "skipped":
+            summary = json.loads((result.out / s.slide / "summary.json").read_text())
+        seconds = sum(summary.get("seconds", {}).values())
+        writer.writerow({**summary, "slide": s.slide, "path": s.path, "status": s.status, "error": s.error,
+                         "seconds_total": round(seconds, 3) if summary else ""})
+    write_text(path, buffer.getvalue())
