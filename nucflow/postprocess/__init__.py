@@ -20,8 +20,15 @@ from nucflow.postprocess._features import (
     stain_od,
 )
 from nucflow.postprocess._label import label_nuclei
+from nucflow.postprocess._writers import (
+    CLASS_COLOURS,
+    render_overlay,
+    write_geojson_qupath,
+    write_geoparquet,
+)
 
 __all__ = [
+    "CLASS_COLOURS",
     "COLUMNS",
     "MapGeometry",
     "PixelSizes",
@@ -32,6 +39,9 @@ __all__ = [
     "load_stain_profile",
     "nuclei_table",
     "read_rgb_from_array",
+    "render_overlay",
     "stain_od",
     "stain_profiles",
+    "write_geojson_qupath",
+    "write_geoparquet",
 ]

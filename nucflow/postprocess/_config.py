@@ -44,7 +44,7 @@ class PostprocessConfig:
     min_area_um2: float = 10.0
     max_diameter_um: float = 30.0
     erosion_um: float = 0.0
-    dab_threshold: float = 0.15
+    dab_threshold: float = 0.18
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
