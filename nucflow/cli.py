@@ -30,6 +30,9 @@ def _register() -> None:
     from nucflow._cli.submit import submit
 
     main.add_command(submit)
+    from nucflow._cli.evaluate import evaluate
+
+    main.add_command(evaluate)
 
 
 _register()

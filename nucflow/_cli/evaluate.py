@@ -1,0 +1,50 @@
+"""``nucflow evaluate``: options in, :func:`nucflow.evaluation.evaluate` called, report written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from nucflow.errors import NucflowError
+
+__all__ = ["evaluate"]
+
+_DIR = click.Path(file_okay=False, path_type=Path)
+
+
+@click.command()
+@click.option("--images", type=_DIR, required=True, help="Folder of RGB tiles (PNG/TIFF/JPEG).")
+@click.option("--truth", type=_DIR, required=True,
+              help="Folder of ground truth paired with the images by file name: instance labels, binary "
+                   "masks, DeepLIIF colour code, or point CSVs.")
+@click.option("--pred", type=_DIR, help="Folder of predicted label images to score (reported as method 'pred').")
+@click.option("--method", "methods", multiple=True, type=click.Choice(["unet", "threshold", "deconvolution"]),
+              help="Segment the images with this method; repeat to compare several side by side.")
+@click.option("--model", type=click.Path(path_type=Path), help="Model for --method unet (default: the bundled one).")
+@click.option("--mpp", type=float, help="µm per pixel of the tiles (required to run a method; 0.25 at 40x).")
+@click.option("--truth-format", type=click.Choice(["labels", "binary", "deepliif", "points"]),
+              help="Force the truth format instead of detecting it per file.")
+@click.option("--stain", "stain_profile", default="ki67", show_default=True,
+              help="Stain profile (post-processing, DAB threshold) for baselines and --pred.")
+@click.option("--sigma", type=float, default=1.0, show_default=True, help="Gaussian sigma (px) of the baselines.")
+@click.option("-o", "--out", type=_DIR, required=True, help="Report folder: scores.csv, scores.json, scores.md.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the score table.")
+def evaluate(images: Path, truth: Path, pred: Path | None, methods: tuple[str, ...], model: Path | None,
+             mpp: float | None, truth_format: str | None, stain_profile: str, sigma: float, out: Path,
+             quiet: bool) -> None:
+    """Score segmentations against ground truth with the paper's metrics (per image, mean, pooled)."""
+    from nucflow.evaluation import evaluate as run_evaluate
+    from nucflow.evaluation import write_report
+
+    try:
+        report = run_evaluate(images, truth, pred=pred, methods=methods, model=model, mpp=mpp,
+                              truth_format=truth_format, stain_profile=stain_profile, sigma=sigma)
+        written = write_report(report, out)
+    except NucflowError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not quiet:
+        click.echo(report.table(), nl=False)
+        click.echo("scope: image = one image; mean = mean of the image scores; pooled = counts summed over images")
+    for path in written.values():
+        click.echo(f"wrote {path}")
