@@ -166,3 +166,18 @@ def test_user_errors_are_input_errors(tmp_path: Path):
         nuclei_table(prob, config=CONFIG, mpp=MPP, read_rgb=lambda *_: np.zeros((2, 2, 3), np.uint8))
     with pytest.raises(InputError, match=r"RGB image must be \(rows, cols, 3\) uint8"):
         read_rgb_from_array(np.zeros((4, 4), np.uint8))
+
+
+def test_a_probability_group_is_read_through_its_probability_array(tmp_path: Path):
+    prob = np.zeros((40, 40), np.uint8)
+    prob[10:20, 10:20] = 255
+    group = zarr.open_group(str(tmp_path / "probability.zarr"), mode="w")
+    group.create_array("probability", shape=prob.shape, chunks=(16, 16), dtype="uint8")[:] = prob
+    group.create_array("done", shape=(3, 3), chunks=(3, 3), dtype="uint8")
+    group.attrs.update({"mpp": 2.0, "level0_scale": 1.0})
+    raw = PostprocessConfig(median_size=1, opening_radius=0, closing_radius=0)
+    (row,) = nuclei_table(tmp_path / "probability.zarr", config=raw).itertuples()
+    assert row.area_um2 == 100 * 2.0**2
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w").create_array("x", shape=(2,), dtype="u1")
+    with pytest.raises(InputError, match=r"has no 'probability' array"):
+        nuclei_table(tmp_path / "other.zarr", config=CONFIG)

@@ -54,19 +54,14 @@ def blocks(shape: tuple[int, int], *, block_size: int, halo: int) -> list[Block]
 def open_probability(
     prob: str | Path | zarr.Array | np.ndarray | da.Array,
 ) -> tuple[da.Array, dict[str, Any]]:
-    """The probability map as a 2-D Dask array, and its Zarr attributes (empty for arrays)."""
-    if isinstance(prob, str | Path):
-        try:
-            prob = zarr.open(str(prob), mode="r")
-        except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
-            raise InputError(f"no Zarr probability map at {prob}: {exc}") from None
+    """The probability map as a 2-D Dask array, and its Zarr attributes (empty for arrays).
+
+    A path may name the array or a group holding it as ``probability`` (the layout of
+    ``<slide>/probability.zarr``); the group's attributes are read, then the array's.
+    """
     attrs: dict[str, Any] = {}
-    if isinstance(prob, zarr.Group):
-        arrays = list(prob.arrays())
-        if len(arrays) != 1:
-            raise InputError(f"Zarr group {prob.store_path} must hold one array, has {len(arrays)}")
-        attrs.update(prob.attrs.asdict())
-        prob = arrays[0][1]
+    if isinstance(prob, str | Path):
+        prob, attrs = _open_zarr(Path(prob))
     if isinstance(prob, zarr.Array):
         attrs.update(prob.attrs.asdict())
         array = da.from_zarr(prob)
@@ -75,6 +70,19 @@ def open_probability(
     if array.ndim != 2:
         raise InputError(f"probability map must be 2-D (rows, cols), got shape {array.shape}")
     return array, attrs
+
+
+def _open_zarr(path: Path) -> tuple[zarr.Array, dict[str, Any]]:
+    try:
+        node = zarr.open(str(path), mode="r")
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
+        raise InputError(f"no Zarr probability map at {path}: {exc}") from None
+    if isinstance(node, zarr.Array):
+        return node, {}
+    member = node.get("probability")
+    if not isinstance(member, zarr.Array):
+        raise InputError(f"Zarr group {path} has no 'probability' array; is it a probability map?")
+    return member, node.attrs.asdict()
 
 
 def map_geometry(attrs: dict[str, Any], **overrides: Any) -> MapGeometry:
