@@ -190,6 +190,8 @@ def _count(labels: np.ndarray, gt: Truth, rgb: np.ndarray, dab_threshold: float)
 def positive_calls(rgb: np.ndarray, labels: np.ndarray, *, dab_threshold: float) -> dict[int, bool]:
     """Ki67 call of each nucleus: mean DAB optical density (base 10) >= ``dab_threshold``.
 
+    The same call as the ``dab_positive`` column of segment's nucleus tables.
+
     Parameters
     ----------
     rgb : np.ndarray uint8 (rows, cols, 3)
@@ -202,12 +204,12 @@ def positive_calls(rgb: np.ndarray, labels: np.ndarray, *, dab_threshold: float)
     dict[int, bool]
         Object id -> positive.
     """
-    from nucflow.inference.baselines import stain_optical_density
+    from nucflow.postprocess import stain_od
 
     ids = np.unique(labels[labels > 0])
     if len(ids) == 0:
         return {}
-    dab = stain_optical_density(rgb)[..., 2]
+    _, dab = stain_od(rgb)
     means = ndimage.mean(dab, labels=labels, index=ids)
     return {int(i): bool(m >= dab_threshold) for i, m in zip(ids, means, strict=True)}
 
