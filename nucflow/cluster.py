@@ -466,13 +466,19 @@ class JobClient:
         working directory, so it runs the submitting checkout's code on every node; ``python``
         is the cluster's interpreter, which must have nucflow's dependencies.
         """
-        entrypoint = _entrypoint(args, python=python)
+        return self.submit_entrypoint(_entrypoint(args, python=python), env=env,
+                                      metadata={"nucflow_command": " ".join(args[:1])})
+
+    def submit_entrypoint(
+        self, entrypoint: str, *, env: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        """Start a shell ``entrypoint`` with nucflow's runtime environment; returns its id."""
         stage = Path(tempfile.mkdtemp(prefix="nucflow-job-"))
         try:
             runtime_env = _stage_runtime_env(stage, env or {})
             return str(_call(lambda: self._client.submit_job(
-                entrypoint=entrypoint, runtime_env=runtime_env,
-                metadata={"nucflow_command": " ".join(args[:1])},
+                entrypoint=entrypoint, runtime_env=runtime_env, metadata=dict(metadata or {}),
             ), self.address))
         finally:
             shutil.rmtree(stage, ignore_errors=True)
@@ -536,21 +542,22 @@ def _jobs_address_from_env() -> str:
 
 def _call(action: Callable[[], Any], address: str) -> Any:
     """Run a Jobs API call, turning Ray's connection and HTTP errors into ClusterError."""
+    from ray.exceptions import AuthenticationError
+
     try:
         return action()
+    except AuthenticationError as exc:
+        raise ClusterError(
+            f"the Ray cluster at {address} refused the request: {str(exc).splitlines()[0]} "
+            "Pass its token with --token-file or RAY_AUTH_TOKEN"
+        ) from None
     except ConnectionError as exc:
         raise ClusterError(
             f"cannot reach the Ray Jobs API at {address} ({exc}); check --address (the head's "
             "dashboard port, 8265 by default) and that the cluster is running"
         ) from None
     except (RuntimeError, ValueError) as exc:
-        text = str(exc)
-        if "Authentication" in text or "401" in text or "403" in text:
-            raise ClusterError(
-                f"the Ray cluster at {address} refused the request: {text.splitlines()[0]} "
-                "Pass its token with --token-file or RAY_AUTH_TOKEN"
-            ) from None
-        raise ClusterError(f"Ray Jobs API at {address}: {text}") from None
+        raise ClusterError(f"Ray Jobs API at {address}: {exc}") from None
 
 
 def _entrypoint(args: Sequence[str], *, python: str) -> str:

@@ -1,0 +1,273 @@
+"""A real two-node Ray cluster on loopback, with token authentication, driven like a user would.
+
+The head and one worker node each run ``ray start --block`` in their own process group, with
+their own temp dir and one CPU; teardown kills those two process groups only (never
+``ray stop``, which would stop every Ray on the machine).
+
+A path only one node can see: both nodes share this host's filesystem, so the worker node is
+started in its own mount namespace (``unshare --mount``, as root) with an empty tmpfs mounted
+over ``node-local/``. The driver and head see what is written there; the worker node really
+does not, exactly as with a node-local disk on a second machine. Where mount namespaces are
+not available, that one test is skipped and the rest still run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from nucflow.cluster import JobClient
+from nucflow.errors import ClusterError
+
+VENV_BIN = Path(sys.executable).parent
+RAY = str(VENV_BIN / "ray")
+NUCFLOW = str(VENV_BIN / "nucflow")
+
+
+@dataclass(frozen=True)
+class TwoNodes:
+    gcs: str
+    jobs_url: str
+    token: str
+    env: dict[str, str]
+    root: Path
+    node_local: Path | None
+
+    def client(self) -> JobClient:
+        return JobClient(self.jobs_url, token=self.token)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cluster_env(token: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _can_unshare() -> bool:
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        return False
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop one ``ray start --block`` and everything it spawned: its own process group."""
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return
+
+
+def _wait_for_nodes(cluster: TwoNodes, procs: list[subprocess.Popen[bytes]], want: int) -> None:
+    from ray.util.state.api import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a Ray node exited early; see logs in {cluster.root}")
+        try:
+            api = StateApiClient(cluster.jobs_url, headers={"Authorization": f"Bearer {cluster.token}"})
+            nodes = api.list(StateResource.NODES, options=ListApiOptions(), raise_on_missing_output=False)
+            if sum(n.state == "ALIVE" for n in nodes) >= want:
+                return
+        except Exception:  # noqa: BLE001 - the dashboard is still starting
+            pass
+        time.sleep(1.0)
+    raise RuntimeError(f"the two-node cluster did not come up in 120 s; logs in {cluster.root}")
+
+
+@pytest.fixture(scope="module")
+def two_nodes() -> Iterator[TwoNodes]:
+    """Head + worker on 127.0.0.1, one CPU each, token auth on; only these processes are stopped."""
+    root = Path(tempfile.mkdtemp(prefix="nfc-"))  # short: Ray's socket paths must fit 107 bytes
+    token = secrets.token_hex(16)
+    env = _cluster_env(token)
+    port, dash = _free_port(), _free_port()
+    common = ["--block", "--num-cpus=1", "--num-gpus=0", "--node-ip-address=127.0.0.1",
+              "--disable-usage-stats"]
+    head_args = [RAY, "start", "--head", *common, f"--port={port}", f"--dashboard-port={dash}",
+                 "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+                 f"--ray-client-server-port={_free_port()}",
+                 f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={root / 'A'}"]
+    worker_args = [RAY, "start", *common, f"--address=127.0.0.1:{port}",
+                   f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={root / 'B'}"]
+    node_local = None
+    if _can_unshare():
+        node_local = root / "node-local"
+        node_local.mkdir()
+        mount = f"mount -t tmpfs nucflow-node-local {node_local} && exec \"$@\""
+        worker_args = ["unshare", "--mount", "--", "sh", "-c", mount, "sh", *worker_args]
+    cluster = TwoNodes(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", token, env, root, node_local)
+    procs = [_start(head_args, env, root / "head.log")]
+    try:
+        _wait_for_port(port, procs[0], root)
+        procs.append(_start(worker_args, env, root / "worker.log"))
+        _wait_for_nodes(cluster, procs, want=2)
+        yield cluster
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], root: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the Ray head did not start; see {root / 'head.log'}")
+
+
+def _nucflow(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([NUCFLOW, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- the Jobs API
+
+
+def test_submit_follows_job_and_exits_with_its_status(two_nodes: TwoNodes) -> None:
+    """`nucflow submit -- --version` runs the submitted checkout's CLI on the cluster."""
+    from nucflow import __version__
+
+    done = _nucflow("submit", "--address", two_nodes.jobs_url, "--", "--version", env=two_nodes.env)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.splitlines()[0].strip()
+    assert job_id.startswith("raysubmit_")
+    assert f"nucflow, version {__version__}" in done.stdout
+    status = _nucflow("submit", "--address", two_nodes.jobs_url, "--status", job_id, env=two_nodes.env)
+    assert status.stdout.startswith(f"{job_id} SUCCEEDED"), status.stdout + status.stderr
+    logs = _nucflow("submit", "--address", two_nodes.jobs_url, "--logs", job_id, env=two_nodes.env)
+    assert f"version {__version__}" in logs.stdout
+
+
+def test_failed_job_exits_nonzero(two_nodes: TwoNodes) -> None:
+    done = _nucflow("submit", "--address", two_nodes.jobs_url, "--", "no-such-command",
+                    env=two_nodes.env)
+    assert done.returncode == 1
+    assert "FAILED" in done.stderr
+    assert "No such command" in done.stdout + done.stderr
+
+
+def test_no_wait_then_stop(two_nodes: TwoNodes) -> None:
+    client = two_nodes.client()
+    job_id = client.submit_entrypoint("sleep 60")
+    assert _nucflow("submit", "--address", two_nodes.jobs_url, "--stop", job_id,
+                    env=two_nodes.env).returncode == 0
+    assert client.wait(job_id, timeout_s=60).status == "STOPPED"
+
+
+def test_trivial_job_runs_tasks_on_both_nodes(two_nodes: TwoNodes) -> None:
+    # One task pinned to each node: the job's runtime environment must work on the worker too.
+    script = (
+        "import ray; from nucflow.cluster import cluster_info; "
+        "from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as A; "
+        "ray.init(); f = ray.remote(num_cpus=1)(lambda: ray.get_runtime_context().get_node_id()); "
+        "print(sorted(ray.get([f.options(scheduling_strategy=A(n, soft=False)).remote() "
+        "for n in cluster_info(started_here=False).node_ids])))"
+    )
+    client = two_nodes.client()
+    job_id = client.submit_entrypoint(f"python -c \"{script}\"")
+    info = client.wait(job_id, timeout_s=120)
+    assert info.succeeded, client.logs(job_id)
+    deadline = time.monotonic() + 30  # task events reach the dashboard a little after the job
+    while len(nodes := client.info(job_id, with_nodes=True).node_ids) < 2:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    logs = client.logs(job_id)
+    assert len(nodes) == 2, (nodes, logs)
+    assert all(node in logs for node in nodes)
+
+
+def test_token_is_required(two_nodes: TwoNodes) -> None:
+    with pytest.raises(ClusterError, match="refused the request.*token"):
+        JobClient(two_nodes.jobs_url, token=None).info("raysubmit_none")
+    with pytest.raises(ClusterError, match="refused the request.*token"):
+        JobClient(two_nodes.jobs_url, token="wrong-token").info("raysubmit_none")
+
+
+def test_unknown_job_is_a_cluster_error(two_nodes: TwoNodes) -> None:
+    with pytest.raises(ClusterError, match="raysubmit_doesnotexist"):
+        two_nodes.client().info("raysubmit_doesnotexist")
+
+
+# --------------------------------------------------------------------------- shared outputs
+
+_DRIVER = """
+import json, sys
+from nucflow.cluster import ClusterConfig, check_shared_path, connect
+from nucflow.errors import ClusterError
+info = connect(sys.argv[1], config=ClusterConfig())
+out = {"nodes": info.nodes, "cpus": info.cpus, "gpus": info.gpus}
+for path in sys.argv[2:]:
+    try:
+        check_shared_path(path, timeout_s=60)
+        out[path] = "ok"
+    except ClusterError as exc:
+        out[path] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def test_connect_and_check_shared_path(two_nodes: TwoNodes, tmp_path: Path) -> None:
+    """A driver joining with --address sees both nodes; a shared path passes, others are refused."""
+    shared = tmp_path / "shared-out"
+    paths = [str(shared), "memory://nucflow-out"]
+    if two_nodes.node_local is not None:
+        paths.append(str(two_nodes.node_local / "out"))
+    done = subprocess.run([sys.executable, "-c", _DRIVER, two_nodes.gcs, *paths],
+                          env=two_nodes.env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["nodes"], result["cpus"], result["gpus"]) == (2, 2.0, 0.0)
+    assert result[str(shared)] == "ok"
+    assert list(shared.iterdir()) == []  # markers removed
+    assert "memory://nucflow-out" in result["memory://nucflow-out"]
+    assert "cannot read it" in result["memory://nucflow-out"]
+    if two_nodes.node_local is None:
+        pytest.skip("no mount namespaces here: the node-local path case needs `unshare --mount`")
+    refused = result[str(two_nodes.node_local / "out")]
+    assert "is not shared by every Ray node" in refused and "cannot read it" in refused
+    assert refused.count("cannot read it") == 1  # only the worker node; the head sees it
+    assert "shared filesystem" in refused and "object-store URI" in refused
