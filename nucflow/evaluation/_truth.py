@@ -161,8 +161,7 @@ def _is_deepliif(rgb: np.ndarray) -> bool:
     black = low.all(-1)
     pure = (high[..., 0] & low[..., 1] & low[..., 2]) | (low[..., 0] & high[..., 1] & low[..., 2])
     pure |= low[..., 0] & low[..., 1] & high[..., 2]
-    coloured = ~black
-    return bool(coloured.any()) and np.count_nonzero(pure | black) >= _PALETTE_SHARE * black.size
+    return bool((~black).any() and np.count_nonzero(pure | black) >= _PALETTE_SHARE * black.size)
 
 
 def _is_gray(rgb: np.ndarray) -> bool:
