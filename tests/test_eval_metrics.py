@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from nucflow.errors import EvaluationError
 from nucflow.evaluation import metrics as m
 
 
@@ -176,5 +177,5 @@ def test_convenience_functions(two_nuclei):
 
 
 def test_shape_mismatch_is_refused():
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(EvaluationError, match=r"same shape, got \(3, 3\) and \(3, 4\)"):
         m.dice(np.zeros((3, 3)), np.zeros((3, 4)))

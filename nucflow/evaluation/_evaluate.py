@@ -235,17 +235,18 @@ class _Runner:
 def _runner(method: str, *, model: str | Path | None, mpp: float | None, stain_profile: str, sigma: float) -> _Runner:
     from nucflow.postprocess import load_stain_profile
 
-    if method == "unet":
-        return _unet_runner(model, mpp=_given(mpp))
     config = load_stain_profile(stain_profile)
     if method == PRED_METHOD:
-        return _Runner(lambda rgb, case: read_labels(_given(case.pred)), dab_threshold=config.dab_threshold)
-    return _Runner(_baseline(method, mpp=_given(mpp), config=config, sigma=sigma), dab_threshold=config.dab_threshold)
+        return _Runner(_read_pred, dab_threshold=config.dab_threshold)
+    assert mpp is not None, "_check_methods requires mpp to run a method"
+    if method == "unet":
+        return _unet_runner(model, mpp=mpp)
+    return _Runner(_baseline(method, mpp=mpp, config=config, sigma=sigma), dab_threshold=config.dab_threshold)
 
 
-def _given(value: Any) -> Any:
-    assert value is not None
-    return value
+def _read_pred(rgb: np.ndarray, case: _Case) -> np.ndarray:
+    assert case.pred is not None, "_cases pairs every image with a prediction when pred is given"
+    return read_labels(case.pred)
 
 
 def _baseline(method: str, *, mpp: float, config: Any, sigma: float) -> Callable[[np.ndarray, _Case], np.ndarray]:

@@ -38,6 +38,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from nucflow.errors import EvaluationError
+
 __all__ = [
     "METRICS",
     "Counts",
@@ -139,7 +141,7 @@ def _sequential(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _check_pair(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred, true = np.asarray(pred), np.asarray(true)
     if pred.shape != true.shape or pred.ndim != 2:
-        raise ValueError(
+        raise EvaluationError(
             f"label images must be 2-D and of the same shape, got {pred.shape} and {true.shape}"
         )
     return pred, true
