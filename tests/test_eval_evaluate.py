@@ -86,7 +86,9 @@ def tiny_set(tmp_path):
 
 
 def test_given_predictions_need_no_mpp(tiny_set):
-    report = evaluate(tiny_set / "img", tiny_set / "gt", pred=tiny_set / "gt")
+    calls = []
+    report = evaluate(tiny_set / "img", tiny_set / "gt", pred=tiny_set / "gt", progress=lambda *a: calls.append(a))
+    assert calls == [(1, 2, "pred a"), (2, 2, "pred b")]
     assert report.methods == ("pred",)
     assert all(r["dice"] == 1.0 and r["aji"] == 1.0 for r in report.rows())
     mirrored = evaluate(tiny_set / "img", tiny_set / "gt", pred=tiny_set / "pred")

@@ -11,11 +11,12 @@ from nucflow.errors import EvaluationError
 from nucflow.evaluation import pair_files, read_labels, read_truth
 
 
-@pytest.mark.parametrize(("name", "nuclei"), [("Bladder1", 188), ("Lung1", 61)])
-def test_deepliif_counts(shared_data, name, nuclei):
+@pytest.mark.parametrize(("name", "nuclei", "positive"), [("Bladder1", 188, 15), ("Lung1", 61, 11)])
+def test_deepliif_counts(shared_data, name, nuclei, positive):
     truth = read_truth(shared_data / "ihc/deepliif/groundtruth" / f"{name}.png")
     assert truth.format == "deepliif"
     assert truth.count == nuclei
+    assert sum(truth.positive.values()) == positive
     assert truth.labels.dtype == np.int32
     assert set(truth.positive) == set(range(1, nuclei + 1))
     # every positive nucleus lies on red pixels of the colour code
