@@ -136,7 +136,8 @@ def connect(address: str | None = None, *, config: ClusterConfig) -> ClusterInfo
     address
         A Ray (GCS) address ``host:port``, ``auto`` or ``ray://host:10001``; None reads
         ``RAY_ADDRESS``; when neither is set, a local Ray starts with every local CPU and GPU,
-        bound to 127.0.0.1, without token authentication unless ``RAY_AUTH_MODE`` says so.
+        its dashboard (if any) on 127.0.0.1, and without token authentication unless
+        ``RAY_AUTH_MODE=token`` is set (then Ray creates or reuses ``~/.ray/auth_token``).
         Inside a job sent with ``nucflow submit``, Ray sets ``RAY_ADDRESS`` itself.
     config
         ``object_store_gb`` and ``include_dashboard`` apply to a local Ray only.
@@ -154,12 +155,13 @@ def connect(address: str | None = None, *, config: ClusterConfig) -> ClusterInfo
     """
     import ray
 
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        _check_ray_address(address)
     if ray.is_initialized():
         return cluster_info(started_here=False)
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         return _start_local(config)
-    _check_ray_address(address)
     try:
         ray.init(address=address, log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -179,7 +181,6 @@ def _start_local(config: ClusterConfig) -> ClusterInfo:
         object_store_memory=store,
         include_dashboard=config.include_dashboard,
         dashboard_host="127.0.0.1",
-        _node_ip_address="127.0.0.1",
         log_to_driver=True,
     )
     info = cluster_info(started_here=True)

@@ -60,12 +60,13 @@ def submit(
     if not queries and not command:
         raise click.UsageError("give a nucflow command after --, e.g. nucflow submit -- segment ...")
     try:
+        env = _parse_env(env_pairs)
+        _warn_relative_paths(command)
         client = JobClient(address, token=read_auth_token(token_file))
         if queries:
             _query(client, status_id=status_id, logs_id=logs_id, stop_id=stop_id)
             return
-        _warn_relative_paths(command)
-        job_id = client.submit(command, python=python, env=_parse_env(env_pairs))
+        job_id = client.submit(command, python=python, env=env)
         click.echo(f"submitted job {job_id} to {client.address}", err=True)
         click.echo(job_id)
         if no_wait:
