@@ -33,6 +33,9 @@ def _register() -> None:
     from nucflow._cli.evaluate import evaluate
 
     main.add_command(evaluate)
+    from nucflow._cli.train import train
+
+    main.add_command(train)
 
 
 _register()

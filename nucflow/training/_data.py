@@ -1,0 +1,211 @@
+"""Training data: IHC tiles from slides and folders, the unpaired mask prior, augmentation.
+
+Everything is held in memory at the working resolution (the pools here are small: a few
+slides' tissue tiles and a few thousand masks); each batch is cut from the pools with a
+generator seeded by (seed, rank, step), so a resumed run draws the same batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from skimage import color, filters, io, transform
+
+from nucflow.errors import SlideError, TrainingError
+from nucflow.training._config import DataConfig
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "IhcImage",
+    "find_images",
+    "load_ihc",
+    "load_masks",
+    "pseudo_mask",
+    "sample_ihc",
+    "sample_masks",
+]
+
+logger = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+_WHOLE_SLIDE_MAX = 4096 * 4096
+
+
+@dataclass(frozen=True)
+class IhcImage:
+    """An IHC image at the working resolution with its label-free pseudo-mask.
+
+    ``rgb`` is (rows, cols, 3) uint8, ``pseudo`` (rows, cols) bool.
+    """
+
+    rgb: np.ndarray
+    pseudo: np.ndarray
+    source: str
+
+
+def find_images(paths: Sequence[str | Path], *, what: str) -> list[Path]:
+    """Image files in ``paths`` (files or folders, sorted); none found is a TrainingError."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise TrainingError(f"{what} path {path} does not exist")
+    return found
+
+
+def pseudo_mask(rgb: np.ndarray) -> np.ndarray:
+    """Label-free nuclei guess: Otsu threshold of the Gaussian-smoothed luminance, holes filled.
+
+    ``rgb`` (rows, cols, 3) uint8 -> (rows, cols) bool (dark = nucleus).
+    """
+    gray = filters.gaussian(color.rgb2gray(rgb), sigma=1.0)
+    return ndimage.binary_fill_holes(gray < filters.threshold_otsu(gray))
+
+
+def _rescale_rgb(rgb: np.ndarray, scale: float) -> np.ndarray:
+    if abs(scale - 1.0) < 1e-3:
+        return rgb
+    out = transform.rescale(rgb, scale, channel_axis=2, anti_aliasing=scale < 1, order=1)
+    return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+
+
+def _image(rgb: np.ndarray, source: str) -> IhcImage:
+    return IhcImage(rgb=np.ascontiguousarray(rgb), pseudo=pseudo_mask(rgb), source=source)
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    try:
+        image = io.imread(path)
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"cannot read training image {path}: {exc}") from None
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    return image[..., :3].astype(np.uint8)
+
+
+def _slide_images(path: Path, config: DataConfig, rng: np.random.Generator) -> list[IhcImage]:
+    """The whole slide at the working resolution if small, else tiles sampled from tissue."""
+    from nucflow.slide import open_slide, tissue_mask
+
+    with open_slide(path) as slide:
+        rows, cols = slide.shape_at(config.mpp)
+        if rows * cols <= _WHOLE_SLIDE_MAX:
+            rgb = slide.read(mpp=config.mpp, row=0, col=0, rows=rows, cols=cols)
+            return [_image(rgb, path.name)]
+        thumb, thumb_mpp = slide.thumbnail()
+        tissue = np.argwhere(tissue_mask(thumb, mpp=thumb_mpp))
+        if len(tissue) == 0:
+            raise TrainingError(f"slide {path} has no tissue to train on")
+        side = 2 * config.crop
+        picks = tissue[rng.integers(len(tissue), size=config.tiles_per_slide)]
+        centres = (picks + 0.5) * thumb_mpp / config.mpp
+        return [
+            _image(slide.read(mpp=config.mpp, row=int(r) - side // 2, col=int(c) - side // 2,
+                              rows=side, cols=side), f"{path.name}@{int(r)},{int(c)}")
+            for r, c in centres
+        ]
+
+
+def load_ihc(
+    *,
+    slides: Sequence[Path],
+    tiles: Sequence[Path],
+    config: DataConfig,
+    rng: np.random.Generator,
+) -> list[IhcImage]:
+    """Load IHC training images at ``config.mpp`` from slides, tile files and (optionally) skimage.
+
+    Slides are opened with :func:`nucflow.slide.open_slide` (their own resolution); tile
+    files are assumed to be at ``config.tile_mpp``.
+    """
+    images: list[IhcImage] = []
+    for path in slides:
+        try:
+            images += _slide_images(path, config, rng)
+        except SlideError as exc:
+            raise TrainingError(f"cannot use slide {path} for training: {exc}") from None
+    scale = config.tile_mpp / config.mpp
+    for path in tiles:
+        images.append(_image(_rescale_rgb(_read_rgb(path), scale), path.name))
+    if config.skimage_ihc:
+        from skimage.data import immunohistochemistry
+
+        images.append(_image(_rescale_rgb(immunohistochemistry(), scale), "skimage-ihc"))
+    return images
+
+
+def _binary_masks(path: Path) -> list[np.ndarray]:
+    if path.suffix == ".npy":  # PanNuke layout: (N, H, W, 6), last channel = background
+        stack = np.load(path, mmap_mode="r")
+        if stack.ndim != 4:
+            raise TrainingError(f"mask array {path} must be (N, H, W, C) like PanNuke's masks.npy")
+        return [np.asarray(m[..., :-1] > 0).any(axis=-1) for m in stack]
+    try:
+        labels = io.imread(path)
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"cannot read mask {path}: {exc}") from None
+    return [labels.reshape(labels.shape[:2] + (-1,)).max(axis=-1) > 0]
+
+
+def load_masks(paths: Sequence[Path], *, config: DataConfig) -> list[np.ndarray]:
+    """Binary masks (rows, cols) bool at ``config.mpp`` from instance/binary images or ``.npy``."""
+    scale = config.mask_mpp / config.mpp
+    masks: list[np.ndarray] = []
+    for path in paths:
+        for mask in _binary_masks(path):
+            if abs(scale - 1.0) > 1e-3:
+                mask = transform.rescale(mask.astype(np.float32), scale, order=1) > 0.5
+            masks.append(mask)
+    return masks
+
+
+def _augment(stack: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random 90° rotation and flip of a (rows, cols, ...) array."""
+    stack = np.rot90(stack, k=int(rng.integers(4)))
+    return stack[:, ::-1] if rng.random() < 0.5 else stack
+
+
+def _crop(array: np.ndarray, side: int, rng: np.random.Generator, fill: float) -> np.ndarray:
+    """A random ``side`` x ``side`` window, padded with ``fill`` where the array is smaller."""
+    pad = [(0, max(0, side - array.shape[0])), (0, max(0, side - array.shape[1]))]
+    pad += [(0, 0)] * (array.ndim - 2)
+    array = np.pad(array, pad, constant_values=fill)
+    row = int(rng.integers(array.shape[0] - side + 1))
+    col = int(rng.integers(array.shape[1] - side + 1))
+    return array[row : row + side, col : col + side]
+
+
+def sample_ihc(
+    images: Sequence[IhcImage], *, n: int, crop: int, scale_jitter: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` augmented crops: RGB (n, crop, crop, 3) float32 in [0, 1], pseudo (n, crop, crop)."""
+    areas = np.array([im.rgb.shape[0] * im.rgb.shape[1] for im in images], float)
+    picks = rng.choice(len(images), size=n, p=areas / areas.sum())
+    rgbs, pseudos = [], []
+    for i in picks:
+        scale = math.exp(rng.uniform(-1, 1) * math.log1p(scale_jitter))
+        side = max(8, round(crop * scale))
+        stack = np.dstack([images[i].rgb / 255.0, images[i].pseudo]).astype(np.float32)
+        window = _augment(_crop(stack, side, rng, fill=1.0), rng)
+        if side != crop:
+            window = transform.resize(window, (crop, crop), order=1, anti_aliasing=side > crop)
+        rgbs.append(window[..., :3])
+        pseudos.append(window[..., 3] > 0.5)
+    return np.stack(rgbs).astype(np.float32), np.stack(pseudos)
+
+
+def sample_masks(
+    masks: Sequence[np.ndarray], *, n: int, crop: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``n`` augmented mask crops, (n, crop, crop) bool."""
+    picks = rng.integers(len(masks), size=n)
+    return np.stack([_augment(_crop(masks[i], crop, rng, fill=0), rng) for i in picks])
