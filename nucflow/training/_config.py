@@ -40,6 +40,7 @@ class LossConfig:
     ``pseudo`` weights a label-free warm start: binary cross-entropy of S against
     colour-threshold pseudo-masks (Otsu on smoothed luminance) during the first
     ``pseudo_steps`` steps; R is then also fitted to rebuild the tile from its pseudo-mask.
+    ``pseudo_anchor`` keeps that cross-entropy, with this weight, in the adversarial phase.
     """
 
     r: float = 60.0
@@ -51,6 +52,7 @@ class LossConfig:
     jitter: float = 0.05
     pseudo: float = 0.0
     pseudo_steps: int = 0
+    pseudo_anchor: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,8 @@ def _pseudo_losses(nets: GanNets, b: Batch, config: TrainConfig, r: float) -> di
 def _generator_losses(nets: GanNets, b: Batch, config: TrainConfig, r: float) -> dict[str, Any]:
     w = config.loss
     x_a = hed_jitter(b.x, b.factors[0]) if w.jitter > 0 else b.x
-    s_a = torch.sigmoid(r * nets.s(x_a))
+    logits_a = r * nets.s(x_a)
+    s_a = torch.sigmoid(logits_a)
     target = _ihc_target(config, x_a)
     fake_ihc = nets.r(b.mask)
     out: dict[str, Any] = {
@@ -127,6 +128,9 @@ def _generator_losses(nets: GanNets, b: Batch, config: TrainConfig, r: float) ->
         s_b = torch.sigmoid(r * nets.s(hed_jitter(b.x, b.factors[1])))
         out["consistency"] = l1(s_a, s_b)
         total = total + w.consistency * out["consistency"]
+    if w.pseudo_anchor > 0:
+        out["pseudo"] = functional.binary_cross_entropy_with_logits(logits_a, b.pseudo)
+        total = total + w.pseudo_anchor * out["pseudo"]
     out["total"] = total
     return out
 
