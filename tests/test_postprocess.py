@@ -7,9 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from skimage.color import rgb2hed
+from skimage.measure import regionprops
 
 from nucflow.errors import ConfigError, InputError
-from nucflow.postprocess import PostprocessConfig, label_nuclei, load_stain_profile
+from nucflow.postprocess import (
+    PostprocessConfig,
+    label_nuclei,
+    load_stain_profile,
+    nuclei_table,
+    stain_od,
+)
 
 MPP = 0.5
 KI67 = PostprocessConfig()
@@ -37,6 +45,14 @@ def test_two_touching_discs_are_split():
     labels = label_nuclei(discs((60, 80), [(30, 28), (30, 48)], 11), mpp=MPP, config=KI67)
     assert labels.max() == 2
     assert labels[30, 22] != labels[30, 54]
+
+
+def test_a_small_nucleus_beside_a_larger_one_within_min_distance_is_kept():
+    prob = discs((60, 80), [(30, 25)], 12) | discs((60, 80), [(30, 46)], 4)
+    config = PostprocessConfig(min_distance_um=15.0, min_area_um2=5.0)  # 30 px between markers
+    labels = label_nuclei(prob, mpp=MPP, config=config)
+    assert labels.max() == 2
+    assert labels[30, 46] not in (0, labels[30, 25])
 
 
 def test_float_and_uint8_maps_give_the_same_labels():
@@ -108,3 +124,30 @@ def test_malformed_probability_maps_are_input_errors():
         label_nuclei(np.zeros((4, 4, 3), np.uint8), mpp=MPP, config=KI67)
     with pytest.raises(InputError, match="must be uint8 or float, got dtype int64"):
         label_nuclei(np.zeros((4, 4), np.int64), mpp=MPP, config=KI67)
+
+
+def test_stain_od_is_rgb2hed_in_base_10_units():
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    hematoxylin, dab = stain_od(rgb)
+    hed = rgb2hed(rgb)
+    assert np.allclose(hematoxylin, 6 * hed[..., 0]) and np.allclose(dab, 6 * hed[..., 2])
+    white = stain_od(np.full((1, 3), 255, np.uint8))
+    assert (white[0][0], white[1][0]) == (0.0, 0.0)
+
+
+def test_shape_measures_agree_with_regionprops_on_ellipses():
+    rr, cc = np.mgrid[:80, :120]
+    labels = np.zeros((80, 120), np.int32)
+    labels[((rr - 25) / 12) ** 2 + ((cc - 30) / 6) ** 2 <= 1] = 1
+    labels[((rr - 50) / 9) ** 2 + ((cc - 80) / 20) ** 2 + (rr - 50) * (cc - 80) / 300 <= 1] = 2
+    one_marker = PostprocessConfig(
+        median_size=1, opening_radius=0, closing_radius=0, min_distance_um=40, max_diameter_um=60
+    )
+    table = nuclei_table(labels > 0, config=one_marker, mpp=1.0, block_size=50)
+    assert len(table) == 2
+    for prop in regionprops(labels):
+        (row,) = table[np.isclose(table.area_um2, prop.area)].itertuples()
+        assert row.eccentricity == pytest.approx(prop.eccentricity, abs=1e-9)
+        assert (row.centroid_y - 0.5, row.centroid_x - 0.5) == pytest.approx(prop.centroid)
+        assert prop.solidity - 0.01 < row.solidity <= 1.0  # polygon hull: no pixel-corner bias
+        assert row.perimeter_um == pytest.approx(prop.perimeter, rel=0.05)

@@ -19,7 +19,14 @@ import zarr
 
 from nucflow.errors import InputError
 from nucflow.postprocess._config import PostprocessConfig
-from nucflow.postprocess._features import COLUMNS, MapGeometry, RgbReader, region_measures
+from nucflow.postprocess._features import (
+    COLUMNS,
+    MapGeometry,
+    RegionStats,
+    RgbReader,
+    region_measures,
+    region_stats,
+)
 from nucflow.postprocess._label import as_uint8_probability, label_nuclei
 
 __all__ = ["Block", "blocks", "empty_table", "nuclei_table", "open_probability"]
@@ -202,37 +209,35 @@ def _block_table(
     """Label one block's region and measure the nuclei whose centroid lies in its core."""
     prob = as_uint8_probability(prob)
     labels = label_nuclei(prob, mpp=geometry.mpp, config=config)
-    indices = owned_labels(labels, block)
+    stats = region_stats(labels)
+    origin = (block.region[0], block.region[2])
+    indices = owned_labels(stats, origin=origin, core=block.core)
     if indices.size == 0:
         return None
     r0, r1, c0, c1 = block.region
     rgb = None if read_rgb is None else _checked(read_rgb(r0, c0, r1 - r0, c1 - c0), labels.shape)
     return region_measures(
-        labels, indices, prob, rgb,
-        geometry=geometry, origin=(r0, c0), dab_threshold=config.dab_threshold,
+        labels, stats, indices, prob, rgb,
+        geometry=geometry, origin=origin, dab_threshold=config.dab_threshold,
     )
 
 
-def owned_labels(labels: np.ndarray, block: Block) -> np.ndarray:
-    """Labels of ``labels`` (the block's region) whose centroid lies in the block's core.
+def owned_labels(
+    stats: RegionStats, *, origin: tuple[int, int], core: tuple[int, int, int, int]
+) -> np.ndarray:
+    """Labels whose centroid lies in ``core`` (row0, row1, col0, col1 of the whole map).
 
     Pixel ``i`` spans ``[i - 0.5, i + 0.5)``; centroids are compared in exact integer
     arithmetic (twice the coordinate sum against the pixel count), so a centroid on a
     boundary belongs to exactly one of the neighbouring blocks.
     """
-    count = int(labels.max(initial=0))
-    if count == 0:
-        return np.zeros(0, np.int64)
-    flat = labels.ravel()
-    rows, cols = labels.shape
-    sizes = np.bincount(flat, minlength=count + 1)[1:]
-    inside = np.ones(count, bool)
-    for axis, (start, stop) in enumerate((block.core[:2], block.core[2:])):
-        first = block.region[2 * axis]
-        coords = np.arange(rows)[:, None] if axis == 0 else np.arange(cols)[None, :]
-        coords = np.broadcast_to(coords + first, labels.shape).ravel()
-        twice_sum = 2 * np.bincount(flat, weights=coords, minlength=count + 1)[1:]
-        inside &= (twice_sum >= (2 * start - 1) * sizes) & (twice_sum < (2 * stop - 1) * sizes)
+    n = stats.sums[1:, 0]
+    inside = n > 0
+    for axis in (0, 1):
+        first = stats.start[1:, axis] + origin[axis]
+        twice_sum = 2 * (n * first + stats.sums[1:, 1 + axis])
+        start, stop = core[2 * axis], core[2 * axis + 1]
+        inside &= (twice_sum >= (2 * start - 1) * n) & (twice_sum < (2 * stop - 1) * n)
     return np.flatnonzero(inside) + 1
 
 

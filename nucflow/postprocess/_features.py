@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import shapely
-from skimage.color import rgb2hed
-from skimage.measure import find_contours, regionprops
-from skimage.measure._regionprops import RegionProperties
+from contourpy import contour_generator
+from scipy import ndimage as ndi
+from skimage.color import hed_from_rgb
 
 from nucflow.errors import InputError
 
-__all__ = ["COLUMNS", "MapGeometry", "RgbReader", "read_rgb_from_array", "stain_od"]
+__all__ = [
+    "COLUMNS",
+    "MapGeometry",
+    "RegionStats",
+    "RgbReader",
+    "read_rgb_from_array",
+    "region_stats",
+    "stain_od",
+]
 
 #: ``read_rgb(row, col, rows, cols) -> (rows, cols, 3) uint8``, in probability-map pixels.
 RgbReader = Callable[[int, int, int, int], np.ndarray]
@@ -36,8 +43,9 @@ COLUMNS: dict[str, str] = {
     "mean_probability": "float64",
 }
 
-# skimage's separate_stains divides natural logs by ln(1e-6); times 6 gives base-10 OD.
-_OD_PER_SKIMAGE_UNIT = -math.log10(1e-6)
+# Base-10 optical density of each 8-bit intensity, floored at 1e-6 transmission as
+# skimage's separate_stains does (which works in natural log divided by ln 1e-6).
+_OD_OF_BYTE = -np.log10(np.maximum(np.arange(256) / 255.0, 1e-6))
 
 
 @dataclass(frozen=True)
@@ -88,20 +96,50 @@ def stain_od(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Parameters
     ----------
-    rgb : np.ndarray, shape (rows, cols, 3), uint8
+    rgb : np.ndarray, shape (..., 3), uint8
 
     Returns
     -------
     (np.ndarray, np.ndarray)
-        Hematoxylin and DAB OD, each (rows, cols) float64, >= 0 (Ruifrok-Johnston vectors,
-        ``skimage.color.rgb2hed``; white is 0).
+        Hematoxylin and DAB OD, each of shape (...) float64, >= 0: ``skimage.color.rgb2hed``
+        (Ruifrok-Johnston vectors) in base-10 units, i.e. 6 times its values; white is 0.
     """
-    hed = rgb2hed(rgb) * _OD_PER_SKIMAGE_UNIT
+    hed = np.maximum(_OD_OF_BYTE[rgb] @ hed_from_rgb, 0.0)
     return hed[..., 0], hed[..., 2]
+
+
+@dataclass(frozen=True)
+class RegionStats:
+    """Pixel counts and moments of every label of a labelled region.
+
+    Coordinates are taken relative to each label's bounding-box corner, so the sums are
+    small exact integers: a nucleus gets bit-identical measures in any block that holds it.
+    """
+
+    boxes: list[tuple[slice, slice] | None]  # ndimage.find_objects, label i at i - 1
+    start: np.ndarray  # (labels + 1, 2) int64: bounding-box corner (row, col)
+    sums: np.ndarray  # (labels + 1, 6) float64: n, Σdr, Σdc, Σdr², Σdc², Σdr·dc
+
+
+def region_stats(labels: np.ndarray) -> RegionStats:
+    """Counts and moments of the labels 1..max of a (rows, cols) int label image."""
+    count = int(labels.max(initial=0))
+    boxes = ndi.find_objects(labels, max_label=count)
+    start = np.zeros((count + 1, 2), np.int64)
+    for index, box in enumerate(boxes, start=1):
+        if box is not None:
+            start[index] = box[0].start, box[1].start
+    flat = labels.ravel()
+    d_row = (np.arange(labels.shape[0])[:, None] - start[labels, 0]).ravel().astype(np.float64)
+    d_col = (np.arange(labels.shape[1])[None, :] - start[labels, 1]).ravel().astype(np.float64)
+    weights = (None, d_row, d_col, d_row * d_row, d_col * d_col, d_row * d_col)
+    sums = np.stack([np.bincount(flat, weights=w, minlength=count + 1) for w in weights], axis=1)
+    return RegionStats(boxes=boxes, start=start, sums=sums)
 
 
 def region_measures(
     labels: np.ndarray,
+    stats: RegionStats,
     indices: np.ndarray,
     prob: np.ndarray,
     rgb: np.ndarray | None,
@@ -113,66 +151,95 @@ def region_measures(
     """Measure the nuclei ``indices`` of ``labels`` (a region of the map at ``origin``).
 
     ``rgb`` covers the same region as ``labels`` (None: OD columns are NaN, none positive).
+    Perimeter and solidity are those of the outline polygon (through pixel-edge midpoints).
     Returns the columns of :data:`COLUMNS` except ``id``, and level-0 outlines.
     """
-    count = int(labels.max())
-    props = regionprops(labels)
-    by_label = {p.label: p for p in props}
-    chosen = [by_label[int(i)] for i in indices]
-    columns = _shape_columns(chosen, geometry=geometry, origin=origin)
-    means = _label_means(labels, count, prob, rgb)
+    outlines = _outlines(labels, stats, indices, geometry=geometry, origin=origin)
+    columns = _moment_columns(stats, indices, geometry=geometry, origin=origin)
+    columns["perimeter_um"] = shapely.length(outlines) * geometry.um_per_level0_px
+    columns["solidity"] = shapely.area(outlines) / shapely.area(shapely.convex_hull(outlines))
+    means = _label_means(labels, stats.sums[:, 0], prob, rgb)
     columns["mean_probability"] = means["probability"][indices]
     columns["hematoxylin_od"] = means["hematoxylin"][indices]
     columns["dab_od"] = means["dab"][indices]
     columns["dab_positive"] = columns["dab_od"] >= dab_threshold
-    outlines = [_outline(p, geometry=geometry, origin=origin) for p in chosen]
-    return columns, outlines
+    return columns, list(outlines)
 
 
-def _shape_columns(
-    props: list[RegionProperties], *, geometry: MapGeometry, origin: tuple[int, int]
+def _moment_columns(
+    stats: RegionStats, indices: np.ndarray, *, geometry: MapGeometry, origin: tuple[int, int]
 ) -> dict[str, np.ndarray]:
-    mpp = geometry.mpp
-    centroids = np.array([p.centroid for p in props], float).reshape(-1, 2)
-    x, y = geometry.to_level0(centroids[:, 0] + origin[0], centroids[:, 1] + origin[1])
+    n, s_r, s_c, s_rr, s_cc, s_rc = stats.sums[indices].T
+    mean_r, mean_c = s_r / n, s_c / n
+    rows = (stats.start[indices, 0] + origin[0]) + mean_r
+    cols = (stats.start[indices, 1] + origin[1]) + mean_c
+    x, y = geometry.to_level0(rows, cols)
     um = geometry.um_per_level0_px
     return {
         "centroid_x": x,
         "centroid_y": y,
         "centroid_x_um": x * um,
         "centroid_y_um": y * um,
-        "area_um2": np.array([p.area for p in props], float) * mpp**2,
-        "perimeter_um": np.array([p.perimeter for p in props], float) * mpp,
-        "eccentricity": np.array([p.eccentricity for p in props], float),
-        "solidity": np.array([p.solidity for p in props], float),
+        "area_um2": n * geometry.mpp**2,
+        "eccentricity": _eccentricity(
+            (s_rr - s_r * mean_r) / n, (s_cc - s_c * mean_c) / n, (s_rc - s_r * mean_c) / n
+        ),
     }
 
 
+def _eccentricity(var_r: np.ndarray, var_c: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Eccentricity of the ellipse with the same second moments (as skimage's regionprops)."""
+    half_sum = (var_r + var_c) / 2
+    root = np.hypot((var_r - var_c) / 2, cov)
+    major, minor = half_sum + root, np.maximum(half_sum - root, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(major > 0, np.sqrt(1.0 - minor / major), 0.0)
+
+
 def _label_means(
-    labels: np.ndarray, count: int, prob: np.ndarray, rgb: np.ndarray | None
+    labels: np.ndarray, sizes: np.ndarray, prob: np.ndarray, rgb: np.ndarray | None
 ) -> dict[str, np.ndarray]:
-    flat = labels.ravel()
-    sizes = np.maximum(np.bincount(flat, minlength=count + 1), 1)
+    inside = labels.ravel() > 0
+    flat = labels.ravel()[inside]
+    count = len(sizes) - 1
+    sizes = np.maximum(sizes, 1)
 
     def mean(values: np.ndarray) -> np.ndarray:
-        return np.bincount(flat, weights=values.ravel(), minlength=count + 1) / sizes
+        return np.bincount(flat, weights=values, minlength=count + 1) / sizes
 
-    means = {"probability": mean(prob.astype(np.float64) / 255.0)}
+    means = {"probability": mean(prob.ravel()[inside] / 255.0)}
     if rgb is None:
         means["hematoxylin"] = means["dab"] = np.full(count + 1, np.nan)
     else:
-        hematoxylin, dab = stain_od(rgb)
+        hematoxylin, dab = stain_od(rgb.reshape(-1, 3)[inside])
         means["hematoxylin"], means["dab"] = mean(hematoxylin), mean(dab)
     return means
 
 
-def _outline(
-    prop: RegionProperties, *, geometry: MapGeometry, origin: tuple[int, int]
-) -> shapely.Polygon:
-    """The nucleus boundary through the pixel-edge midpoints (longest contour), level 0."""
-    padded = np.pad(prop.image, 1).astype(np.float32)
-    contour = max(find_contours(padded, 0.5, fully_connected="high"), key=len)
-    rows = contour[:, 0] + prop.bbox[0] - 1 + origin[0]
-    cols = contour[:, 1] + prop.bbox[1] - 1 + origin[1]
-    x, y = geometry.to_level0(rows, cols)
-    return shapely.Polygon(np.column_stack([x, y]))
+def _outlines(
+    labels: np.ndarray,
+    stats: RegionStats,
+    indices: np.ndarray,
+    *,
+    geometry: MapGeometry,
+    origin: tuple[int, int],
+) -> np.ndarray:
+    """Level-0 outlines of the nuclei ``indices``: an object array of shapely Polygons."""
+    rings = [_ring(labels, stats.boxes[index - 1], int(index)) for index in indices]
+    if not rings:
+        return np.zeros(0, dtype=object)
+    rows_cols = np.concatenate(rings)
+    x, y = geometry.to_level0(rows_cols[:, 0] + origin[0], rows_cols[:, 1] + origin[1])
+    ring_of = np.repeat(np.arange(len(rings)), [len(ring) for ring in rings])
+    return shapely.polygons(shapely.linearrings(np.column_stack([x, y]), indices=ring_of))
+
+
+def _ring(labels: np.ndarray, box: tuple[slice, slice] | None, index: int) -> np.ndarray:
+    """The boundary of one label through its pixel-edge midpoints (longest ring), (k, 2) rows/cols."""
+    assert box is not None, "every measured label has a bounding box"
+    crop = labels[box] == index
+    padded = np.zeros((crop.shape[0] + 2, crop.shape[1] + 2))
+    padded[1:-1, 1:-1] = crop
+    lines = contour_generator(z=padded, line_type="Separate").lines(0.5)
+    x_y = np.asarray(max(lines, key=len))  # type: ignore[arg-type]
+    return np.column_stack([x_y[:, 1] + (box[0].start - 1), x_y[:, 0] + (box[1].start - 1)])

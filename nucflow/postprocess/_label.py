@@ -18,11 +18,11 @@ _EIGHT = np.ones((3, 3), bool)
 
 
 def as_uint8_probability(prob: np.ndarray) -> np.ndarray:
-    """A probability map as uint8 0-255 (float input in [0, 1] is scaled and rounded).
+    """A probability map as uint8 0-255 (float in [0, 1] scaled and rounded; bool as 0/255).
 
     Parameters
     ----------
-    prob : np.ndarray, shape (rows, cols), uint8 0-255 or float in [0, 1]
+    prob : np.ndarray, shape (rows, cols), uint8 0-255, float in [0, 1] or bool
 
     Returns
     -------
@@ -33,6 +33,8 @@ def as_uint8_probability(prob: np.ndarray) -> np.ndarray:
         raise InputError(f"probability map must be 2-D (rows, cols), got shape {prob.shape}")
     if prob.dtype == np.uint8:
         return prob
+    if prob.dtype == np.bool_:
+        return prob.astype(np.uint8) * np.uint8(255)
     if not np.issubdtype(prob.dtype, np.floating):
         raise InputError(f"probability map must be uint8 or float, got dtype {prob.dtype}")
     return np.rint(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -48,7 +50,7 @@ def label_nuclei(prob: np.ndarray, *, mpp: float, config: PostprocessConfig) -> 
 
     Parameters
     ----------
-    prob : np.ndarray, shape (rows, cols), uint8 0-255 or float in [0, 1]
+    prob : np.ndarray, shape (rows, cols), uint8 0-255, float in [0, 1] or bool (a mask)
     mpp : float
         µm per pixel of ``prob``.
     config : PostprocessConfig
@@ -108,11 +110,24 @@ def split_touching(mask: np.ndarray, *, px: PixelSizes) -> np.ndarray:
     orders equal values, and a block labels a nucleus exactly as the whole map does.
     """
     distance = ndi.distance_transform_edt(mask)
-    peaks = distance == ndi.maximum_filter(distance, footprint=disk(px.min_distance))
-    markers, _ = ndi.label(peaks & mask, structure=_EIGHT)
+    peaks = (distance == ndi.maximum_filter(distance, size=2 * px.min_distance + 1)) & mask
+    _seed_unmarked_components(peaks, mask, distance)
+    markers, _ = ndi.label(peaks, structure=_EIGHT)
     squared = np.rint(distance * distance)
     priority = np.arange(mask.size, dtype=np.float64).reshape(mask.shape) - squared * mask.size
     return watershed(priority, markers, mask=mask).astype(np.int32)
+
+
+def _seed_unmarked_components(peaks: np.ndarray, mask: np.ndarray, distance: np.ndarray) -> None:
+    """Mark the first distance maximum of each component that a larger neighbour within
+    ``min_distance`` left without a peak, so no isolated nucleus is lost (in place)."""
+    components, count = ndi.label(mask)
+    marked = np.zeros(count + 1, bool)
+    marked[components[peaks]] = True
+    unmarked = np.flatnonzero(~marked[1:]) + 1
+    if unmarked.size:
+        for position in ndi.maximum_position(distance, components, unmarked):
+            peaks[position] = True
 
 
 def erode_labels(labels: np.ndarray, radius: int) -> np.ndarray:
