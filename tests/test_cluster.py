@@ -178,15 +178,17 @@ def test_submit_cli_usage_errors() -> None:
     assert mixed.exit_code == 2
 
 
-def test_submit_cli_reports_bad_env_and_unreachable_cluster(tmp_path: Path) -> None:
+def test_submit_cli_reports_bad_env_and_unreachable_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runner = CliRunner()
     address = f"http://127.0.0.1:{_closed_port()}"
     bad = runner.invoke(main, ["submit", "--address", address, "--env", "NOEQUALS", "--", "segment"])
     assert bad.exit_code == 1 and "--env takes KEY=VALUE, got 'NOEQUALS'" in bad.output
-    with runner.isolated_filesystem(temp_dir=tmp_path):
-        Path("slide.svs").write_bytes(b"")
-        down = runner.invoke(main, ["submit", "--address", address, "--", "segment", "slide.svs",
-                                    "-o", "out"])
+    monkeypatch.chdir(tmp_path)
+    Path("slide.svs").write_bytes(b"")
+    down = runner.invoke(main, ["submit", "--address", address, "--", "segment", "slide.svs",
+                                "-o", "out"])
     assert down.exit_code == 1 and "cannot reach the Ray Jobs API" in down.output
     assert "'slide.svs' is a relative path" in down.output
     assert "'out' is a relative path" in down.output

@@ -210,14 +210,9 @@ def test_trivial_job_runs_tasks_on_both_nodes(two_nodes: TwoNodes) -> None:
     job_id = client.submit_entrypoint(f"python -c \"{script}\"")
     info = client.wait(job_id, timeout_s=120)
     assert info.succeeded, client.logs(job_id)
-    deadline = time.monotonic() + 30  # task events reach the dashboard a little after the job
-    while len(nodes := client.info(job_id, with_nodes=True).node_ids) < 2:
-        if time.monotonic() > deadline:
-            break
-        time.sleep(1.0)
+    _assert_job_used_both_nodes(two_nodes, job_id)
     logs = client.logs(job_id)
-    assert len(nodes) == 2, (nodes, logs)
-    assert all(node in logs for node in nodes)
+    assert all(node in logs for node in client.info(job_id, with_nodes=True).node_ids)
 
 
 def test_token_is_required(two_nodes: TwoNodes) -> None:
@@ -271,3 +266,78 @@ def test_connect_and_check_shared_path(two_nodes: TwoNodes, tmp_path: Path) -> N
     assert "is not shared by every Ray node" in refused and "cannot read it" in refused
     assert refused.count("cannot read it") == 1  # only the worker node; the head sees it
     assert "shared filesystem" in refused and "object-store URI" in refused
+
+
+# --------------------------------------------------------------------------- the real commands
+
+
+def test_submit_segment_matches_a_local_run(
+    two_nodes: TwoNodes, ray_local, small_svs: Path, demo_svs: Path, tmp_path: Path
+) -> None:
+    """`nucflow submit -- segment` on two slides: the same tables as a local run, both nodes used."""
+    import geopandas as gpd
+    import pandas as pd
+
+    from nucflow.segment import load_segment_config, segment
+
+    config = tmp_path / "segment.yaml"
+    config.write_text("method: threshold\ninference:\n  tile_size: 128\n  margin: 32\n")
+    slides = [str(small_svs), str(demo_svs)]
+    local = segment(slides, tmp_path / "local", config=load_segment_config(config))
+    assert [s.status for s in local.slides] == ["ok", "ok"]
+
+    out = tmp_path / "cluster"
+    done = _nucflow("submit", "--address", two_nodes.jobs_url, "--", "segment", *slides,
+                    "-o", str(out), "--config", str(config), "-q", env=two_nodes.env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for key in ("small", "demo"):
+        here = gpd.read_parquet(tmp_path / "local" / key / "nuclei.parquet")
+        there = gpd.read_parquet(out / key / "nuclei.parquet")
+        assert len(here) > 10
+        pd.testing.assert_frame_equal(pd.DataFrame(here.drop(columns="geometry")),
+                                      pd.DataFrame(there.drop(columns="geometry")))
+        assert here.geometry.geom_equals_exact(there.geometry, tolerance=0).all()
+    _assert_job_used_both_nodes(two_nodes, done.stdout.splitlines()[0].strip())
+
+
+def _assert_job_used_both_nodes(cluster: TwoNodes, job_id: str) -> None:
+    client = cluster.client()
+    deadline = time.monotonic() + 30  # task events reach the dashboard a little after the job
+    while len(nodes := client.info(job_id, with_nodes=True).node_ids) < 2:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert len(nodes) == 2, nodes
+
+
+_TRAIN_YAML = """\
+network: {ngf: 4, depth: 3, norm: batch, dropout: 0.5, dropout_blocks: 1, ndf: 4}
+data: {mpp: 1.0, crop: 32, batch_size: 4, tile_mpp: 0.5, mask_mpp: 0.5}
+loss: {pseudo: 1.0, pseudo_steps: 1}
+max_steps: 3
+checkpoint_every: 2
+log_every: 1
+"""
+
+
+def test_submit_train_runs_ddp_over_both_nodes(
+    two_nodes: TwoNodes, shared_data: Path, tmp_path: Path
+) -> None:
+    """`nucflow submit -- train --workers 2`: one DDP worker per node, checkpoints on the shared path."""
+    from nucflow.models import load_model
+    from nucflow.training._train import RUN_NAME
+
+    config = tmp_path / "train.yaml"
+    config.write_text(_TRAIN_YAML)
+    out = tmp_path / "run"
+    done = _nucflow(
+        "submit", "--address", two_nodes.jobs_url, "--", "train",
+        "--tiles", str(shared_data / "ihc/deepliif/images"),
+        "--masks", str(shared_data / "masks/monuseg"), "-o", str(out), "--config", str(config),
+        "--workers", "2", "--cpus-per-worker", "1", env=two_nodes.env,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    steps = sorted(p.name for p in (out / "checkpoints" / RUN_NAME).glob("step_*"))
+    assert steps == ["step_00000002", "step_00000003"]
+    assert load_model(out / "model.safetensors").card.steps in (2, 3)
+    _assert_job_used_both_nodes(two_nodes, done.stdout.splitlines()[0].strip())
