@@ -58,3 +58,18 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real UNet weights of a freshly initialised small network (depth 4, ngf 4), r = 1, at 0.5 µm/px."""
+    import torch
+
+    from nucflow.models import ModelCard, build_unet, save_model
+
+    card = ModelCard(ngf=4, depth=4, norm="batch", dropout=0.0, r=1.0, mpp=0.5, tile_size=128)
+    torch.manual_seed(0)
+    unet = build_unet(card)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(path, unet, card)
+    return path

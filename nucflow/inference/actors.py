@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,9 +28,12 @@ from nucflow.inference.store import ProbabilityMap
 from nucflow.inference.tiled import predict_tiles
 from nucflow.slide.tiles import Tile
 
-__all__ = ["ActorOptions", "TileScheduler", "TileWorker", "WorkItem", "actor_options_for_cluster"]
+__all__ = ["ACTOR_PREFIX", "ActorOptions", "TileScheduler", "TileWorker", "WorkItem", "actor_options_for_cluster"]
 
 log = logging.getLogger(__name__)
+
+#: Model actors are named ``<prefix><run id>-<n>`` so operators (and tests) can find them.
+ACTOR_PREFIX = "nucflow-tiles-"
 
 
 @dataclass(frozen=True)
@@ -147,12 +151,16 @@ class TileScheduler:
         self.max_retries = max_retries
         self._spec_ref = spec_ref
         self._remote = ray.remote(max_concurrency=max(1, options.inflight), max_restarts=0)(TileWorker)
+        self._run_id = uuid.uuid4().hex[:8]
+        self._started = 0
         self.actors: list[Any] = [self._start() for _ in range(options.count)]
         self.replaced = 0
 
     def _start(self) -> Any:
         o = self.options
-        return self._remote.options(num_cpus=o.num_cpus, num_gpus=o.num_gpus).remote(
+        self._started += 1
+        name = f"{ACTOR_PREFIX}{self._run_id}-{self._started}"
+        return self._remote.options(name=name, num_cpus=o.num_cpus, num_gpus=o.num_gpus).remote(
             self._spec_ref, device=o.device, threads=o.threads, amp=o.amp, channels_last=o.channels_last
         )
 

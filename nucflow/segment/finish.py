@@ -57,7 +57,10 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool) -> di
         thumb, mpp=thumb_mpp, min_saturation=config.tissue.min_saturation,
         max_luminance=config.tissue.max_luminance, min_area_um2=config.tissue.min_area_um2,
     )
-    render_overlay(thumb, thumb_mpp / (plan.mpp / plan.level0_scale), tissue, table, out_dir / "overlay.png")
+    level0_mpp = plan.mpp / plan.level0_scale
+    render_overlay(
+        thumb, level0_scale=thumb_mpp / level0_mpp, tissue_mask=tissue, nuclei=table, path=out_dir / "overlay.png"
+    )
     seconds_write = time.perf_counter() - started - seconds_post
     seconds = {**plan.seconds, "postprocess": round(seconds_post, 3), "write": round(seconds_write, 3)}
     summary = slide_summary(plan, table, seconds=seconds)

@@ -1,0 +1,269 @@
+"""The segment pipeline end to end: real slides, a real local Ray, real Zarr and Dask."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from nucflow.cli import main
+from nucflow.errors import ConfigError, InputError, ModelError
+from nucflow.inference import predict_image, predict_whole
+from nucflow.inference.actors import ACTOR_PREFIX
+from nucflow.inference.predictors import UNetPredictor
+from nucflow.models import load_model
+from nucflow.postprocess import label_nuclei, load_stain_profile
+from nucflow.segment import load_segment_config, segment
+from nucflow.slide import open_slide
+from nucflow.slide.synthetic import demo_ihc_image, write_svs
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+_DEFAULTS = load_segment_config()
+SMALL_TILES = replace(_DEFAULTS, inference=replace(_DEFAULTS.inference, tile_size=128, margin=32))
+
+
+@pytest.fixture(scope="module")
+def unet_run(tmp_path_factory: pytest.TempPathFactory, demo_svs: Path, tiny_model: Path):
+    """The demo slide segmented once with the tiny UNet in 64 tiles of 128 px (64 px cores)."""
+    out = tmp_path_factory.mktemp("unet-run")
+    result = segment([demo_svs], out, model=tiny_model, config=SMALL_TILES, geojson=True)
+    return out, result
+
+
+def _table(out: Path, key: str) -> gpd.GeoDataFrame:
+    return gpd.read_parquet(out / key / "nuclei.parquet")
+
+
+def test_outputs_of_a_slide(unet_run) -> None:
+    out, result = unet_run
+    assert [s.status for s in result.slides] == ["ok"]
+    slide_dir = out / "demo"
+    for name in ("probability.zarr", "nuclei.parquet", "nuclei.geojson", "overlay.png", "summary.json"):
+        assert (slide_dir / name).exists(), name
+    summary = json.loads((slide_dir / "summary.json").read_text())
+    table = _table(out, "demo")
+    assert summary["nuclei"] == len(table)
+    assert summary["positive"] == int(table["dab_positive"].sum())
+    assert {"plan", "inference", "postprocess"} <= set(summary["seconds"])
+    assert summary["tissue_area_mm2"] == pytest.approx(1024 * 1024 * 0.25**2 / 1e6, rel=0.1)
+    csv = pd.read_csv(out / "summary.csv")
+    assert list(csv["slide"]) == ["demo"] and csv.loc[0, "nuclei"] == len(table)
+    assert not list(out.rglob("*.partial*")) and not list(out.rglob(".*.tmp"))
+
+
+def test_probability_map_attributes(unet_run, tiny_model: Path) -> None:
+    out, _ = unet_run
+    group = zarr.open_group(str(out / "demo" / "probability.zarr"), mode="r")
+    attrs = dict(group.attrs)
+    assert attrs["mpp"] == 0.5 and attrs["slide_mpp"] == 0.25 and attrs["level0_scale"] == 2.0
+    assert attrs["level0_offset"] == [0, 0]
+    assert attrs["model_id"] == load_model(tiny_model).card.model_id
+    assert attrs["nucflow_version"]
+    array = group["probability"]
+    assert array.dtype == np.uint8 and array.shape == (512, 512)
+    assert array.chunks == (64, 64) and attrs["tile_core"] == 64 and attrs["tile_margin"] == 32
+    assert group["done"][:].all()
+
+
+def test_stitched_map_matches_in_memory_and_whole_image_prediction(unet_run, demo_svs: Path, tiny_model: Path) -> None:
+    out, _ = unet_run
+    stitched = zarr.open_array(str(out / "demo" / "probability.zarr" / "probability"), mode="r")[:]
+    with open_slide(demo_svs) as slide:
+        rgb = slide.read(mpp=0.5, row=0, col=0, rows=512, cols=512)
+    model = load_model(tiny_model)
+    tiled = predict_image(rgb, model, margin=32, tile_size=128)
+    # Same tiles in memory: identical up to the uint8 quantisation of the map.
+    assert np.abs(stitched / 255.0 - tiled).max() <= 0.5 / 255 + 1e-6
+    whole = predict_whole(rgb, UNetPredictor(model))
+    diff = np.abs(stitched / 255.0 - whole)
+    # Tolerance: away from the image border every seam pixel equals the one-pass prediction up
+    # to uint8 rounding (0.5/255), since 32 px of context cover this UNet's receptive field.
+    # Within 32 px of the image border the one pass sees zero padding where tiles see white
+    # glass, which moves probabilities by at most 0.1.
+    assert diff[32:-32, 32:-32].max() <= 0.5 / 255 + 1e-6
+    assert diff.max() < 0.1
+
+
+def test_blocked_postprocessing_counts_equal_in_memory(unet_run) -> None:
+    out, _ = unet_run
+    prob = zarr.open_array(str(out / "demo" / "probability.zarr" / "probability"), mode="r")[:]
+    labels = label_nuclei(prob, mpp=0.5, config=load_stain_profile("ki67"))
+    assert len(_table(out, "demo")) == len(np.unique(labels)) - 1
+
+
+def test_geojson_is_a_qupath_detection_collection(unet_run) -> None:
+    out, _ = unet_run
+    collection = json.loads((out / "demo" / "nuclei.geojson").read_text())
+    assert collection["type"] == "FeatureCollection"
+    assert len(collection["features"]) == len(_table(out, "demo"))
+    if collection["features"]:
+        props = collection["features"][0]["properties"]
+        assert props["objectType"] == "detection"
+        assert props["classification"]["name"] in ("Positive", "Negative")
+
+
+def test_rerun_skips_finished_slides_and_overwrite_redoes(unet_run, demo_svs: Path, tiny_model: Path) -> None:
+    out, _ = unet_run
+    before = (out / "demo" / "summary.json").stat().st_mtime_ns
+    again = segment([demo_svs], out, model=tiny_model, config=SMALL_TILES, geojson=True)
+    assert [s.status for s in again.slides] == ["skipped"]
+    assert (out / "demo" / "summary.json").stat().st_mtime_ns == before
+    assert pd.read_csv(out / "summary.csv").loc[0, "status"] == "skipped"
+
+
+def test_other_model_on_same_output_needs_overwrite(tmp_path: Path, small_svs: Path, tiny_model: Path) -> None:
+    segment([small_svs], tmp_path, method="threshold")
+    clash = segment([small_svs], tmp_path, model=tiny_model)
+    assert clash.slides[0].status == "failed" and "pass --overwrite" in clash.slides[0].error
+    assert json.loads((tmp_path / "small" / "summary.json").read_text())["model_id"] == "baseline-threshold"
+    redone = segment([small_svs], tmp_path, model=tiny_model, overwrite=True)
+    assert [s.status for s in redone.slides] == ["ok"]
+
+
+def test_many_slides_failures_and_name_clashes(tmp_path: Path, small_svs: Path, shared_data: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(small_svs, tmp_path / folder / "small.svs")
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes(small_svs.read_bytes()[:3000])
+    blank = write_svs(tmp_path / "blank.svs", np.full((512, 512, 3), 245, np.uint8), mpp=0.5)
+    ome = shared_data / "slides" / "OS-2-vsi.ome.tif"
+    out = tmp_path / "out"
+    slides = [str(tmp_path / "*" / "small.svs"), broken, blank, ome]
+    result = segment(slides, out, method="threshold")
+    by_status = {s.slide: s.status for s in result.slides}
+    assert sorted(k for k, v in by_status.items() if v == "ok") == sorted(
+        ["OS-2-vsi", "blank", *[k for k in by_status if k.startswith("small-")]]
+    )
+    assert len([k for k in by_status if k.startswith("small-")]) == 2
+    assert by_status["broken"] == "failed" and "broken.svs" in result.failed[0].error
+    assert json.loads((out / "blank" / "summary.json").read_text())["nuclei"] == 0
+    assert len(_table(out, "blank")) == 0
+    csv = pd.read_csv(out / "summary.csv")
+    assert set(csv["status"]) == {"ok", "failed"} and csv.set_index("slide").loc["broken", "error"]
+    small = [k for k in by_status if k.startswith("small-")]
+    tables = [_table(out, k) for k in small]
+    assert len(tables[0]) > 10 and len(tables[0]) == len(tables[1])
+
+
+def test_input_errors_name_the_input(tmp_path: Path, small_svs: Path) -> None:
+    with pytest.raises(InputError, match="no slide matches"):
+        segment([str(tmp_path / "*.svs")], tmp_path / "out", method="threshold")
+    bad_model = tmp_path / "bad.safetensors"
+    bad_model.write_bytes(b"not weights")
+    with pytest.raises(ModelError, match="bad"):
+        segment([small_svs], tmp_path / "out", model=bad_model)
+    config = tmp_path / "segment.yaml"
+    config.write_text("method: threshold\ntile_szie: 256\n")
+    with pytest.raises(ConfigError, match="tile_szie.*segment.yaml"):
+        load_segment_config(config)
+    config.write_text("inference:\n  margni: 3\n")
+    with pytest.raises(ConfigError, match="margni"):
+        load_segment_config(config)
+
+
+def test_cli_reports_failures_with_exit_status(tmp_path: Path, small_svs: Path) -> None:
+    junk = tmp_path / "junk.txt"
+    junk.write_text("hello")
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["segment", str(small_svs), str(junk), "-o", str(tmp_path / "o"), "--method", "threshold", "-q"]
+    )
+    assert result.exit_code == 1
+    assert "1 slide(s) failed: junk" in result.output
+    assert "small:" in result.output
+    missing = runner.invoke(main, ["segment", str(tmp_path / "none*.svs"), "-o", str(tmp_path / "o")])
+    assert missing.exit_code == 1 and "no slide matches" in missing.output
+
+
+def test_killed_model_actor_is_replaced_and_its_tiles_retried(
+    tmp_path: Path, demo_svs: Path, tiny_model: Path, unet_run, caplog: pytest.LogCaptureFixture
+) -> None:
+    import ray
+
+    killed: list[str] = []
+
+    def kill_first_actor(event) -> None:
+        if killed or event.stage != "tiles":
+            return
+        names = [
+            a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(ACTOR_PREFIX)
+        ]
+        killed.append(names[0])
+        ray.kill(ray.get_actor(names[0]))
+
+    from nucflow.cluster import load_cluster_config
+
+    cluster = replace(load_cluster_config(), batch_size_per_cpu=1, cpus_per_actor=1)
+    with caplog.at_level(logging.WARNING):
+        result = segment(
+            [demo_svs],
+            tmp_path,
+            model=tiny_model,
+            config=SMALL_TILES,
+            cluster_config=cluster,
+            progress=kill_first_actor,
+        )
+    assert killed and [s.status for s in result.slides] == ["ok"]
+    assert "model actor died" in caplog.text
+    reference = zarr.open_array(str(unet_run[0] / "demo" / "probability.zarr" / "probability"))[:]
+    np.testing.assert_array_equal(
+        zarr.open_array(str(tmp_path / "demo" / "probability.zarr" / "probability"))[:], reference
+    )
+    assert len(_table(tmp_path, "demo")) == len(_table(unet_run[0], "demo"))
+
+
+def test_resume_after_a_real_kill_ends_with_the_same_table(tmp_path: Path, tiny_model: Path) -> None:
+    slide = write_svs(tmp_path / "big.svs", demo_ihc_image(repeats=4), mpp=0.5)  # 2048 px: 16 tiles
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="nf-ray-")}  # short: socket paths <= 107 bytes
+    cmd = [sys.executable, "-m", "nucflow", "segment", str(slide), "-o", str(out), "--model", str(tiny_model), "-q"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    done_path = out / "big" / "probability.zarr" / "done"
+    deadline = time.monotonic() + 240
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            done = int(zarr.open_array(str(done_path), mode="r")[:].sum())
+        except Exception:  # not created yet, or being written
+            continue
+        if done >= 3:
+            break
+    assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-run
+    proc.wait()
+    assert 3 <= done < 16, f"kill should land mid-run, {done} tiles were done"
+    assert not (out / "big" / "nuclei.parquet").exists() and not (out / "big" / "summary.json").exists()
+
+    seen: list[int] = []
+    resumed = segment(
+        [slide], out, model=tiny_model, progress=lambda e: seen.append(e.total) if e.stage == "tiles" else None
+    )
+    assert [s.status for s in resumed.slides] == ["ok"]
+    assert seen and seen[0] <= 16 - 3  # only the unfinished tiles ran again
+    fresh = segment([slide], tmp_path / "fresh", model=tiny_model)
+    assert fresh.slides[0].status == "ok"
+    a, b = _table(out, "big"), _table(tmp_path / "fresh", "big")
+    assert len(a) == len(b) > 0
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(a.drop(columns=["geometry", "geometry_um"])),
+        pd.DataFrame(b.drop(columns=["geometry", "geometry_um"])),
+    )
+    assert a.geometry.geom_equals(b.geometry).all()
