@@ -46,11 +46,15 @@ def sharpen(logits: torch.Tensor, r: float) -> torch.Tensor:
     return torch.sigmoid(r * logits)
 
 
-def rgb_to_hed(rgb01: torch.Tensor) -> torch.Tensor:
-    """scikit-image's ``rgb2hed`` on (N, 3, H, W) RGB in [0, 1]: (N, 3, H, W) concentrations."""
+def rgb_to_hed(rgb01: torch.Tensor, *, clip: bool = True) -> torch.Tensor:
+    """scikit-image's ``rgb2hed`` on (N, 3, H, W) RGB in [0, 1]: (N, 3, H, W) concentrations.
+
+    ``clip=False`` keeps negative concentrations, so that :func:`hed_to_rgb` inverts it exactly.
+    """
     od = torch.log(torch.clamp(rgb01, min=1e-6)) / _LOG_MIN
     matrix = torch.as_tensor(hed_from_rgb, dtype=rgb01.dtype, device=rgb01.device)
-    return torch.clamp(torch.einsum("nchw,cd->ndhw", od, matrix), min=0.0)
+    hed = torch.einsum("nchw,cd->ndhw", od, matrix)
+    return torch.clamp(hed, min=0.0) if clip else hed
 
 
 def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
@@ -64,9 +68,9 @@ def hed_jitter(rgb: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """Scale each hematoxylin/eosin/DAB concentration of IHC ``rgb`` ([-1, 1]) by ``factors``.
 
     ``factors`` is (N, 3), one factor per sample and H/E/D channel; the result is again in
-    [-1, 1]. Factors of 1 give back the image (up to the clipping of ``rgb2hed``).
+    [-1, 1]. Concentrations are not clipped at 0 here, so factors of 1 give back the image.
     """
-    hed = rgb_to_hed((rgb + 1.0) / 2.0) * factors[:, :, None, None]
+    hed = rgb_to_hed((rgb + 1.0) / 2.0, clip=False) * factors[:, :, None, None]
     return hed_to_rgb(hed) * 2.0 - 1.0
 
 
