@@ -278,7 +278,7 @@ def test_submit_segment_matches_a_local_run(
     import geopandas as gpd
     import pandas as pd
 
-    from nucflow.segment import load_segment_config, segment
+    from nucflow.pipeline import load_segment_config, segment
 
     config = tmp_path / "segment.yaml"
     config.write_text("method: threshold\ninference:\n  tile_size: 128\n  margin: 32\n")

@@ -27,8 +27,8 @@ from nucflow.inference import predict_image, predict_whole
 from nucflow.inference.actors import ACTOR_PREFIX
 from nucflow.inference.predictors import UNetPredictor
 from nucflow.models import load_model
+from nucflow.pipeline import load_segment_config, segment
 from nucflow.postprocess import label_nuclei, load_stain_profile
-from nucflow.segment import load_segment_config, segment
 from nucflow.slide import open_slide
 from nucflow.slide.synthetic import demo_ihc_image, write_svs
 

@@ -1,4 +1,4 @@
-"""``nucflow segment``: options in, :func:`nucflow.segment.segment` called, outcome reported."""
+"""``nucflow segment``: options in, :func:`nucflow.pipeline.segment` called, outcome reported."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def segment(slides: tuple[str, ...], out: Path, config_path: Path | None, cluste
     from dataclasses import replace
 
     from nucflow.cluster import load_cluster_config
-    from nucflow.segment import load_segment_config
-    from nucflow.segment import segment as run_segment
+    from nucflow.pipeline import load_segment_config
+    from nucflow.pipeline import segment as run_segment
 
     try:
         config = load_segment_config(config_path)

@@ -1,7 +1,7 @@
 """``segment``: whole slides in, nucleus tables, summaries and QC pictures out."""
 
-from nucflow.segment.config import InferenceConfig, SegmentConfig, TissueConfig, load_segment_config
-from nucflow.segment.run import Progress, SegmentResult, SlideResult, segment
+from nucflow.pipeline.config import InferenceConfig, SegmentConfig, TissueConfig, load_segment_config
+from nucflow.pipeline.run import Progress, SegmentResult, SlideResult, segment
 
 __all__ = [
     "InferenceConfig",

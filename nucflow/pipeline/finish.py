@@ -14,6 +14,8 @@ from typing import Any
 from nucflow import __version__
 from nucflow.atomic import write_json
 from nucflow.inference.store import ProbabilityMap
+from nucflow.pipeline.config import SegmentConfig
+from nucflow.pipeline.plan import SlidePlan
 from nucflow.postprocess import (
     load_stain_profile,
     nuclei_table,
@@ -21,8 +23,6 @@ from nucflow.postprocess import (
     write_geojson_qupath,
     write_geoparquet,
 )
-from nucflow.segment.config import SegmentConfig
-from nucflow.segment.plan import SlidePlan
 from nucflow.slide import open_slide, tissue_mask
 
 __all__ = ["finish_slide", "slide_summary"]

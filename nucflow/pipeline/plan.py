@@ -21,7 +21,7 @@ from nucflow.errors import InputError, NucflowError, SlideError
 from nucflow.inference.predictors import MethodSpec
 from nucflow.inference.store import create_map, open_map
 from nucflow.inference.tiled import auto_tile_size
-from nucflow.segment.config import SegmentConfig
+from nucflow.pipeline.config import SegmentConfig
 from nucflow.slide import TileGrid, open_slide, safe_slide_name, tile_grid, tissue_mask
 
 __all__ = ["SlidePlan", "expand_slides", "output_names", "plan_slide"]

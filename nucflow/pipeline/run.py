@@ -19,9 +19,9 @@ from nucflow.errors import ModelError
 from nucflow.inference.actors import ActorOptions, TileScheduler, WorkItem, actor_options_for_cluster
 from nucflow.inference.predictors import MethodSpec, parse_method
 from nucflow.inference.store import ProbabilityMap
-from nucflow.segment.config import SegmentConfig
-from nucflow.segment.finish import finish_slide
-from nucflow.segment.plan import SlidePlan, expand_slides, output_names, plan_slide
+from nucflow.pipeline.config import SegmentConfig
+from nucflow.pipeline.finish import finish_slide
+from nucflow.pipeline.plan import SlidePlan, expand_slides, output_names, plan_slide
 
 __all__ = ["Progress", "SegmentResult", "SlideResult", "segment"]
 
@@ -96,7 +96,7 @@ def segment(
     SegmentResult
         Per-slide outcome; a failed slide does not stop the others.
     """
-    from nucflow.segment.config import load_segment_config
+    from nucflow.pipeline.config import load_segment_config
 
     config = config or load_segment_config()
     config = replace(config, method=parse_method(method or config.method), model=str(model) if model else config.model)

@@ -37,7 +37,7 @@ def write_svs(
         f"Aperio Image Library v12.0.0\r\n{cols}x{rows} [0,0 {cols}x{rows}] ({tile}x{tile}) "
         f"JPEG Q={quality}|AppMag = {magnification}|MPP = {mpp}"
     )
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(f".{path.name}.partial")
     with tifffile.TiffWriter(tmp, bigtiff=False) as tif:
         level = np.ascontiguousarray(rgb, dtype=np.uint8)
         first = True
