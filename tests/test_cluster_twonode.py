@@ -320,6 +320,7 @@ log_every: 1
 """
 
 
+@pytest.mark.slow  # about 60 s: Ray Train start-up and teardown dominate
 def test_submit_train_runs_ddp_over_both_nodes(
     two_nodes: TwoNodes, shared_data: Path, tmp_path: Path
 ) -> None:
