@@ -181,3 +181,42 @@ def test_a_probability_group_is_read_through_its_probability_array(tmp_path: Pat
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w").create_array("x", shape=(2,), dtype="u1")
     with pytest.raises(InputError, match=r"has no 'probability' array"):
         nuclei_table(tmp_path / "other.zarr", config=CONFIG)
+
+
+def real_ihc_map(shared_data: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A real Ki67 region tiled to (size, size) and a hematoxylin-based probability map of it."""
+    from skimage.color import rgb2hed
+    from skimage.io import imread
+
+    image = imread(shared_data / "ihc" / "regions" / "ROI_1.png")[..., :3]
+    reps = (-(-size // image.shape[0]), -(-size // image.shape[1]), 1)
+    rgb = np.ascontiguousarray(np.tile(image, reps)[:size, :size])
+    hematoxylin = rgb2hed(rgb)[..., 0]
+    return np.rint(np.clip((hematoxylin - 0.03) * 25, 0, 1) * 255).astype(np.uint8), rgb
+
+
+def test_blocked_equals_in_memory_on_a_real_ihc_region(shared_data: Path, tmp_path: Path):
+    prob, rgb = real_ihc_map(shared_data, 512)
+    path = as_zarr(prob, tmp_path / "p.zarr", chunks=(100, 100), mpp=0.5)
+    config = PostprocessConfig()
+    blocked = nuclei_table(path, config=config, read_rgb=read_rgb_from_array(rgb), block_size=150)
+    labels = label_nuclei(prob, mpp=0.5, config=config)
+    assert len(blocked) == labels.max() > 100
+    rows_cols = np.array(ndi.center_of_mass(labels > 0, labels, range(1, labels.max() + 1)))
+    expected = np.array(sorted(map(tuple, rows_cols[:, ::-1] + 0.5)))
+    assert np.allclose(sorted_centroids(blocked), expected, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_blocked_equals_whole_map_table_at_2048_px(shared_data: Path):
+    prob, rgb = real_ihc_map(shared_data, 2048)
+    config = PostprocessConfig()
+    reader = read_rgb_from_array(rgb)
+    blocked = nuclei_table(prob, config=config, read_rgb=reader, mpp=0.25, block_size=512)
+    whole = nuclei_table(prob, config=config, read_rgb=reader, mpp=0.25, block_size=4096)
+    assert len(blocked) == len(whole) > 1000
+    order = ["centroid_x", "centroid_y"]
+    left = blocked.sort_values(order).reset_index(drop=True)
+    right = whole.sort_values(order).reset_index(drop=True)
+    for column in list(COLUMNS)[1:]:
+        assert np.allclose(left[column].astype(float), right[column].astype(float)), column
