@@ -144,17 +144,20 @@ def test_many_slides_failures_and_name_clashes(tmp_path: Path, small_svs: Path, 
     broken.write_bytes(small_svs.read_bytes()[:3000])
     blank = write_svs(tmp_path / "blank.svs", np.full((512, 512, 3), 245, np.uint8), mpp=0.5)
     ome = shared_data / "slides" / "OS-2-vsi.ome.tif"
+    cmu = shared_data / "slides" / "CMU-1-Small-Region.svs"
     out = tmp_path / "out"
-    slides = [str(tmp_path / "*" / "small.svs"), broken, blank, ome]
+    slides = [str(tmp_path / "*" / "small.svs"), broken, blank, ome, cmu]
     result = segment(slides, out, method="threshold")
     by_status = {s.slide: s.status for s in result.slides}
     assert sorted(k for k, v in by_status.items() if v == "ok") == sorted(
-        ["OS-2-vsi", "blank", *[k for k in by_status if k.startswith("small-")]]
+        ["CMU-1-Small-Region", "OS-2-vsi", "blank", *[k for k in by_status if k.startswith("small-")]]
     )
     assert len([k for k in by_status if k.startswith("small-")]) == 2
     assert by_status["broken"] == "failed" and "broken.svs" in result.failed[0].error
     assert json.loads((out / "blank" / "summary.json").read_text())["nuclei"] == 0
     assert len(_table(out, "blank")) == 0
+    for real in ("CMU-1-Small-Region", "OS-2-vsi"):
+        assert json.loads((out / real / "summary.json").read_text())["nuclei"] > 50
     csv = pd.read_csv(out / "summary.csv")
     assert set(csv["status"]) == {"ok", "failed"} and csv.set_index("slide").loc["broken", "error"]
     small = [k for k in by_status if k.startswith("small-")]

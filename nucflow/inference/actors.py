@@ -150,7 +150,8 @@ class TileScheduler:
         self.options = options
         self.max_retries = max_retries
         self._spec_ref = spec_ref
-        self._remote = ray.remote(max_concurrency=max(1, options.inflight), max_restarts=0)(TileWorker)
+        concurrency = max(1, options.inflight)
+        self._remote: Any = ray.remote(max_concurrency=concurrency, max_restarts=0)(TileWorker)  # type: ignore[call-overload]
         self._run_id = uuid.uuid4().hex[:8]
         self._started = 0
         self.actors: list[Any] = [self._start() for _ in range(options.count)]

@@ -53,7 +53,7 @@ class ProbabilityMap:
 
     def done_chunks(self) -> set[tuple[int, int]]:
         """Chunk indices (chunk row, chunk col) whose tiles are recorded as finished."""
-        done = zarr.open_array(f"{self.path}/done", mode="r")[:]
+        done = np.asarray(zarr.open_array(f"{self.path}/done", mode="r")[:])
         return {(int(r), int(c)) for r, c in zip(*np.nonzero(done), strict=True)}
 
     def mark_done(self, tiles: Iterable[Tile]) -> None:

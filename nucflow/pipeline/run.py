@@ -188,7 +188,7 @@ class _Tracker:
         self.config, self.geojson, self.progress = config, geojson, progress
         self.total = sum(self.remaining.values())
         self.done = 0
-        self._finish = ray.remote(num_cpus=config.postprocess_cpus, max_retries=1)(finish_slide)
+        self._finish: Any = ray.remote(num_cpus=config.postprocess_cpus, max_retries=1)(finish_slide)  # type: ignore[arg-type]
         for key, left in self.remaining.items():
             if left == 0:
                 self._start_finishing(key)

@@ -69,7 +69,7 @@ def tile_grid(
         raise ValueError(f"margin {margin} leaves no core in a {tile_size}px tile")
     rows, cols = shape
     keep = _tissue_per_core(tissue, shape, core) if tissue is not None else None
-    tiles = []
+    tiles: list[Tile] = []
     for i in range(math.ceil(rows / core)):
         for j in range(math.ceil(cols / core)):
             if keep is not None and not keep[i, j]:
