@@ -1,0 +1,81 @@
+"""Training data: mask prior readers (PNG instances, PanNuke .npy), IHC pools, sampling, CLI errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from skimage import io
+
+from nucflow.cli import main
+from nucflow.errors import TrainingError
+from nucflow.training import DataConfig, load_ihc, load_masks, pseudo_mask, sample_ihc, sample_masks
+from nucflow.training._data import find_images
+from nucflow.training._train import _data_lists
+
+CONFIG = DataConfig(mpp=0.5, crop=32, tile_mpp=0.5, mask_mpp=0.5)
+
+
+def test_instance_png_and_pannuke_npy_are_binarised(tmp_path) -> None:
+    labels = np.zeros((40, 40), np.uint16)
+    labels[2:6, 2:6] = 1
+    labels[10:20, 10:12] = 300
+    io.imsave(tmp_path / "a.png", labels, check_contrast=False)
+    pannuke = np.zeros((2, 40, 40, 6), np.float32)
+    pannuke[0, 0:3, 0:4, 1] = 7  # a nucleus of class 1
+    pannuke[1, :, :, 5] = 1  # background channel only: no nucleus
+    np.save(tmp_path / "masks.npy", pannuke)
+    masks = load_masks([tmp_path / "a.png", tmp_path / "masks.npy"], config=CONFIG)
+    assert [int(m.sum()) for m in masks] == [16 + 20, 12, 0]
+    half = load_masks([tmp_path / "a.png"], config=DataConfig(mpp=0.5, mask_mpp=0.25))[0]
+    assert half.shape == (20, 20) and 5 <= half.sum() <= 12
+
+
+def test_bad_mask_array_is_refused(tmp_path) -> None:
+    np.save(tmp_path / "masks.npy", np.zeros((4, 4)))
+    with pytest.raises(TrainingError, match="must be \\(N, H, W, C\\)"):
+        load_masks([tmp_path / "masks.npy"], config=CONFIG)
+
+
+def test_pseudo_mask_marks_dark_nuclei() -> None:
+    rgb = np.full((40, 40, 3), 220, np.uint8)
+    rgb[10:20, 10:20] = (60, 50, 120)
+    mask = pseudo_mask(rgb)
+    assert mask[12:18, 12:18].all() and not mask[30:, 30:].any()
+
+
+def test_ihc_pool_and_sampling(shared_data) -> None:
+    rng = np.random.default_rng(0)
+    tiles = find_images([shared_data / "ihc/deepliif/images"], what="tile")
+    images = load_ihc(slides=[shared_data / "slides/OS-2-vsi.ome.tif"], tiles=tiles,
+                      config=DataConfig(mpp=1.0, crop=32, skimage_ihc=True), rng=rng)
+    assert [im.rgb.shape[:2] for im in images] == [(501, 501), (128, 128), (128, 128), (128, 128)]
+    rgb, pseudo = sample_ihc(images, n=3, crop=32, scale_jitter=0.5, rng=rng)
+    assert rgb.shape == (3, 32, 32, 3) and rgb.dtype == np.float32 and pseudo.dtype == bool
+    assert 0 <= rgb.min() and rgb.max() <= 1
+    masks = sample_masks([np.ones((10, 10), bool)], n=2, crop=32, rng=rng)
+    assert masks.shape == (2, 32, 32) and masks.sum() == 200  # padded with background
+
+
+def test_missing_inputs_are_training_errors(tmp_path) -> None:
+    with pytest.raises(TrainingError, match="tile path .*nowhere does not exist"):
+        find_images([tmp_path / "nowhere"], what="tile")
+    from nucflow.training import TrainConfig
+
+    with pytest.raises(TrainingError, match="no IHC training images"):
+        _data_lists([], [tmp_path], [tmp_path], TrainConfig())
+    io.imsave(tmp_path / "t.png", np.zeros((8, 8, 3), np.uint8), check_contrast=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrainingError, match="no masks found"):
+        _data_lists([], [tmp_path], [tmp_path / "empty"], TrainConfig())
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["train", "--tiles", str(tmp_path / "empty"),
+                                       "--masks", str(tmp_path / "empty"), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "no IHC training images" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lrr: 1\n")
+    result = CliRunner().invoke(main, ["train", "--config", str(bad), "--masks", "x", "-o", "o"])
+    assert result.exit_code == 1 and "unknown config key 'lrr'" in result.output
