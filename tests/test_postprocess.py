@@ -115,6 +115,8 @@ def test_unknown_profile_name_and_bad_values_are_config_errors(tmp_path: Path):
         load_stain_profile(path)
     with pytest.raises(ConfigError, match=r"threshold must lie in \(0, 1\), got 1.5"):
         PostprocessConfig(threshold=1.5)
+    with pytest.raises(ConfigError, match=r"dab_min_fraction must lie in \[0, 1\], got 2"):
+        PostprocessConfig(dab_min_fraction=2)
     with pytest.raises(ConfigError, match="mpp must be > 0"):
         KI67.in_pixels(0.0)
 

@@ -103,14 +103,20 @@ def test_square_of_a_known_stain_mixture_has_hand_computed_features():
     prob[4:10, 4:10] = 200
     rgb = np.full((16, 16, 3), 255, np.uint8)
     rgb[4:10, 4:10] = colour
-    config = PostprocessConfig(
-        median_size=1, opening_radius=0, closing_radius=0, min_area_um2=1.0, dab_threshold=0.25
-    )
-    table = nuclei_table(
-        prob, config=config, read_rgb=read_rgb_from_array(rgb), mpp=0.5,
-        level0_offset=(10, 20), level0_scale=2.0, slide_mpp=0.25, block_size=8,
-    )
-    (row,) = table.itertuples()
+    def measure(dab_threshold: float, dab_min_fraction: float):
+        config = PostprocessConfig(
+            median_size=1, opening_radius=0, closing_radius=0, min_area_um2=1.0,
+            dab_threshold=dab_threshold, dab_min_fraction=dab_min_fraction,
+        )
+        (row,) = nuclei_table(
+            prob, config=config, read_rgb=read_rgb_from_array(rgb), mpp=0.5,
+            level0_offset=(10, 20), level0_scale=2.0, slide_mpp=0.25, block_size=8,
+        ).itertuples()
+        return row
+
+    row = measure(0.25, 0.35)  # DAB share 0.3 / 0.8 = 0.375
+    assert not measure(0.35, 0.35).dab_positive
+    assert not measure(0.25, 0.40).dab_positive
     assert row.area_um2 == pytest.approx(36 * 0.25)
     assert row.perimeter_um == pytest.approx((4 * 5 + 4 * 0.5**0.5) * 0.5)  # outline polygon
     assert (row.eccentricity, row.solidity) == (0.0, 1.0)

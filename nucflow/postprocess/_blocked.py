@@ -218,7 +218,8 @@ def _block_table(
     rgb = None if read_rgb is None else _checked(read_rgb(r0, c0, r1 - r0, c1 - c0), labels.shape)
     return region_measures(
         labels, stats, indices, prob, rgb,
-        geometry=geometry, origin=origin, dab_threshold=config.dab_threshold,
+        geometry=geometry, origin=origin,
+        dab_threshold=config.dab_threshold, dab_min_fraction=config.dab_min_fraction,
     )
 
 

@@ -32,6 +32,9 @@ class PostprocessConfig:
 
     Pixel settings (``median_size``, ``opening_radius``, ``closing_radius``) apply at the
     probability map's resolution; physical ones (µm, µm²) are converted with its µm/px.
+    A nucleus is DAB-positive when its mean DAB optical density is at least ``dab_threshold``
+    and at least ``dab_min_fraction`` of its hematoxylin + DAB density (dark hematoxylin
+    leaks into the DAB channel of the standard stain vectors).
     """
 
     stain_profile: str = "ki67"
@@ -45,12 +48,15 @@ class PostprocessConfig:
     max_diameter_um: float = 30.0
     erosion_um: float = 0.0
     dab_threshold: float = 0.18
+    dab_min_fraction: float = 0.4
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold must lie in (0, 1), got {self.threshold}")
         if self.median_size < 1 or self.median_size % 2 == 0:
             raise ConfigError(f"median_size must be an odd number >= 1, got {self.median_size}")
+        if not 0.0 <= self.dab_min_fraction <= 1.0:
+            raise ConfigError(f"dab_min_fraction must lie in [0, 1], got {self.dab_min_fraction}")
         for name in ("opening_radius", "closing_radius", "erosion_um", "min_area_um2"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -147,6 +147,7 @@ def region_measures(
     geometry: MapGeometry,
     origin: tuple[int, int],
     dab_threshold: float,
+    dab_min_fraction: float,
 ) -> tuple[dict[str, np.ndarray], list[shapely.Polygon]]:
     """Measure the nuclei ``indices`` of ``labels`` (a region of the map at ``origin``).
 
@@ -162,7 +163,8 @@ def region_measures(
     columns["mean_probability"] = means["probability"][indices]
     columns["hematoxylin_od"] = means["hematoxylin"][indices]
     columns["dab_od"] = means["dab"][indices]
-    columns["dab_positive"] = columns["dab_od"] >= dab_threshold
+    dab, stained = columns["dab_od"], columns["dab_od"] + columns["hematoxylin_od"]
+    columns["dab_positive"] = (dab >= dab_threshold) & (dab >= dab_min_fraction * stained)
     return columns, list(outlines)
 
 
