@@ -90,6 +90,7 @@ def save_model(path: str | Path, unet: nn.Module, card: ModelCard) -> ModelCard:
     Returns the card as written (``model_id`` and ``software_version`` filled in).
     """
     weights, card_path = _paths(Path(path), creating=True)
+    weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
     save_file(state, str(weights), metadata={"format": card.format})
     written = dataclasses.replace(card, model_id=_file_id(weights), software_version=__version__)
