@@ -529,7 +529,7 @@ class JobClient:
         for resource in (StateResource.TASKS, StateResource.ACTORS):
             options = ListApiOptions(filters=[("job_id", "=", job_id)], limit=10_000, detail=True)
             rows = client.list(resource, options=options, raise_on_missing_output=False)
-            nodes.update(str(r.node_id) for r in rows if getattr(r, "node_id", None))
+            nodes.update(str(node) for r in rows if (node := getattr(r, "node_id", None)))
         return tuple(sorted(nodes))
 
 
