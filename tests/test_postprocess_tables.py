@@ -62,6 +62,8 @@ def test_geoparquet_round_trips_both_geometry_columns(table, tmp_path: Path):
 def test_empty_table_round_trips(tmp_path: Path):
     back = gpd.read_parquet(write_geoparquet(empty_table(), tmp_path / "empty.parquet"))
     assert len(back) == 0 and list(back.columns) == list(empty_table().columns)
+    geojson = write_geojson_qupath(empty_table(), tmp_path / "empty.geojson")
+    assert json.loads(geojson.read_text()) == {"type": "FeatureCollection", "features": []}
 
 
 def test_geojson_holds_qupath_detections_classified_by_positivity(table, tmp_path: Path):

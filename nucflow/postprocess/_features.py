@@ -233,7 +233,8 @@ def _outlines(
     rows_cols = np.concatenate(rings)
     x, y = geometry.to_level0(rows_cols[:, 0] + origin[0], rows_cols[:, 1] + origin[1])
     ring_of = np.repeat(np.arange(len(rings)), [len(ring) for ring in rings])
-    return shapely.polygons(shapely.linearrings(np.column_stack([x, y]), indices=ring_of))
+    polygons = shapely.polygons(shapely.linearrings(np.column_stack([x, y]), indices=ring_of))
+    return shapely.simplify(polygons, 0.0)  # drops collinear vertices: same shape, a third
 
 
 def _ring(labels: np.ndarray, box: tuple[slice, slice] | None, index: int) -> np.ndarray:

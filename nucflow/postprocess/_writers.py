@@ -61,29 +61,34 @@ def write_geojson_qupath(table: gpd.GeoDataFrame, path: str | Path) -> Path:
     """
     with atomic_path(path) as temp:
         with open(temp, "w", encoding="utf-8") as out:
-            json.dump({"type": "FeatureCollection", "features": list(_features(table))}, out)
+            out.write('{"type": "FeatureCollection", "features": [')
+            for index, feature in enumerate(_features(table)):
+                out.write(",\n" if index else "\n")
+                out.write(feature)
+            out.write("\n]}\n")
     return Path(path)
 
 
-def _features(table: gpd.GeoDataFrame) -> Iterator[dict[str, Any]]:
+def _features(table: gpd.GeoDataFrame) -> Iterator[str]:
+    """One JSON text per nucleus (geometry serialised by GEOS, coordinates to 0.01 px)."""
     columns = {name: table[column].to_numpy(float) for name, column in _MEASUREMENTS.items()}
     positive = table["dab_positive"].to_numpy(bool)
-    outlines = shapely.set_precision(table.geometry.to_numpy(), 0.01)
-    for row, (nucleus_id, outline) in enumerate(zip(table["id"], outlines, strict=True)):
+    rounded = shapely.transform(table.geometry.to_numpy(), lambda x_y: np.round(x_y, 2))
+    geometries = shapely.to_geojson(rounded)
+    for row, nucleus_id in enumerate(table["id"].to_numpy()):
         name = "Positive" if positive[row] else "Negative"
         measurements = {key: _number(values[row]) for key, values in columns.items()}
-        yield {
-            "type": "Feature",
-            "id": str(uuid.uuid4()),
-            "geometry": json.loads(shapely.to_geojson(outline)),
-            "properties": {
-                "objectType": "detection",
-                "name": f"nucleus {int(nucleus_id)}",
-                "classification": {"name": name, "color": list(CLASS_COLOURS[name])},
-                "isLocked": False,
-                "measurements": {"Nucleus id": int(nucleus_id), **measurements},
-            },
+        properties = {
+            "objectType": "detection",
+            "name": f"nucleus {int(nucleus_id)}",
+            "classification": {"name": name, "color": list(CLASS_COLOURS[name])},
+            "isLocked": False,
+            "measurements": {"Nucleus id": int(nucleus_id), **measurements},
         }
+        yield (
+            f'{{"type": "Feature", "id": "{uuid.uuid4()}", "geometry": {geometries[row]}, '
+            f'"properties": {json.dumps(properties)}}}'
+        )
 
 
 def _number(value: float) -> float | None:
@@ -142,7 +147,11 @@ def _draw_nuclei(axes: Any, nuclei: gpd.GeoDataFrame, to_thumbnail: Callable) ->
         return
     positive = nuclei["dab_positive"].to_numpy(bool)
     for name, chosen in (("Negative", ~positive), ("Positive", positive)):
-        outlines = [to_thumbnail(np.asarray(p.exterior.coords)) for p in nuclei.geometry[chosen]]
+        if not chosen.any():
+            continue
+        rings = shapely.get_exterior_ring(nuclei.geometry.to_numpy()[chosen])
+        x_y, owner = shapely.get_coordinates(rings, return_index=True)
+        outlines = np.split(to_thumbnail(x_y), np.flatnonzero(np.diff(owner)) + 1)
         colour = np.array(CLASS_COLOURS[name]) / 255
         axes.add_collection(
             PolyCollection(outlines, facecolors=[(*colour, 0.6)], edgecolors=[colour], linewidths=0.4)
