@@ -83,6 +83,9 @@ class ClusterConfig:
         if self.object_store_gb is not None:
             _require_positive("object_store_gb", self.object_store_gb, integer=False)
         _require_positive("shared_check_timeout_s", self.shared_check_timeout_s, integer=False)
+        for name in ("include_dashboard", "check_shared_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
 
 def _require_positive(name: str, value: Any, *, integer: bool) -> None:
@@ -402,15 +405,17 @@ def read_auth_token(token_file: str | os.PathLike[str] | None = None) -> str | N
 
     Looked up in Ray's own order: ``token_file`` when given, else ``RAY_AUTH_TOKEN``, else the
     file ``RAY_AUTH_TOKEN_PATH`` names, else ``~/.ray/auth_token`` when
-    ``RAY_AUTH_MODE=token``. A named file that cannot be read, or is empty, is an error.
+    ``RAY_AUTH_MODE=token`` (if it exists). A named file that cannot be read, or is empty, is
+    an error.
     """
     if token_file is None and os.environ.get("RAY_AUTH_TOKEN", "").strip():
         return os.environ["RAY_AUTH_TOKEN"].strip()
     source = token_file or os.environ.get("RAY_AUTH_TOKEN_PATH") or None
-    if source is None and os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
-        source = Path.home() / ".ray" / "auth_token"
     if source is None:
-        return None
+        default = Path.home() / ".ray" / "auth_token"
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token" or not default.is_file():
+            return None  # no token: a cluster that wants one refuses, as a ClusterError
+        source = default
     try:
         token = Path(source).expanduser().read_text().strip()
     except OSError as exc:

@@ -56,6 +56,7 @@ def test_unknown_cluster_key_names_key_and_file(tmp_path: Path) -> None:
         ("max_actors: -1", "max_actors must be a positive integer, got -1"),
         ("object_store_gb: 0", "object_store_gb must be a positive number, got 0"),
         ("shared_check_timeout_s: true", "shared_check_timeout_s must be a positive number"),
+        ("include_dashboard: 'yes'", "include_dashboard must be true or false, got 'yes'"),
     ],
 )
 def test_bad_cluster_values_are_refused(tmp_path: Path, text: str, message: str) -> None:
@@ -138,6 +139,9 @@ def test_token_sources_in_rays_order(tmp_path: Path, monkeypatch: pytest.MonkeyP
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert read_auth_token() is None
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    assert read_auth_token() is None  # token mode without any token: send none
+    monkeypatch.delenv("RAY_AUTH_MODE")
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
     assert read_auth_token() is None  # the default file counts only in token mode

@@ -166,7 +166,7 @@ def _nucflow(*args: str, env: dict[str, str], timeout: float = 300) -> subproces
 # --------------------------------------------------------------------------- the Jobs API
 
 
-def test_submit_follows_job_and_exits_with_its_status(two_nodes: TwoNodes) -> None:
+def test_submit_follows_job_and_exits_with_its_status(two_nodes: TwoNodes, tmp_path: Path) -> None:
     """`nucflow submit -- --version` runs the submitted checkout's CLI on the cluster."""
     from nucflow import __version__
 
@@ -175,8 +175,15 @@ def test_submit_follows_job_and_exits_with_its_status(two_nodes: TwoNodes) -> No
     job_id = done.stdout.splitlines()[0].strip()
     assert job_id.startswith("raysubmit_")
     assert f"nucflow, version {__version__}" in done.stdout
-    status = _nucflow("submit", "--address", two_nodes.jobs_url, "--status", job_id, env=two_nodes.env)
+    token_file = tmp_path / "token"
+    token_file.write_text(two_nodes.token + "\n")
+    no_token_env = {k: v for k, v in two_nodes.env.items() if k != "RAY_AUTH_TOKEN"}
+    status = _nucflow("submit", "--address", two_nodes.jobs_url, "--token-file", str(token_file),
+                      "--status", job_id, env=no_token_env)
     assert status.stdout.startswith(f"{job_id} SUCCEEDED"), status.stdout + status.stderr
+    refused = _nucflow("submit", "--address", two_nodes.jobs_url, "--status", job_id,
+                       env=no_token_env)
+    assert refused.returncode == 1 and "refused the request" in refused.stderr
     logs = _nucflow("submit", "--address", two_nodes.jobs_url, "--logs", job_id, env=two_nodes.env)
     assert f"version {__version__}" in logs.stdout
 
@@ -248,7 +255,7 @@ print(json.dumps(out))
 def test_connect_and_check_shared_path(two_nodes: TwoNodes, tmp_path: Path) -> None:
     """A driver joining with --address sees both nodes; a shared path passes, others are refused."""
     shared = tmp_path / "shared-out"
-    paths = [str(shared), "memory://nucflow-out"]
+    paths = [str(shared), f"file://{tmp_path / 'shared-uri'}", "memory://nucflow-out"]
     if two_nodes.node_local is not None:
         paths.append(str(two_nodes.node_local / "out"))
     done = subprocess.run([sys.executable, "-c", _DRIVER, two_nodes.gcs, *paths],
@@ -258,6 +265,7 @@ def test_connect_and_check_shared_path(two_nodes: TwoNodes, tmp_path: Path) -> N
     assert (result["nodes"], result["cpus"], result["gpus"]) == (2, 2.0, 0.0)
     assert result[str(shared)] == "ok"
     assert list(shared.iterdir()) == []  # markers removed
+    assert result[f"file://{tmp_path / 'shared-uri'}"] == "ok"  # the fsspec route
     assert "memory://nucflow-out" in result["memory://nucflow-out"]
     assert "cannot read it" in result["memory://nucflow-out"]
     if two_nodes.node_local is None:

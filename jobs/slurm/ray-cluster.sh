@@ -40,8 +40,9 @@ ray_cluster_start() {
     if [[ -n "${RAY_OBJECT_STORE_GB:-}" ]]; then
         store=(--object-store-memory "$((RAY_OBJECT_STORE_GB * 1024 * 1024 * 1024))")
     fi
+    # ${a[@]+"${a[@]}"}: an empty array under `set -u` on bash older than 4.4 (CentOS 7).
     local common=(--block --num-cpus "${cpus}" --num-gpus "${gpus}" --temp-dir "${RAY_NODE_TMP}"
-                  --disable-usage-stats "${store[@]}")
+                  --disable-usage-stats ${store[@]+"${store[@]}"})
 
     echo "ray-cluster: head ${RAY_HEAD_NODE} (${RAY_HEAD_IP}), ${#RAY_NODES[@]} node(s), ${cpus} CPU(s) and ${gpus} GPU(s) per node"
     srun --nodes=1 --ntasks=1 --cpus-per-task="${cpus}" -w "${RAY_HEAD_NODE}" \
