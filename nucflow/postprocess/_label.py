@@ -124,10 +124,15 @@ def _seed_unmarked_components(peaks: np.ndarray, mask: np.ndarray, distance: np.
     components, count = ndi.label(mask)
     marked = np.zeros(count + 1, bool)
     marked[components[peaks]] = True
-    unmarked = np.flatnonzero(~marked[1:]) + 1
-    if unmarked.size:
-        for position in ndi.maximum_position(distance, components, unmarked):
-            peaks[position] = True
+    marked[0] = True
+    candidates = np.flatnonzero(~marked[components])
+    if candidates.size == 0:
+        return
+    component = components.ravel()[candidates]
+    # Stable sort: by component, then highest distance, then raster order.
+    order = np.lexsort((-distance.ravel()[candidates], component))
+    first = order[np.r_[True, np.diff(component[order]) != 0]]
+    peaks[np.unravel_index(candidates[first], peaks.shape)] = True
 
 
 def erode_labels(labels: np.ndarray, radius: int) -> np.ndarray:
