@@ -204,22 +204,37 @@ def test_no_wait_then_stop(two_nodes: TwoNodes) -> None:
     assert client.wait(job_id, timeout_s=60).status == "STOPPED"
 
 
-def test_trivial_job_runs_tasks_on_both_nodes(two_nodes: TwoNodes) -> None:
-    # One task pinned to each node: the job's runtime environment must work on the worker too.
-    script = (
-        "import ray; from nucflow.cluster import cluster_info; "
-        "from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as A; "
-        "ray.init(); f = ray.remote(num_cpus=1)(lambda: ray.get_runtime_context().get_node_id()); "
-        "print(sorted(ray.get([f.options(scheduling_strategy=A(n, soft=False)).remote() "
-        "for n in cluster_info(started_here=False).node_ids])))"
-    )
+_WHERE = """
+import json, ray, nucflow
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Pin
+ray.init()
+
+@ray.remote(num_cpus=1)
+def where():
+    import nucflow
+    return ray.get_runtime_context().get_node_id(), nucflow.__file__
+
+nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+found = ray.get([where.options(scheduling_strategy=Pin(n, soft=False)).remote() for n in nodes])
+print("RESULT", json.dumps({"driver": nucflow.__file__, "tasks": found}))
+"""
+
+
+def test_job_runs_the_submitted_code_on_both_nodes(two_nodes: TwoNodes, tmp_path: Path) -> None:
+    """One task pinned to each node imports nucflow from the job's uploaded working directory."""
+    script = tmp_path / "where.py"
+    script.write_text(_WHERE)
     client = two_nodes.client()
-    job_id = client.submit_entrypoint(f"python -c \"{script}\"")
+    job_id = client.submit_entrypoint(f"python {script}")
     info = client.wait(job_id, timeout_s=120)
-    assert info.succeeded, client.logs(job_id)
-    _assert_job_used_both_nodes(two_nodes, job_id)
     logs = client.logs(job_id)
-    assert all(node in logs for node in client.info(job_id, with_nodes=True).node_ids)
+    assert info.succeeded, logs
+    result = json.loads(logs.split("RESULT", 1)[1].strip().splitlines()[0])
+    installed = str(Path(__file__).resolve().parents[1] / "nucflow")
+    for path in [result["driver"], *(file for _, file in result["tasks"])]:
+        assert "working_dir_files" in path and not path.startswith(installed), path
+    _assert_job_used_both_nodes(two_nodes, job_id)
+    assert set(client.info(job_id, with_nodes=True).node_ids) == {n for n, _ in result["tasks"]}
 
 
 def test_token_is_required(two_nodes: TwoNodes) -> None:
