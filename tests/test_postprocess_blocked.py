@@ -226,3 +226,18 @@ def test_blocked_equals_whole_map_table_at_2048_px(shared_data: Path):
     right = whole.sort_values(order).reset_index(drop=True)
     for column in list(COLUMNS)[1:]:
         assert np.allclose(left[column].astype(float), right[column].astype(float)), column
+
+
+def test_background_blocks_read_no_rgb():
+    prob = np.zeros((200, 200), np.uint8)
+    prob[20:30, 20:30] = 255
+    calls: list[tuple[int, int, int, int]] = []
+    reader = read_rgb_from_array(np.full((200, 200, 3), 128, np.uint8))
+
+    def counting(*region: int) -> np.ndarray:
+        calls.append(region)
+        return reader(*region)
+
+    table = nuclei_table(prob, config=CONFIG, mpp=MPP, read_rgb=counting, block_size=50)
+    assert len(table) == 1
+    assert calls == [(0, 0, 91, 91)]  # the one block holding the nucleus, with its 41 px halo

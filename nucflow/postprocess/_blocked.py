@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -208,6 +209,8 @@ def _block_table(
 ) -> tuple[dict[str, np.ndarray], list[shapely.Polygon]] | None:
     """Label one block's region and measure the nuclei whose centroid lies in its core."""
     prob = as_uint8_probability(prob)
+    if prob.max(initial=0) < math.ceil(config.threshold * 255.0):
+        return None  # background (the map is 0 off tissue): nothing can become foreground
     labels = label_nuclei(prob, mpp=geometry.mpp, config=config)
     stats = region_stats(labels)
     origin = (block.region[0], block.region[2])
