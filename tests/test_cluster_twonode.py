@@ -198,9 +198,13 @@ def test_failed_job_exits_nonzero(two_nodes: TwoNodes) -> None:
 
 def test_no_wait_then_stop(two_nodes: TwoNodes) -> None:
     client = two_nodes.client()
+    done = _nucflow("submit", "--address", two_nodes.jobs_url, "--no-wait", "--", "--help",
+                    env=two_nodes.env)
+    assert done.returncode == 0 and "Usage:" not in done.stdout  # logs not followed
+    assert client.wait(done.stdout.strip(), timeout_s=60).succeeded
     job_id = client.submit_entrypoint("sleep 60")
-    assert _nucflow("submit", "--address", two_nodes.jobs_url, "--stop", job_id,
-                    env=two_nodes.env).returncode == 0
+    stop = _nucflow("submit", "--address", two_nodes.jobs_url, "--stop", job_id, env=two_nodes.env)
+    assert stop.returncode == 0 and "stop requested" in stop.stdout
     assert client.wait(job_id, timeout_s=60).status == "STOPPED"
 
 
