@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -177,6 +178,7 @@ def test_segment_sbatch_runs_under_a_fake_one_node_slurm(small_svs: Path, tmp_pa
     finally:
         for proc in _processes_under(node_tmp):
             proc.send_signal(signal.SIGKILL)
+        shutil.rmtree(node_tmp, ignore_errors=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "1 node(s), 1 CPU(s) and 0 GPU(s) per node" in done.stdout
     assert (tmp_path / "out" / "small" / "nuclei.parquet").is_file()
