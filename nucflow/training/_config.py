@@ -76,13 +76,16 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Adam for S+R, and for D_S, D_R; ``d_r_lr_scale``/``d_r_every`` handicap D_R."""
+    """Adam for S+R, and for D_S, D_R; ``*_lr_scale`` and ``*_every`` (update every k-th
+    step) handicap a discriminator that wins too early."""
 
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
     d_r_lr_scale: float = 1.0
     d_r_every: int = 1
+    d_s_lr_scale: float = 1.0
+    d_s_every: int = 1
 
 
 @dataclass(frozen=True)

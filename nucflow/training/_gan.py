@@ -73,7 +73,7 @@ def build_nets(config: TrainConfig, *, wrap: Any = None) -> GanNets:
     d_r = wrap(PatchGAN(ihc_channels, ndf=n.ndf, n_layers=n.d_layers, norm=n.d_norm))
     betas = (o.beta1, o.beta2)
     opt_g = torch.optim.Adam([*s.parameters(), *r.parameters()], lr=o.lr, betas=betas)
-    opt_ds = torch.optim.Adam(d_s.parameters(), lr=o.lr, betas=betas)
+    opt_ds = torch.optim.Adam(d_s.parameters(), lr=o.lr * o.d_s_lr_scale, betas=betas)
     opt_dr = torch.optim.Adam(d_r.parameters(), lr=o.lr * o.d_r_lr_scale, betas=betas)
     return GanNets(s, r, d_s, d_r, opt_g, opt_ds, opt_dr)
 
@@ -137,15 +137,22 @@ def _generator_losses(nets: GanNets, b: Batch, config: TrainConfig, r: float) ->
 
 def _discriminator_step(nets: GanNets, b: Batch, g: dict[str, Any], step: int,
                         config: TrainConfig, amp: Any) -> dict[str, Any]:
+    """Update D_S and D_R on real vs detached fake (each only every ``*_every`` steps)."""
+    o = config.optim
     nets.opt_ds.zero_grad(set_to_none=True)
     nets.opt_dr.zero_grad(set_to_none=True)
+    losses: dict[str, Any] = {}
     with amp:
-        losses = {"d_s": lsgan_d(nets.d_s(b.mask), nets.d_s(g["_s_a"].detach()))}
-        if step % config.optim.d_r_every == 0:
+        if step % o.d_s_every == 0:
+            losses["d_s"] = lsgan_d(nets.d_s(b.mask), nets.d_s(g["_s_a"].detach()))
+        if step % o.d_r_every == 0:
             fake = g["_fake_ihc"].detach()
             losses["d_r"] = lsgan_d(nets.d_r(g["_target"]), nets.d_r(fake))
+    if not losses:
+        return losses
     sum(losses.values()).backward()
-    nets.opt_ds.step()
+    if "d_s" in losses:
+        nets.opt_ds.step()
     if "d_r" in losses:
         nets.opt_dr.step()
     return losses
