@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
-__all__ = ["CLASS_COLOURS", "atomic_path", "render_overlay", "write_geojson_qupath", "write_geoparquet"]
+from nucflow.atomic import atomic_path
+
+__all__ = ["CLASS_COLOURS", "render_overlay", "write_geojson_qupath", "write_geoparquet"]
 
 #: QuPath's default colours of its Positive and Negative classes (RGB 0-255).
 CLASS_COLOURS = {"Positive": (200, 50, 50), "Negative": (112, 112, 225)}
@@ -32,18 +32,6 @@ _MEASUREMENTS = {
     "DAB OD mean": "dab_od",
     "Probability mean": "mean_probability",
 }
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed onto it only if the block succeeds."""
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield temp
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def write_geoparquet(table: gpd.GeoDataFrame, path: str | Path) -> Path:

@@ -12,6 +12,8 @@ import numpy as np
 import tifffile
 from skimage.transform import resize
 
+from nucflow.atomic import atomic_path
+
 __all__ = ["demo_ihc_image", "write_demo_slide", "write_svs"]
 
 
@@ -37,8 +39,7 @@ def write_svs(
         f"Aperio Image Library v12.0.0\r\n{cols}x{rows} [0,0 {cols}x{rows}] ({tile}x{tile}) "
         f"JPEG Q={quality}|AppMag = {magnification}|MPP = {mpp}"
     )
-    tmp = path.with_name(f".{path.name}.partial")
-    with tifffile.TiffWriter(tmp, bigtiff=False) as tif:
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=False) as tif:
         level = np.ascontiguousarray(rgb, dtype=np.uint8)
         first = True
         while True:
@@ -57,7 +58,6 @@ def write_svs(
                 break
             half = (level.shape[0] // 2, level.shape[1] // 2)
             level = (resize(level, half, anti_aliasing=True, preserve_range=True)).astype(np.uint8)
-    tmp.replace(path)
     return path
 
 
