@@ -61,9 +61,11 @@ class MethodSpec:
 class UNetPredictor:
     """The trained segmentator on CPU or GPU.
 
-    On a GPU the forward pass runs under bf16 (or fp16) autocast from pinned host memory;
-    on the CPU in float32 under inference mode. Calls are serialised by a lock so that an
-    actor can decode the next batch in another thread while this one computes.
+    With ``amp`` the forward pass runs under autocast: bf16 (or fp16) on a GPU, from pinned
+    host memory; bf16 on a CPU with native bf16 (AVX512-BF16 or AMX), where it measured 1.5x
+    float32 (benchmarks/RESULTS.md); float32 on other CPUs, where bf16 is emulated and slower.
+    Always under inference mode. Calls are serialised by a lock so that an actor can decode
+    the next batch in another thread while this one computes.
     """
 
     def __init__(self, model: Any, *, device: str = "cpu", amp: bool = True, channels_last: bool = True) -> None:
@@ -76,7 +78,7 @@ class UNetPredictor:
         if channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
         self.input_multiple = int(model.card.input_multiple)
-        self._autocast_dtype = _gpu_autocast_dtype(torch) if amp and self.device.type == "cuda" else None
+        self._autocast_dtype = _autocast_dtype(torch, self.device) if amp else None
         self._lock = threading.Lock()
 
     def __call__(self, batch: np.ndarray, *, params: dict[str, Any] | None = None) -> np.ndarray:
@@ -85,19 +87,40 @@ class UNetPredictor:
         if self.device.type == "cuda":
             host = host.pin_memory()
         with self._lock, torch.inference_mode():
-            x = host.to(self.device, non_blocking=True).float().div_(255.0)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = self.prepare(host.to(self.device, non_blocking=True).float().div_(255.0))
+            return self.forward(x).cpu().numpy()
+
+    def prepare(self, x: Any) -> Any:
+        """(N, 3, H, W) float32 RGB in [0, 1] on the device, in the network's memory format."""
+        if self.channels_last:
+            return x.contiguous(memory_format=self._torch.channels_last)
+        return x
+
+    def forward(self, x: Any) -> Any:
+        """The network alone: prepared input -> (N, H, W) float32 probabilities on the device."""
+        torch = self._torch
+        with torch.inference_mode():
             if self._autocast_dtype is not None:
-                with torch.autocast("cuda", dtype=self._autocast_dtype):
-                    prob = self.network(x)
-            else:
-                prob = self.network(x)
-            return prob[:, 0].float().cpu().numpy()
+                with torch.autocast(self.device.type, dtype=self._autocast_dtype):
+                    return self.network(x)[:, 0].float()
+            return self.network(x)[:, 0].float()
 
 
-def _gpu_autocast_dtype(torch: Any) -> Any:
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def _autocast_dtype(torch: Any, device: Any) -> Any:
+    """bf16 (fp16 on GPUs without bf16), or None on a CPU without native bf16."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles)."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 class BaselinePredictor:

@@ -1,0 +1,166 @@
+"""What the benchmarks run on: a slide made of real IHC pixels and a CPU-size model.
+
+The slide mirrors the DeepLIIF Ki67 regions (40x, downscaled to 0.5 µm/px) into a square
+tissue field with a white border, written as a pyramidal Aperio SVS. The model is the
+default model when one ships, else a UNet of the shape ``configs/train/cpu.yaml`` trains,
+given a short supervised warm start on label-free Otsu pseudo-masks so that its maps hold
+nucleus-like objects (post-processing cost depends on them; a random network finds none).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import yaml
+
+from nucflow.config import CONFIG_DIR
+
+__all__ = ["BenchSlide", "benchmark_model", "real_ihc_field", "write_bench_slide"]
+
+REGIONS = ("ROI_1.png", "ROI_7.png", "ROI_127.png")
+SOURCE_MPP = 0.25  # the DeepLIIF regions are 40x
+BORDER = 256  # px of white glass around the tissue field
+
+
+@dataclass(frozen=True)
+class BenchSlide:
+    path: Path
+    rows: int
+    cols: int
+    mpp: float
+
+
+def real_ihc_field(data_dir: Path, *, rows: int, cols: int, mpp: float = 0.5) -> np.ndarray:
+    """The DeepLIIF Ki67 regions side by side at ``mpp``, mirrored to (rows, cols, 3) uint8."""
+    from skimage import io
+    from skimage.transform import rescale
+
+    scale = SOURCE_MPP / mpp
+    parts = []
+    for name in REGIONS:
+        rgb = io.imread(data_dir / "ihc" / "regions" / name)[..., :3]
+        parts.append((rescale(rgb, scale, channel_axis=2, anti_aliasing=True) * 255).round().astype(np.uint8))
+    height = min(p.shape[0] for p in parts)
+    block = np.concatenate([p[:height] for p in parts], axis=1)
+    pad = ((0, max(0, rows - block.shape[0])), (0, max(0, cols - block.shape[1])), (0, 0))
+    return np.pad(block, pad, mode="symmetric")[:rows, :cols]
+
+
+def write_bench_slide(path: Path, tissue: np.ndarray, *, mpp: float = 0.5, tile: int = 256) -> BenchSlide:
+    """Write ``tissue`` inside a white border as a pyramidal SVS (cached: reused when present).
+
+    Unlike :func:`nucflow.slide.synthetic.write_svs`, levels are made by 2x2 averaging in
+    uint16, so a slide of a few hundred megapixels costs no more than twice its own size.
+    """
+    rows, cols = tissue.shape[0] + 2 * BORDER, tissue.shape[1] + 2 * BORDER
+    if not path.is_file():
+        level = np.full((rows, cols, 3), 255, np.uint8)
+        level[BORDER : rows - BORDER, BORDER : cols - BORDER] = tissue
+        _write_pyramid(path, level, mpp=mpp, tile=tile)
+    return BenchSlide(path, rows, cols, mpp)
+
+
+def _write_pyramid(path: Path, level: np.ndarray, *, mpp: float, tile: int) -> None:
+    rows, cols = level.shape[:2]
+    description = (
+        f"Aperio Image Library v12.0.0\r\n{cols}x{rows} [0,0 {cols}x{rows}] ({tile}x{tile}) "
+        f"JPEG Q=90|AppMag = 20|MPP = {mpp}"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    with tifffile.TiffWriter(tmp) as tif:
+        first = True
+        while True:
+            tif.write(
+                level, tile=(tile, tile), photometric="rgb", compression="jpeg", compressionargs={"level": 90},
+                description=description if first else None, metadata=None, subfiletype=0 if first else 1,
+            )
+            first = False
+            if max(level.shape[:2]) // 2 < 512:
+                break
+            level = _half(level)
+    tmp.replace(path)
+
+
+def _half(level: np.ndarray) -> np.ndarray:
+    rows, cols = level.shape[0] // 2 * 2, level.shape[1] // 2 * 2
+    a = level[:rows:2, :cols:2].astype(np.uint16)
+    a += level[1:rows:2, :cols:2]
+    a += level[:rows:2, 1:cols:2]
+    a += level[1:rows:2, 1:cols:2]
+    return ((a + 2) // 4).astype(np.uint8)
+
+
+def _cpu_card_fields() -> dict:
+    """The network shape of ``configs/train/cpu.yaml`` (the small CPU model)."""
+    config = yaml.safe_load((CONFIG_DIR / "train" / "cpu.yaml").read_text())
+    net = config.get("network", {})
+    keys = ("ngf", "depth", "norm", "dropout", "dropout_blocks", "max_mult")
+    fields = {k: net[k] for k in keys if k in net}
+    fields["r"] = float(config.get("loss", {}).get("r", 60.0))
+    fields["mpp"] = float(config.get("data", {}).get("mpp", 0.5))
+    return fields
+
+
+def benchmark_model(cache: Path, rgb: np.ndarray, *, steps: int, seed: int = 0) -> tuple[Path, dict]:
+    """The default model if one ships, else a warm-started CPU-size UNet (cached in ``cache``).
+
+    Returns the model path and a description for the report.
+    """
+    from nucflow.models import default_model_path
+
+    default = default_model_path()
+    if default is not None:
+        return default, {"source": "bundled default model", "path": str(default)}
+    fields = _cpu_card_fields()
+    key = hashlib.sha256(json.dumps([fields, steps, seed, rgb.shape], sort_keys=True).encode()).hexdigest()[:12]
+    path = cache / f"model-{key}"
+    if not (path / "model.safetensors").is_file():
+        _warm_start(path, rgb, fields=fields, steps=steps, seed=seed)
+    about = {
+        "source": f"UNet shaped like configs/train/cpu.yaml, {steps} supervised steps on Otsu pseudo-masks "
+        "(no trained model ships yet)",
+        **fields,
+    }
+    return path / "model.safetensors", about
+
+
+def _warm_start(path: Path, rgb: np.ndarray, *, fields: dict, steps: int, seed: int) -> None:
+    import torch
+
+    from nucflow.inference.baselines import baseline_probability
+    from nucflow.models import ModelCard, build_unet, save_model
+
+    card = ModelCard(**fields, tile_size=128)
+    torch.manual_seed(seed)
+    unet = build_unet(card).train()
+    rng = np.random.default_rng(seed)
+    field = rgb[: min(rgb.shape[0], 1024), : min(rgb.shape[1], 1024)]
+    target = baseline_probability(field, method="threshold", sigma=1.0)
+    optimiser = torch.optim.Adam(unet.parameters(), lr=2e-3)
+    for _ in range(steps):
+        x, y = _crops(field, target, rng, n=4, side=128)
+        logits = card.r * unet(x * 2.0 - 1.0)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    save_model(path, unet.eval(), card)
+
+
+def _crops(rgb: np.ndarray, target: np.ndarray, rng: np.random.Generator, *, n: int, side: int) -> tuple:
+    import torch
+
+    rows = rng.integers(0, rgb.shape[0] - side + 1, n)
+    cols = rng.integers(0, rgb.shape[1] - side + 1, n)
+    x = np.stack([rgb[r : r + side, c : c + side] for r, c in zip(rows, cols, strict=True)])
+    y = np.stack([target[r : r + side, c : c + side] for r, c in zip(rows, cols, strict=True)])
+    return (
+        torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255.0),
+        torch.from_numpy(y[:, None].astype(np.float32)),
+    )

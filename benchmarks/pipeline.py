@@ -1,0 +1,168 @@
+"""The pipeline measured end to end, its memory, its post-processing, and the naive loop.
+
+* :func:`run_pipeline`: :func:`nucflow.segment` on one slide with a progress callback (tile
+  completion times) and a :class:`MemorySampler` over this process and all its children
+  (a local Ray's raylet, GCS and workers are children of the driver).
+* :func:`postprocess_rate`: megapixels/s of :func:`nucflow.postprocess.nuclei_table` on a
+  finished probability map, at a given number of Dask threads.
+* :func:`naive_loop`: what users write by hand, in one process: read a tile, predict,
+  post-process, append.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+__all__ = ["MemorySampler", "naive_loop", "postprocess_rate", "run_pipeline", "steady_rate"]
+
+
+class MemorySampler:
+    """Peak of the summed RSS of a process and all its descendants, sampled every ``interval`` s."""
+
+    def __init__(self, pid: int, *, interval: float = 0.2) -> None:
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self.peak_processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def sample(self) -> int:
+        total, count = 0, 0
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+                count += 1
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        if total > self.peak:
+            self.peak, self.peak_processes = total, count
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+
+def steady_rate(events: list[tuple[float, int]], *, skip: int) -> float:
+    """Tiles/s between the ``skip``-th completion (each actor's first batch) and the last.
+
+    ``events`` are (time, tiles done so far). Skipping every actor's first batch leaves out
+    Ray and actor start-up, which :func:`run_pipeline` reports separately.
+    """
+    if len(events) <= skip + 1:
+        skip = 0
+    t0, n0 = events[skip] if skip < len(events) else (events[0][0], 0)
+    t1, n1 = events[-1]
+    return (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
+
+
+def run_pipeline(slide: Path, model: Path, out: Path, *, cluster: Any, config: Any, actors: int) -> dict:
+    """Segment ``slide`` with ``model`` into ``out``; times, tiles/s and peak memory."""
+    from nucflow import segment
+
+    events: list[tuple[float, int]] = []
+
+    def progress(p: Any) -> None:
+        if p.stage == "tiles":
+            events.append((time.perf_counter(), p.done))
+
+    with MemorySampler(psutil.Process().pid) as memory:
+        started = time.perf_counter()
+        result = segment([slide], out, model=model, config=config, cluster_config=cluster,
+                         overwrite=True, progress=progress)
+        wall = time.perf_counter() - started
+    slide_result = result.slides[0]
+    if slide_result.status != "ok":
+        raise RuntimeError(f"benchmark slide failed: {slide_result.error}")
+    summary = json.loads((out / slide_result.slide / "summary.json").read_text())
+    tiles = int(summary["tiles"])
+    first_done = events[0][0] - started if events else float("nan")
+    return {
+        "tiles": tiles,
+        "actors": actors,
+        "wall_s": round(wall, 2),
+        "stage_seconds": summary["seconds"],
+        "startup_to_first_batch_s": round(first_done, 2),
+        "inference_span_s": round(events[-1][0] - events[0][0], 2) if events else None,
+        "steady_tiles_per_s": round(steady_rate(events, skip=actors), 3),
+        "end_to_end_tiles_per_s": round(tiles / wall, 3),
+        "nuclei": summary["nuclei"],
+        "tissue_area_mm2": summary["tissue_area_mm2"],
+        "peak_rss_gb": round(memory.peak / 2**30, 3),
+        "peak_processes": memory.peak_processes,
+        "map": str(out / slide_result.slide / "probability.zarr"),
+    }
+
+
+def postprocess_rate(map_path: str, *, threads: int, block: int, stain_profile: str) -> dict:
+    """Megapixels/s of the blocked post-processing (labels and features, no RGB) of a map."""
+    import zarr
+
+    from nucflow.postprocess import load_stain_profile, nuclei_table
+
+    array = zarr.open_array(f"{map_path}/probability", mode="r")
+    started = time.perf_counter()
+    table = nuclei_table(array, config=load_stain_profile(stain_profile), block_size=block, num_workers=threads)
+    seconds = time.perf_counter() - started
+    megapixels = array.shape[0] * array.shape[1] / 1e6
+    return {"threads": threads, "megapixels": round(megapixels, 2), "seconds": round(seconds, 2),
+            "megapixels_per_s": round(megapixels / seconds, 3), "nuclei": int(len(table))}
+
+
+def naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str) -> dict:
+    """One process, tile by tile: OpenSlide read, torch forward (default threads), label, append.
+
+    Reads at level 0 (the benchmark slide is at the model's resolution), predicts the
+    context window, labels its core with :func:`nucflow.postprocess.label_nuclei` and appends
+    each nucleus' centroid and area, as a hand-written script would.
+    """
+    import openslide
+    import torch
+    from skimage.measure import regionprops_table
+
+    from nucflow.models import load_model
+    from nucflow.postprocess import label_nuclei, load_stain_profile
+
+    config = load_stain_profile(stain_profile)
+    started = time.perf_counter()
+    net = load_model(model).build()
+    handle = openslide.OpenSlide(str(slide))
+    rows: list[dict] = []
+    for tile in tiles:
+        row, col = tile.read_origin
+        rgb = np.array(handle.read_region((col, row), 0, (tile.size, tile.size)).convert("RGB"))
+        with torch.no_grad():
+            prob = net(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0)[0, 0].numpy()
+        m = tile.margin
+        labels = label_nuclei(prob[m : m + tile.rows, m : m + tile.cols], mpp=0.5, config=config)
+        rows.append(regionprops_table(labels, properties=("label", "centroid", "area")))
+    handle.close()
+    seconds = time.perf_counter() - started
+    return {"tiles": len(tiles), "seconds": round(seconds, 2), "tiles_per_s": round(len(tiles) / seconds, 3),
+            "torch_threads": torch.get_num_threads(), "nuclei": int(sum(len(r["label"]) for r in rows))}
+
+
+def segment_config(*, postprocess_cpus: float | None = None) -> Any:
+    """``configs/segment.yaml``, optionally with another ``postprocess_cpus``."""
+    from nucflow.pipeline.config import load_segment_config
+
+    config = load_segment_config()
+    return config if postprocess_cpus is None else replace(config, postprocess_cpus=postprocess_cpus)

@@ -1,0 +1,117 @@
+"""``RESULTS.md``: the benchmark results as a readable report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_report"]
+
+METHOD = """\
+## How each figure is measured
+
+- **Read limit**: the context window (tile + margins) of every tile of the slide read through
+  `nucflow.slide.Slide.read` at the model's resolution, threads sharing one handle; best of 2.
+- **Compute limit**: the model alone (`UNetPredictor.forward`) on a pre-loaded batch, for every
+  layout of the cores (N single-thread processes at once, or one process with N threads) and
+  batch size; the best is the limit.
+- **Pipeline**: `nucflow.segment` on the same slide, fresh local Ray. *Steady* tiles/s count
+  from each actor's first finished batch to the last tile (Ray and actor start-up excluded;
+  they are in `startup_to_first_batch_s`); *end to end* is tiles / wall time of the whole call
+  (planning, Ray start, inference, post-processing, writing). Efficiency = steady pipeline
+  tiles/s / min(read limit, compute limit).
+- **Post-processing**: the `postprocess` stage of the slide's `summary.json` (Dask blocks:
+  threshold, watershed, features, stain measures) over the probability map's megapixels;
+  also `nuclei_table` alone on the same map with 1 and all Dask threads.
+- **Memory**: peak over the run of the summed RSS of the driver and all its descendant
+  processes (raylet, GCS, Ray workers, model actors), sampled every 0.2 s with psutil, for
+  the slide and the same tissue at 4x area. Shared pages count once per process, so the sum
+  overstates the machine's use; it is the same measure at 1x and 4x.
+- **Naive loop**: one process, tile by tile: OpenSlide `read_region`, the same model in
+  float32 under `no_grad` with torch's default threads, `label_nuclei` on the core,
+  `regionprops_table`, append; on evenly spaced tiles of the same slide. The speed-up is
+  nucflow's end-to-end tiles/s (start-up and post-processing included) over the loop's.
+- **Seconds per mm²**: wall time of the whole `segment` call over the tissue area found,
+  at 0.5 µm/px (HoVer-NeXt reports 1.8 s/mm² on a GPU).
+"""
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _headline(r: dict) -> list[str]:
+    p, post, mem = r["pipeline"], r["postprocess"], r["memory"]
+    lines = ["## Headline", "", _row(["figure", "value", "target"]), _row(["---", "---", "---"])]
+    lines += [
+        _row(["read limit (tiles/s, all cores)", r["read_limit"]["tiles_per_s"], ""]),
+        _row(["compute limit (tiles/s, model alone)", f"{r['compute_limit']['tiles_per_s']} "
+              f"({r['compute_limit']['best']})", ""]),
+        _row(["pipeline, steady (tiles/s)", p["steady_tiles_per_s"], ""]),
+        _row(["**efficiency** = pipeline / min(read, compute)", f"**{r['efficiency']}**", ">= 0.9"]),
+        _row(["pipeline, end to end (tiles/s)", p["end_to_end_tiles_per_s"], ""]),
+        _row(["naive loop (tiles/s)", r["naive"]["tiles_per_s"], ""]),
+        _row(["**speed-up vs naive** (end to end)", f"**{r['speedup_vs_naive']}x**", ">= 1.8x"]),
+        _row(["post-processing (MP/s) / model (MP/s)",
+              f"{post['megapixels_per_s']} / {post['model_megapixels_per_s']}", "post faster"]),
+        _row(["post-processing share of wall time", post["share_of_wall"], ""]),
+        _row(["peak RSS 1x / 4x area (GB)", f"{mem['peak_rss_gb_1x']} / {mem['peak_rss_gb_4x']} "
+              f"({mem['growth']:+.1%})", "within 10%"]),
+        _row(["seconds per mm² (end to end / inference)",
+              f"{r['seconds_per_mm2']['end_to_end']} / {r['seconds_per_mm2']['inference']}", ""]),
+    ]
+    lines += ["", "Targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in r["targets"].items()), ""]
+    return lines
+
+
+def _table(title: str, values: dict) -> list[str]:
+    lines = [f"### {title}", "", _row(["", "value"]), _row(["---", "---"])]
+    lines += [_row([k, v]) for k, v in values.items()]
+    return [*lines, ""]
+
+
+def _details(r: dict) -> list[str]:
+    lines = ["## Details", ""]
+    options = r["cpu_options"]
+    lines += _table(f"CPU inference options (tiles/s, 1 thread, batch {options['batch']})", options["tiles_per_s"])
+    lines += [f"bf16 autocast vs float32: max |Δp| {options['bf16_max_abs_diff']}, "
+              f"pixels changing side of 0.5: {options['bf16_class_flips']:.3%}. First call (s): "
+              f"{options['first_call_s']}", ""]
+    lines += _table("Compute limit (tiles/s; processes x threads, batch)", r["compute_limit"]["by_layout_and_batch"])
+    lines += _table("Read limit", r["read_limit"])
+    for key in ("pipeline", "pipeline_other_layout", "pipeline_4x"):
+        if key not in r:
+            continue
+        shown = {k: v for k, v in r[key].items() if k != "map"}
+        lines += _table(f"`{key}`", shown)
+    for post in r["postprocess_standalone"]:
+        lines += _table(f"nuclei_table alone, {post['threads']} Dask thread(s)", post)
+    lines += _table("Naive loop", r["naive"])
+    lines += _table("Scaling (steady tiles/s)", r["scaling"])
+    lines += _table("Model", r["model"])
+    lines += _table("Slide", r["slide"])
+    lines += _table("Load average (1, 5, 15 min) after each section", r["loadavg"])
+    return lines
+
+
+def write_report(results: dict, path: Path) -> None:
+    """Write ``results`` (see ``benchmarks/run.py``) as markdown to ``path``."""
+    m = results["machine"]
+    lines = [
+        "# nucflow benchmarks",
+        "",
+        f"- Date: {results['date']}",
+        f"- Machine: {m['cores']}-core CPU ({m['cpu']}), {m['ram_gb']} GiB RAM, {m['gpu']}; "
+        f"Python {m['python']}, torch {m['torch']}, Ray {m['ray']}",
+        f"- Command: `{results['command']}` ({results['seconds']} s)",
+        f"- Load average at start / end: {results['loadavg']['start']} / {results['loadavg']['end']} "
+        "(the machine is shared; ratios are measured in the same run)",
+        "- GPU: none lent to this run. The GPU path is code-ready only (bf16/fp16 autocast, pinned "
+        "host memory, `inflight_per_actor` batches queued per actor, `actors_per_gpu` and "
+        "`batch_size_per_gpu` in configs/cluster.yaml); it has not been measured.",
+        "",
+        *_headline(results),
+        METHOD,
+        *_details(results),
+    ]
+    path.write_text("\n".join(lines) + "\n")

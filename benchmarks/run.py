@@ -1,0 +1,260 @@
+"""Run nucflow's benchmark suite and write ``results.json`` and ``RESULTS.md``.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/run.py --out benchmarks/
+
+Every figure is measured in this one run next to its reference, so ratios hold on a busy
+machine: read limit, compute limit, pipeline tiles/s and efficiency, post-processing
+megapixels/s, peak memory at 1x and 4x slide area, 1 vs 2 model actors, the naive loop and
+the speed-up over it, seconds per mm² of tissue, and the CPU inference options. Slides and
+the benchmark model are cached in ``--cache`` between runs. ``--smoke`` runs every section
+on a tiny slide in seconds (the test suite does that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import fixtures, limits, pipeline  # noqa: E402
+from benchmarks.report import write_report  # noqa: E402
+
+__all__ = ["main"]
+
+DATA = ROOT.parent / "shared" / "data"
+COMMAND = ".venv/bin/python benchmarks/run.py --out benchmarks/"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks", help="folder for results.json, RESULTS.md")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "nucflow-bench-cache",
+                        help="slides, model and pipeline outputs (reused between runs)")
+    parser.add_argument("--data", type=Path, default=DATA, help="the shared real data folder")
+    parser.add_argument("--side", type=int, default=12, help="tissue side of the 1x slide in 512 px tile cores")
+    parser.add_argument("--naive-tiles", type=int, default=32, help="tiles the naive loop runs (evenly spaced)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="seconds per compute-limit configuration")
+    parser.add_argument("--warm-steps", type=int, default=200, help="warm-start steps of the benchmark model")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (its first call takes minutes)")
+    parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
+    parser.add_argument("--smoke", action="store_true", help="tiny slide and short timings: checks the suite runs")
+    return parser.parse_args(argv)
+
+
+def _smoke(args: argparse.Namespace) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), "side": 1, "naive_tiles": 2, "seconds": 0.3, "warm_steps": 2,
+                                 "no_compile": True, "no_onnx": True})
+
+
+class Run:
+    """One benchmark run: its settings, its fixtures and the results gathered so far."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cores = os.cpu_count() or 1
+        self.results: dict[str, Any] = {"loadavg": {"start": _load()}, "section_seconds": {}}
+        self._last = time.perf_counter()
+
+    def section(self, name: str, value: Any = None) -> Any:
+        """Record a section's result, the load average after it and the seconds it took."""
+        now = time.perf_counter()
+        if value is not None:
+            self.results[name] = value
+        self.results["loadavg"][name] = _load()
+        self.args.out.mkdir(parents=True, exist_ok=True)
+        (self.args.out / "results.partial.json").write_text(json.dumps(self.results, indent=2) + "\n")
+        self.results["section_seconds"][name] = round(now - self._last, 1)
+        self._last = now
+        return value
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _fixtures(run: Run) -> None:
+    from nucflow.inference import auto_tile_size
+    from nucflow.models import load_model
+
+    args, side = run.args, run.args.side * 512
+    args.cache.mkdir(parents=True, exist_ok=True)
+    field = fixtures.real_ihc_field(args.data, rows=2 * side, cols=2 * side)
+    run.base = fixtures.write_bench_slide(args.cache / f"ihc-{side}.svs", field[:side, :side])
+    run.big = fixtures.write_bench_slide(args.cache / f"ihc-{2 * side}.svs", field)
+    run.model, about = fixtures.benchmark_model(args.cache, field[:side, :side], steps=args.warm_steps)
+    run.section("fixtures")
+    card = load_model(run.model).card
+    run.config = pipeline.segment_config()
+    run.tile = run.config.inference.tile_size or auto_tile_size(card.input_multiple, margin=run.config.inference.margin)
+    run.mpp = card.mpp
+    run.tiles = _grid(run.base.path, run)
+    params = sum(v.numel() for v in load_model(run.model).state_dict.values())
+    run.results["model"] = {**about, "parameters": int(params), "tile_size": run.tile, "model_id": card.model_id}
+    run.results["slide"] = {
+        "source": "DeepLIIF Ki67 regions ROI_1/7/127 (real pixels), 40x downscaled to 0.5 µm/px and mirrored",
+        "rows": run.base.rows, "cols": run.base.cols, "mpp": run.base.mpp, "tiles": len(run.tiles),
+        "rows_4x": run.big.rows, "cols_4x": run.big.cols,
+    }
+
+
+def _grid(path: Path, run: Run) -> list:
+    from nucflow.slide import open_slide, tile_grid, tissue_mask
+
+    tissue_config = run.config.tissue
+    with open_slide(path) as slide:
+        thumb, thumb_mpp = slide.thumbnail(max_size=tissue_config.thumbnail_size)
+        shape = slide.shape_at(run.mpp)
+    tissue = tissue_mask(thumb, mpp=thumb_mpp, min_saturation=tissue_config.min_saturation,
+                         max_luminance=tissue_config.max_luminance, min_area_um2=tissue_config.min_area_um2)
+    grid = tile_grid(shape, tile_size=run.tile, margin=run.config.inference.margin, tissue=tissue)
+    return list(grid.tiles)
+
+
+def _limits(run: Run) -> None:
+    args = run.args
+    run.section("cpu_options", limits.cpu_options(
+        run.model, size=run.tile, batch=2, rounds=1 if args.smoke else 3, calls=1 if args.smoke else 3,
+        compile_model=not args.no_compile, onnx=not args.no_onnx,
+    ))
+    run.section("read_limit", limits.read_limit(run.base.path, run.tiles, mpp=run.mpp, threads=run.cores))
+    batches = (1,) if args.smoke else (1, 2, 4)
+    options = {"amp": run.config.inference.amp, "channels_last": run.config.inference.channels_last}
+    run.section("compute_limit", limits.compute_limit(
+        run.model, options=options, size=run.tile, cores=run.cores, batches=batches, seconds=args.seconds,
+        one_layout=args.smoke,
+    ))
+
+
+def _pipelines(run: Run) -> None:
+    from nucflow.cluster import load_cluster_config
+
+    runs = run.args.cache / "runs"
+    default = load_cluster_config()
+    actors = max(1, run.cores // default.cpus_per_actor)
+    base = run.section("pipeline", pipeline.run_pipeline(
+        run.base.path, run.model, runs / "base", cluster=default, config=run.config, actors=actors
+    ))
+    block, profile = run.config.postprocess_block, run.config.stain_profile
+    run.section("postprocess_standalone", [
+        pipeline.postprocess_rate(base["map"], threads=n, block=block, stain_profile=profile)
+        for n in sorted({run.cores} if run.args.smoke else {1, run.cores})
+    ])
+    base["cpus_per_actor"] = default.cpus_per_actor
+    if not run.args.smoke:  # the smoke run skips the second layout: the same code as the first
+        other = load_cluster_config(cpus_per_actor=run.cores if default.cpus_per_actor == 1 else 1)
+        other_actors = max(1, run.cores // other.cpus_per_actor)
+        run.section("pipeline_other_layout", pipeline.run_pipeline(
+            run.base.path, run.model, runs / "layout", cluster=other, config=run.config, actors=other_actors
+        ))
+        run.results["pipeline_other_layout"]["cpus_per_actor"] = other.cpus_per_actor
+    run.section("pipeline_4x", pipeline.run_pipeline(
+        run.big.path, run.model, runs / "big", cluster=default, config=run.config, actors=actors
+    ))
+
+
+def _naive(run: Run) -> None:
+    n = min(run.args.naive_tiles, len(run.tiles))
+    step = len(run.tiles) / n
+    subset = [run.tiles[int(i * step)] for i in range(n)]
+    run.section("naive", pipeline.naive_loop(run.base.path, run.model, subset, stain_profile=run.config.stain_profile))
+
+
+def _summarise(run: Run) -> None:
+    """The headline figures and the targets, from the sections measured above."""
+    r = run.results
+    p, p4 = r["pipeline"], r["pipeline_4x"]
+    limit = min(r["read_limit"]["tiles_per_s"], r["compute_limit"]["tiles_per_s"])
+    core = run.tile - 2 * run.config.inference.margin
+    post_s = p["stage_seconds"].get("postprocess", float("nan"))
+    map_mp = _map_megapixels(p["map"])
+    area = p["tissue_area_mm2"]
+    r["efficiency"] = round(p["steady_tiles_per_s"] / limit, 3)
+    r["efficiency_end_to_end"] = round(p["end_to_end_tiles_per_s"] / limit, 3)
+    r["speedup_vs_naive"] = round(p["end_to_end_tiles_per_s"] / r["naive"]["tiles_per_s"], 3)
+    r["speedup_vs_naive_steady"] = round(p["steady_tiles_per_s"] / r["naive"]["tiles_per_s"], 3)
+    r["postprocess"] = {
+        "megapixels": round(map_mp, 2), "seconds": post_s, "megapixels_per_s": round(map_mp / post_s, 3),
+        "share_of_wall": round(post_s / p["wall_s"], 3), "cpus": run.config.postprocess_cpus,
+        "model_megapixels_per_s": round(r["compute_limit"]["tiles_per_s"] * core * core / 1e6, 3),
+    }
+    r["memory"] = {"peak_rss_gb_1x": p["peak_rss_gb"], "peak_rss_gb_4x": p4["peak_rss_gb"],
+                   "growth": round(p4["peak_rss_gb"] / p["peak_rss_gb"] - 1.0, 3),
+                   "tiles_1x": p["tiles"], "tiles_4x": p4["tiles"]}
+    r["scaling"] = {
+        f"{q['actors']} actor(s) x {q['cpus_per_actor']} thread(s), steady tiles/s":
+        q["steady_tiles_per_s"] for q in (p, r.get("pipeline_other_layout")) if q
+    }
+    r["seconds_per_mm2"] = {"end_to_end": round(p["wall_s"] / area, 3),
+                            "inference": round(p["tiles"] / p["steady_tiles_per_s"] / area, 3),
+                            "tissue_area_mm2": area, "at_mpp": run.mpp}
+    r["targets"] = {"efficiency >= 0.9": r["efficiency"] >= 0.9,
+                    "speedup_vs_naive >= 1.8": r["speedup_vs_naive"] >= 1.8,
+                    "memory growth at 4x area <= 10%": abs(r["memory"]["growth"]) <= 0.10,
+                    "post-processing faster than the model": r["postprocess"]["megapixels_per_s"]
+                    >= r["postprocess"]["model_megapixels_per_s"]}
+
+
+def _map_megapixels(map_path: str) -> float:
+    import zarr
+
+    shape = zarr.open_array(f"{map_path}/probability", mode="r").shape
+    return shape[0] * shape[1] / 1e6
+
+
+def _machine(run: Run) -> dict:
+    import ray
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import psutil
+
+    return {"cpu": cpu, "cores": run.cores, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "gpu": "none (GPU path code-ready only)", "python": platform.python_version(),
+            "torch": torch.__version__, "ray": ray.__version__, "platform": platform.platform()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.smoke:
+        args = _smoke(args)
+    for key, value in {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+                       "RAY_TMPDIR": tempfile.mkdtemp(prefix="nucflow-bench-ray-")}.items():
+        os.environ.setdefault(key, value)
+    run = Run(args)
+    started = time.perf_counter()
+    run.results["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    run.results["command"] = COMMAND if not args.smoke else "benchmarks/run.py --smoke"
+    run.results["machine"] = _machine(run)
+    for step in (_fixtures, _limits, _pipelines, _naive, _summarise):
+        step(run)
+    run.results["loadavg"]["end"] = _load()
+    run.results["seconds"] = round(time.perf_counter() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(run.results, indent=2) + "\n")
+    (args.out / "results.partial.json").unlink(missing_ok=True)
+    write_report(run.results, args.out / "RESULTS.md")
+    return run.results
+
+
+if __name__ == "__main__":
+    main()
