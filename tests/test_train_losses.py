@@ -143,3 +143,21 @@ def test_config_files_load_and_typos_are_refused(tmp_path) -> None:
     bad.write_text("select: best\n")
     with pytest.raises(ConfigError, match="select must be one of"):
         load_train_config(bad)
+
+
+def test_checkpoint_selection_rules() -> None:
+    from nucflow.training import select_checkpoint
+
+    cands = [("a", {"step": 100, "total": 1.0}),  # warm start: no D_S loss yet
+             ("b", {"step": 200, "total": 3.0, "d_s": 0.30}),
+             ("c", {"step": 300, "total": 2.0, "d_s": 0.10}),
+             ("d", {"step": 400, "total": 2.5, "d_s": 0.20})]
+    by_total = TrainConfig(select="total", select_after=200)
+    assert select_checkpoint(cands, config=by_total)[0] == "c"
+    assert select_checkpoint(cands, config=TrainConfig(select="d_s", select_after=200))[0] == "b"
+    assert select_checkpoint(cands, config=TrainConfig(select="d_s", select_after=300))[0] == "d"
+    assert select_checkpoint(cands, config=TrainConfig(select_after=10**6))[0] == "d"  # the last
+    from nucflow.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        select_checkpoint([], config=by_total)

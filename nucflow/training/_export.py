@@ -28,7 +28,7 @@ def select_checkpoint(
     if not candidates:
         raise TrainingError("the run produced no checkpoint to export")
     after = max(config.select_after, config.loss.pseudo_steps if config.loss.pseudo > 0 else 0)
-    late = [c for c in candidates if c[1].get("step", 0) > after and "d_s" in c[1]]
+    late = [c for c in candidates if c[1].get("step", 0) >= after and "d_s" in c[1]]
     if not late:
         return max(candidates, key=lambda c: c[1].get("step", 0))
     if config.select == "d_s":
