@@ -53,6 +53,17 @@ def test_run_writes_checkpoints_csv_and_a_loadable_model(run) -> None:
     assert chosen == result.checkpoint
 
 
+def test_export_run_reselects_from_local_checkpoints(run) -> None:
+    from nucflow.training import export_run
+
+    out, _, result = run
+    last = TrainConfig(**{**TINY.__dict__, "select_after": 3})
+    again = export_run(out, config=last)
+    assert again.card.steps == 3 and again.checkpoint.endswith("step_00000003")
+    assert again.card.training["workers"] == 2  # kept from the first export's card
+    assert load_model(again.model_path).card.model_id == again.card.model_id
+
+
 def test_ranks_hold_identical_parameters(run) -> None:
     out, _, _ = run
     folder = out / "checkpoints" / RUN_NAME / "step_00000003"

@@ -14,7 +14,7 @@ from nucflow.training._config import (
 from nucflow.training._data import load_ihc, load_masks, pseudo_mask, sample_ihc, sample_masks
 from nucflow.training._export import plot_losses, select_checkpoint
 from nucflow.training._losses import hed_jitter, hematoxylin, l1, lsgan_d, lsgan_g, sharpen
-from nucflow.training._train import TrainResult, train
+from nucflow.training._train import TrainResult, export_run, train
 
 __all__ = [
     "DataConfig",
@@ -23,6 +23,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "TrainResult",
+    "export_run",
     "hed_jitter",
     "hematoxylin",
     "l1",

@@ -15,10 +15,15 @@ from nucflow.errors import TrainingError
 from nucflow.models import ModelCard
 from nucflow.training._config import TrainConfig, load_train_config
 from nucflow.training._data import find_images
-from nucflow.training._export import export_checkpoint, plot_losses, select_checkpoint, write_json
+from nucflow.training._export import (
+    export_checkpoint,
+    plot_losses,
+    select_checkpoint,
+    write_json,
+)
 from nucflow.training._loop import STATE_FILE, load_state, train_loop_per_worker
 
-__all__ = ["RUN_NAME", "TrainResult", "train"]
+__all__ = ["RUN_NAME", "TrainResult", "export_run", "train"]
 
 logger = logging.getLogger(__name__)
 RUN_NAME = "nucflow-train"
@@ -109,6 +114,39 @@ def _export(result: Any, out: Path, config: TrainConfig, training: dict[str, Any
         losses=metrics, training=training | {"checkpoint": checkpoint.path},
     )
     return card, checkpoint.path, tuple(dict(m) for _, m in candidates)
+
+
+def export_run(
+    out: str | Path, *, config: TrainConfig | str | Path, storage: str | Path | None = None,
+    training: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Re-select and re-export a finished (or stopped) run from its local checkpoints.
+
+    Reads every ``step_*/metrics.json`` under ``storage`` (default ``out/checkpoints``),
+    picks one with :func:`select_checkpoint` under ``config`` and writes
+    ``out/model.safetensors`` + card, ``selection.json`` and ``losses.png`` as ``train`` does;
+    ``training`` (default: the existing card's) is recorded in the card.
+    """
+    import json
+
+    if not isinstance(config, TrainConfig):
+        config = load_train_config(config)
+    out = Path(out)
+    run = Path(storage or out / "checkpoints") / RUN_NAME
+    folders = sorted(run.glob("step_*/metrics.json"))
+    candidates = [(str(f.parent), json.loads(f.read_text())) for f in folders]
+    folder, metrics = select_checkpoint(candidates, config=config)
+    if training is None and (out / "model.json").is_file():
+        training = dict(json.loads((out / "model.json").read_text()).get("training", {}))
+    state = load_state(Path(folder) / STATE_FILE)
+    card = export_checkpoint(state["s"], out / "model.safetensors", config=config,
+                             steps=int(state["step"]), losses=metrics,
+                             training=dict(training or {}) | {"checkpoint": folder})
+    write_json(out / "selection.json", {"select": config.select, "chosen": folder,
+                                        "checkpoints": [m for _, m in candidates]})
+    curves = plot_losses(out / "losses.csv", out / "losses.png")
+    return TrainResult(out / "model.safetensors", card, folder, out / "losses.csv", curves,
+                       tuple(m for _, m in candidates))
 
 
 def train(
