@@ -185,10 +185,13 @@ class _Tracker:
         self.started = {p.key: time.perf_counter() for p in plans}
         self.errors: dict[str, str] = {}
         self.finishing: dict[str, Any] = {}
-        self.config, self.geojson, self.progress = config, geojson, progress
+        self.geojson, self.progress = geojson, progress
         self.total = sum(self.remaining.values())
         self.done = 0
-        self._finish: Any = ray.remote(num_cpus=config.postprocess_cpus, max_retries=1)(finish_slide)  # type: ignore[arg-type]
+        # A task asking for more CPUs than any node has would wait forever: cap it.
+        cpus = min(config.postprocess_cpus, _largest_node_cpus())
+        self.config = replace(config, postprocess_cpus=cpus)
+        self._finish: Any = ray.remote(num_cpus=cpus, max_retries=1)(finish_slide)  # type: ignore[arg-type]
         for key, left in self.remaining.items():
             if left == 0:
                 self._start_finishing(key)
@@ -236,6 +239,10 @@ class _Tracker:
     def _report(self, stage: str, done: int, total: int, slide: str) -> None:
         if self.progress is not None:
             self.progress(Progress(stage, done, total, slide))
+
+
+def _largest_node_cpus() -> float:
+    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0) or 1.0
 
 
 _CSV_FIELDS = (
