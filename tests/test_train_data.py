@@ -37,11 +37,22 @@ def test_bad_mask_array_is_refused(tmp_path) -> None:
         load_masks([tmp_path / "masks.npy"], config=CONFIG)
 
 
-def test_pseudo_mask_marks_dark_nuclei() -> None:
+@pytest.mark.parametrize("method", ["threshold", "deconvolution"])
+def test_pseudo_mask_marks_dark_nuclei(method: str) -> None:
     rgb = np.full((40, 40, 3), 220, np.uint8)
     rgb[10:20, 10:20] = (60, 50, 120)
-    mask = pseudo_mask(rgb)
+    mask = pseudo_mask(rgb, method)
     assert mask[12:18, 12:18].all() and not mask[30:, 30:].any()
+
+
+def test_unknown_pseudo_method_is_refused(tmp_path) -> None:
+    from nucflow.errors import ConfigError
+    from nucflow.training import load_train_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  pseudo_method: kmeans\n")
+    with pytest.raises(ConfigError, match="data.pseudo_method must be one of"):
+        load_train_config(bad)
 
 
 def test_ihc_pool_and_sampling(shared_data) -> None:

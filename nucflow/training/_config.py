@@ -62,6 +62,8 @@ class DataConfig:
     ``tile_mpp`` is the resolution assumed for tile folders without metadata and for
     scikit-image's IHC image; ``mask_mpp`` that of the mask prior (40x datasets: 0.25).
     ``scale_jitter`` rescales crops by a random factor in [1/(1+j), 1+j] (20x/40x variety).
+    ``pseudo_method`` makes the warm start's pseudo-masks: "threshold" (Otsu on smoothed
+    luminance) or "deconvolution" (Otsu on the log hematoxylin + DAB optical density).
     """
 
     mpp: float = 0.5
@@ -72,6 +74,7 @@ class DataConfig:
     scale_jitter: float = 0.0
     tiles_per_slide: int = 64
     skimage_ihc: bool = False
+    pseudo_method: str = "threshold"
 
 
 @dataclass(frozen=True)
@@ -116,10 +119,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         choices = {"select": ("total", "d_s"), "autocast": ("auto", "bf16", "off"),
-                   "stain_profile": ("ki67", "her2")}
+                   "stain_profile": ("ki67", "her2"),
+                   "data.pseudo_method": ("threshold", "deconvolution")}
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+            value = getattr(self.data, name[5:]) if name.startswith("data.") else getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.data.crop % 2**self.network.depth:
             raise ValueError(
                 f"data.crop {self.data.crop} must be a multiple of 2**network.depth "

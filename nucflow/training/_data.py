@@ -61,13 +61,20 @@ def find_images(paths: Sequence[str | Path], *, what: str) -> list[Path]:
     return found
 
 
-def pseudo_mask(rgb: np.ndarray) -> np.ndarray:
-    """Label-free nuclei guess: Otsu threshold of the Gaussian-smoothed luminance, holes filled.
+def pseudo_mask(rgb: np.ndarray, method: str = "threshold") -> np.ndarray:
+    """Label-free nuclei guess, holes filled: ``rgb`` (rows, cols, 3) uint8 -> (rows, cols) bool.
 
-    ``rgb`` (rows, cols, 3) uint8 -> (rows, cols) bool (dark = nucleus).
+    "threshold": Otsu on the Gaussian-smoothed luminance (dark = nucleus); "deconvolution":
+    the paper's deconvolution baseline (Otsu on the log hematoxylin + DAB optical density).
     """
-    gray = filters.gaussian(color.rgb2gray(rgb), sigma=1.0)
-    return ndimage.binary_fill_holes(gray < filters.threshold_otsu(gray))
+    if method == "deconvolution":
+        from nucflow.inference.baselines import baseline_probability
+
+        fg = baseline_probability(rgb, method="deconvolution") > 0.5
+    else:
+        gray = filters.gaussian(color.rgb2gray(rgb), sigma=1.0)
+        fg = gray < filters.threshold_otsu(gray)
+    return ndimage.binary_fill_holes(fg)
 
 
 def _rescale_rgb(rgb: np.ndarray, scale: float) -> np.ndarray:
@@ -77,8 +84,8 @@ def _rescale_rgb(rgb: np.ndarray, scale: float) -> np.ndarray:
     return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
 
-def _image(rgb: np.ndarray, source: str) -> IhcImage:
-    return IhcImage(rgb=np.ascontiguousarray(rgb), pseudo=pseudo_mask(rgb), source=source)
+def _image(rgb: np.ndarray, source: str, method: str) -> IhcImage:
+    return IhcImage(rgb=np.ascontiguousarray(rgb), pseudo=pseudo_mask(rgb, method), source=source)
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -99,7 +106,7 @@ def _slide_images(path: Path, config: DataConfig, rng: np.random.Generator) -> l
         rows, cols = slide.shape_at(config.mpp)
         if rows * cols <= _WHOLE_SLIDE_MAX:
             rgb = slide.read(mpp=config.mpp, row=0, col=0, rows=rows, cols=cols)
-            return [_image(rgb, path.name)]
+            return [_image(rgb, path.name, config.pseudo_method)]
         thumb, thumb_mpp = slide.thumbnail()
         tissue = np.argwhere(tissue_mask(thumb, mpp=thumb_mpp))
         if len(tissue) == 0:
@@ -109,7 +116,8 @@ def _slide_images(path: Path, config: DataConfig, rng: np.random.Generator) -> l
         centres = (picks + 0.5) * thumb_mpp / config.mpp
         return [
             _image(slide.read(mpp=config.mpp, row=int(r) - side // 2, col=int(c) - side // 2,
-                              rows=side, cols=side), f"{path.name}@{int(r)},{int(c)}")
+                              rows=side, cols=side), f"{path.name}@{int(r)},{int(c)}",
+                   config.pseudo_method)
             for r, c in centres
         ]
 
@@ -134,11 +142,12 @@ def load_ihc(
             raise TrainingError(f"cannot use slide {path} for training: {exc}") from None
     scale = config.tile_mpp / config.mpp
     for path in tiles:
-        images.append(_image(_rescale_rgb(_read_rgb(path), scale), path.name))
+        images.append(_image(_rescale_rgb(_read_rgb(path), scale), path.name, config.pseudo_method))
     if config.skimage_ihc:
         from skimage.data import immunohistochemistry
 
-        images.append(_image(_rescale_rgb(immunohistochemistry(), scale), "skimage-ihc"))
+        rgb = _rescale_rgb(immunohistochemistry(), scale)
+        images.append(_image(rgb, "skimage-ihc", config.pseudo_method))
     return images
 
 
