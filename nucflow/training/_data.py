@@ -156,7 +156,7 @@ def _binary_masks(path: Path) -> list[np.ndarray]:
         stack = np.load(path, mmap_mode="r")
         if stack.ndim != 4:
             raise TrainingError(f"mask array {path} must be (N, H, W, C) like PanNuke's masks.npy")
-        return [np.asarray(m[..., :-1] > 0).any(axis=-1) for m in stack]
+        return [np.asarray(np.any(m[..., :-1] > 0, axis=-1)) for m in stack]
     try:
         labels = io.imread(path)
     except (OSError, ValueError) as exc:
