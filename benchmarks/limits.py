@@ -70,26 +70,28 @@ def _compute_worker(model_path: str, options: dict, threads: int, batch: int, si
     x = predictor.prepare(_batch(size, batch))
     predictor.forward(x)
     barrier.wait()
-    started, done = time.perf_counter(), 0
+    started, cpu, done = time.perf_counter(), time.process_time(), 0
     while time.perf_counter() - started < seconds:
         predictor.forward(x)
         done += batch
-    queue.put(done / (time.perf_counter() - started))
+    queue.put((done, time.perf_counter() - started, time.process_time() - cpu))
 
 
 def _layout_rate(
     model_path: Path, options: dict, *, processes: int, threads: int, batch: int, size: int, seconds: float
-) -> float:
+) -> tuple[float, float]:
+    """Summed tiles/s of the processes, and their CPU seconds per tile."""
     ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(processes), ctx.Queue()
     args = (str(model_path), options, threads, batch, size, seconds, barrier, queue)
     workers = [ctx.Process(target=_compute_worker, args=args) for _ in range(processes)]
     for w in workers:
         w.start()
-    rates = [queue.get(timeout=600) for _ in workers]
+    runs = [queue.get(timeout=600) for _ in workers]
     for w in workers:
         w.join()
-    return float(sum(rates))
+    tiles = sum(done for done, _, _ in runs)
+    return float(sum(done / wall for done, wall, _ in runs)), sum(cpu for _, _, cpu in runs) / tiles
 
 
 def compute_limit(
@@ -105,15 +107,19 @@ def compute_limit(
     """
     layouts = [(cores, 1), (1, cores)] if cores > 1 and not one_layout else [(cores, 1)]
     table: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     for processes, threads in layouts:
         for batch in batches:
-            rate = _layout_rate(
+            name = f"{processes}x{threads} batch {batch}"
+            rate, cpu[name] = _layout_rate(
                 model_path, options, processes=processes, threads=threads, batch=batch, size=size, seconds=seconds
             )
-            table[f"{processes}x{threads} batch {batch}"] = round(rate, 3)
+            table[name] = round(rate, 3)
     best = max(table, key=table.__getitem__)
+    thrifty = min(cpu, key=cpu.__getitem__)
     return {"tile_size": size, "options": options, "by_layout_and_batch": table, "best": best,
-            "tiles_per_s": table[best]}
+            "tiles_per_s": table[best], "cpu_s_per_tile": {k: round(v, 4) for k, v in cpu.items()},
+            "least_cpu_s_per_tile": round(cpu[thrifty], 4), "least_cpu": thrifty}
 
 
 # --------------------------------------------------------------------------- CPU options

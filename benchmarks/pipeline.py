@@ -25,13 +25,21 @@ __all__ = ["MemorySampler", "naive_loop", "postprocess_rate", "run_pipeline", "s
 
 
 class MemorySampler:
-    """Peak of the summed RSS of a process and all its descendants, sampled every ``interval`` s."""
+    """A process and all its descendants, sampled every ``interval`` s: peak summed RSS, CPU time.
+
+    ``peak`` is the largest summed RSS seen (bytes), ``peak_top`` the biggest processes then;
+    :meth:`cpu_seconds` is the user + system CPU time the tree has used so far (the last value
+    seen for each process, so processes that exited still count).
+    """
 
     def __init__(self, pid: int, *, interval: float = 0.2) -> None:
         self.root = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
         self.peak_processes = 0
+        self.peak_top: list[tuple[str, float]] = []
+        self.cpu: dict[int, float] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -44,16 +52,26 @@ class MemorySampler:
         self._thread.join()
 
     def sample(self) -> int:
-        total, count = 0, 0
-        for proc in [self.root, *self.root.children(recursive=True)]:
-            try:
-                total += proc.memory_info().rss
-                count += 1
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        if total > self.peak:
-            self.peak, self.peak_processes = total, count
+        """Sample now; returns the summed RSS in bytes."""
+        seen: list[tuple[int, str]] = []
+        with self._lock:
+            for proc in [self.root, *self.root.children(recursive=True)]:
+                try:
+                    with proc.oneshot():
+                        rss, times, name = proc.memory_info().rss, proc.cpu_times(), proc.name()
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                seen.append((rss, name))
+                self.cpu[proc.pid] = times.user + times.system
+            total = sum(rss for rss, _ in seen)
+            if total > self.peak:
+                self.peak, self.peak_processes = total, len(seen)
+                self.peak_top = [(name, round(rss / 2**30, 3)) for rss, name in sorted(seen, reverse=True)[:4]]
         return total
+
+    def cpu_seconds(self) -> float:
+        self.sample()
+        return sum(self.cpu.values())
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -74,21 +92,33 @@ def steady_rate(events: list[tuple[float, int]], *, skip: int) -> float:
     return (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
 
 
+def _steady_cpu(events: list[tuple[float, int]], cpu: list[float], *, skip: int) -> float:
+    """CPU seconds of the whole process tree per tile over the window of :func:`steady_rate`."""
+    if len(events) <= skip + 1:
+        skip = 0
+    tiles = events[-1][1] - events[skip][1]
+    return (cpu[-1] - cpu[skip]) / tiles if tiles > 0 else float("nan")
+
+
 def run_pipeline(slide: Path, model: Path, out: Path, *, cluster: Any, config: Any, actors: int) -> dict:
     """Segment ``slide`` with ``model`` into ``out``; times, tiles/s and peak memory."""
     from nucflow import segment
 
     events: list[tuple[float, int]] = []
+    cpu: list[float] = []
 
     def progress(p: Any) -> None:
         if p.stage == "tiles":
             events.append((time.perf_counter(), p.done))
+            cpu.append(memory.cpu_seconds())
 
     with MemorySampler(psutil.Process().pid) as memory:
+        cpu_start = memory.cpu_seconds()
         started = time.perf_counter()
         result = segment([slide], out, model=model, config=config, cluster_config=cluster,
                          overwrite=True, progress=progress)
         wall = time.perf_counter() - started
+        cpu_total = memory.cpu_seconds() - cpu_start
     slide_result = result.slides[0]
     if slide_result.status != "ok":
         raise RuntimeError(f"benchmark slide failed: {slide_result.error}")
@@ -108,6 +138,9 @@ def run_pipeline(slide: Path, model: Path, out: Path, *, cluster: Any, config: A
         "tissue_area_mm2": summary["tissue_area_mm2"],
         "peak_rss_gb": round(memory.peak / 2**30, 3),
         "peak_processes": memory.peak_processes,
+        "peak_top_processes_gb": memory.peak_top,
+        "cpu_s": round(cpu_total, 1),
+        "steady_cpu_s_per_tile": round(_steady_cpu(events, cpu, skip=actors), 4),
         "map": str(out / slide_result.slide / "probability.zarr"),
     }
 
@@ -142,7 +175,7 @@ def naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str) -> 
     from nucflow.postprocess import label_nuclei, load_stain_profile
 
     config = load_stain_profile(stain_profile)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     net = load_model(model).build()
     handle = openslide.OpenSlide(str(slide))
     rows: list[dict] = []
@@ -155,8 +188,9 @@ def naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str) -> 
         labels = label_nuclei(prob[m : m + tile.rows, m : m + tile.cols], mpp=0.5, config=config)
         rows.append(regionprops_table(labels, properties=("label", "centroid", "area")))
     handle.close()
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     return {"tiles": len(tiles), "seconds": round(seconds, 2), "tiles_per_s": round(len(tiles) / seconds, 3),
+            "cpu_s_per_tile": round(cpu / len(tiles), 4),
             "torch_threads": torch.get_num_threads(), "nuclei": int(sum(len(r["label"]) for r in rows))}
 
 
