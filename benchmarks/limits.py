@@ -161,7 +161,7 @@ def _variants(model_path: Path, *, compile_model: bool, onnx: bool, size: int, b
 
 
 def _onnx_session(net: Any, x: Any) -> Any:
-    """An ONNX Runtime session (one thread) of ``net``, or None when onnxruntime is missing."""
+    """An ONNX Runtime session (one thread) of ``net``; None without onnxruntime and onnx."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -171,7 +171,10 @@ def _onnx_session(net: Any, x: Any) -> Any:
     import torch
 
     buffer = io.BytesIO()
-    torch.onnx.export(net, (x,), buffer, input_names=["rgb"], output_names=["prob"], dynamo=False)
+    try:
+        torch.onnx.export(net, (x,), buffer, input_names=["rgb"], output_names=["prob"], dynamo=False)
+    except Exception:  # noqa: BLE001 - the exporter needs the optional onnx package
+        return None
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
