@@ -15,7 +15,9 @@ import numpy as np
 
 from nucflow.errors import InputError
 
-__all__ = ["METHODS", "BaselinePredictor", "MethodSpec", "Predictor", "UNetPredictor", "parse_method"]
+__all__ = [
+    "METHODS", "BaselinePredictor", "MethodSpec", "Predictor", "UNetPredictor", "cpu_has_native_bf16", "parse_method",
+]
 
 METHODS = ("unet", "threshold", "deconvolution")
 
