@@ -7,6 +7,7 @@ a cluster it executes on a worker node (Dask threads inside that task), never on
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool) -> di
 
         table = nuclei_table(
             ProbabilityMap(plan.map_path).array(), config=profile, read_rgb=read_rgb,
-            block_size=config.postprocess_block, num_workers=max(1, int(config.postprocess_cpus)),
+            block_size=config.postprocess_block, num_workers=_threads(config),
         )
         seconds_post = time.perf_counter() - started
         write_geoparquet(table, out_dir / "nuclei.parquet")
@@ -66,6 +67,15 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool) -> di
     summary = slide_summary(plan, table, seconds=seconds)
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _threads(config: SegmentConfig) -> int:
+    """Dask threads: ``postprocess_threads``, or every core of this node when it is None.
+
+    The task reserves only ``postprocess_cpus`` Ray CPUs so it fits any node, but on a CPU
+    machine it mostly runs once inference is over, when the node's cores are idle.
+    """
+    return config.postprocess_threads or max(1, os.cpu_count() or 1)
 
 
 def slide_summary(plan: SlidePlan, table: Any, *, seconds: dict[str, float]) -> dict[str, Any]:

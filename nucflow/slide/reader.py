@@ -78,9 +78,11 @@ class _ArrayBackend:
 
 def _rgba_on_white(rgba: np.ndarray) -> np.ndarray:
     """Composite OpenSlide's premultiplied RGBA onto white (transparent past the slide edge)."""
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:  # inside the slide, the common case: nothing to composite
+        return np.ascontiguousarray(rgba[..., :3])
     rgb = rgba[..., :3].astype(np.uint16)
-    alpha = rgba[..., 3:4].astype(np.uint16)
-    return (rgb + (255 - alpha)).clip(0, 255).astype(np.uint8)
+    return (rgb + (255 - alpha[..., None].astype(np.uint16))).clip(0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)
