@@ -85,3 +85,17 @@ def test_resume_continues_at_the_saved_step(run) -> None:
     assert [int(r["step"]) for r in _rows(out / "losses.csv")] == [0, 1, 2, 3, 4]
     assert result.card.steps in (2, 3, 4, 5)
     assert load_file(str(result.model_path))
+
+
+def test_exported_model_segments_a_slide_through_nucflow_segment(run, small_svs, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from nucflow.cli import main
+
+    _, _, result = run
+    out = tmp_path / "seg"
+    cli = CliRunner().invoke(main, ["segment", str(small_svs), "-o", str(out), "--model", str(result.model_path), "-q"])
+    assert cli.exit_code == 0, cli.output
+    summary = json.loads((out / "small" / "summary.json").read_text())
+    assert summary["model_id"] == load_model(result.model_path).card.model_id
+    assert summary["mpp"] == 1.0 and (out / "small" / "nuclei.parquet").is_file()

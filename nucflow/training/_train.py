@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nucflow import __version__
+from nucflow.cluster import check_shared_path, load_cluster_config, ray_session
 from nucflow.config import to_dict
 from nucflow.errors import TrainingError
 from nucflow.models import ModelCard
@@ -190,8 +191,6 @@ def train(
     command : str
         The command line, recorded in the model card.
     """
-    import ray
-
     if not isinstance(config, TrainConfig):
         config = load_train_config(config)
     if max_steps is not None:
@@ -203,15 +202,15 @@ def train(
     loop_config = data | {"config": to_dict(config), "csv": str(out.resolve() / "losses.csv"),
                           "threads": int(cpus_per_worker) if gpus_per_worker == 0 else None,
                           "resume_from": latest if resume else None}
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False)
-    try:
+    cluster = load_cluster_config()
+    with ray_session(address, config=cluster) as info:
+        if info.nodes > 1 and cluster.check_shared_output:
+            # Rank 0 writes losses.csv into ``out`` and workers write checkpoints to storage.
+            for where in {str(out.resolve()), storage}:
+                if "://" not in where:
+                    check_shared_path(where, timeout_s=cluster.shared_check_timeout_s)
         result = _fit(loop_config, workers=workers, gpus=gpus_per_worker,
                       cpus=cpus_per_worker, storage=storage)
-    finally:
-        if started:
-            ray.shutdown()
     training = {"command": command, "config": to_dict(config), "workers": workers,
                 "data": {k: [Path(p).name for p in v] for k, v in data.items()},
                 "software": f"nucflow {__version__}"}
