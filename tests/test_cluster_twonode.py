@@ -298,7 +298,6 @@ def test_connect_and_check_shared_path(two_nodes: TwoNodes, tmp_path: Path) -> N
 # --------------------------------------------------------------------------- the real commands
 
 
-@pytest.mark.slow  # 60-130 s here: a local reference run, then actors start on both nodes
 def test_submit_segment_matches_a_local_run(
     two_nodes: TwoNodes, ray_local, small_svs: Path, demo_svs: Path, tmp_path: Path
 ) -> None:
@@ -348,7 +347,7 @@ log_every: 1
 """
 
 
-@pytest.mark.slow  # about 60 s: Ray Train start-up and teardown dominate
+
 def test_submit_train_runs_ddp_over_both_nodes(
     two_nodes: TwoNodes, shared_data: Path, tmp_path: Path
 ) -> None:
