@@ -68,9 +68,16 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     nested = _dataclass_in(hint)
     if nested is not None and isinstance(value, Mapping):
         return from_mapping(nested, value, source=where)
+    if _accepts_float(hint) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # YAML's 20000 and the default 20000.0 must be the same setting
     if hint is tuple or typing.get_origin(hint) is tuple:
         return tuple(value) if isinstance(value, list) else value
     return value
+
+
+def _accepts_float(hint: Any) -> bool:
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return hint is float or (union and float in typing.get_args(hint))
 
 
 def _dataclass_in(hint: Any) -> type | None:

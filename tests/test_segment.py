@@ -233,35 +233,40 @@ def test_killed_model_actor_is_replaced_and_its_tiles_retried(
 
 
 def test_resume_after_a_real_kill_ends_with_the_same_table(tmp_path: Path, tiny_model: Path) -> None:
-    slide = write_svs(tmp_path / "big.svs", demo_ihc_image(repeats=4), mpp=0.5)  # 2048 px: 16 tiles
+    slide = write_svs(tmp_path / "big.svs", demo_ihc_image(repeats=4), mpp=0.5)  # 2048 px
+    config = tmp_path / "segment.yaml"  # 128 px tiles with 64 px cores: 1024 tiles, seconds of work
+    config.write_text("inference:\n  tile_size: 128\n  margin: 32\n")
+    tiles = 32 * 32
     out = tmp_path / "out"
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="nf-ray-")}  # short: socket paths <= 107 bytes
-    cmd = [sys.executable, "-m", "nucflow", "segment", str(slide), "-o", str(out), "--model", str(tiny_model), "-q"]
+    cmd = [sys.executable, "-m", "nucflow", "segment", str(slide), "-o", str(out), "--model", str(tiny_model)]
+    cmd += ["--config", str(config), "-q"]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     done_path = out / "big" / "probability.zarr" / "done"
     deadline = time.monotonic() + 240
     done = 0
     while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.1)
         try:
             done = int(zarr.open_array(str(done_path), mode="r")[:].sum())
         except Exception:  # not created yet, or being written
             continue
-        if done >= 3:
+        if done >= 20:
             break
     assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-run
     proc.wait()
-    assert 3 <= done < 16, f"kill should land mid-run, {done} tiles were done"
+    assert 20 <= done < tiles, f"kill should land mid-run, {done} tiles were done"
     assert not (out / "big" / "nuclei.parquet").exists() and not (out / "big" / "summary.json").exists()
 
     seen: list[int] = []
     resumed = segment(
-        [slide], out, model=tiny_model, progress=lambda e: seen.append(e.total) if e.stage == "tiles" else None
+        [slide], out, model=tiny_model, config=SMALL_TILES,
+        progress=lambda e: seen.append(e.total) if e.stage == "tiles" else None,
     )
-    assert [s.status for s in resumed.slides] == ["ok"]
-    assert seen and seen[0] <= 16 - 3  # only the unfinished tiles ran again
-    fresh = segment([slide], tmp_path / "fresh", model=tiny_model)
+    assert [s.status for s in resumed.slides] == ["ok"], resumed.slides[0].error
+    assert seen and seen[0] <= tiles - 20  # only the unfinished tiles ran again
+    fresh = segment([slide], tmp_path / "fresh", model=tiny_model, config=SMALL_TILES)
     assert fresh.slides[0].status == "ok"
     a, b = _table(out, "big"), _table(tmp_path / "fresh", "big")
     assert len(a) == len(b) > 0

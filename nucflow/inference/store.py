@@ -57,10 +57,19 @@ class ProbabilityMap:
         return {(int(r), int(c)) for r, c in zip(*np.nonzero(done), strict=True)}
 
     def mark_done(self, tiles: Iterable[Tile]) -> None:
-        """Record tiles as finished (call only after their cores were written)."""
+        """Record tiles as finished (call only after their cores were written).
+
+        One read-modify-write of the small ``done`` grid, whatever the number of tiles: only
+        the driver writes it, so there is no other writer to race with.
+        """
+        chunks = [tile.chunk for tile in tiles]
+        if not chunks:
+            return
         done = zarr.open_array(f"{self.path}/done", mode="r+")
-        for tile in tiles:
-            done[tile.chunk] = 1
+        grid = np.asarray(done[:])
+        rows, cols = zip(*chunks, strict=True)
+        grid[list(rows), list(cols)] = 1
+        done[:] = grid
 
 
 def to_uint8(prob: np.ndarray) -> np.ndarray:

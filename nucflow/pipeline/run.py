@@ -61,6 +61,9 @@ class SegmentResult:
 
 ProgressCallback = Callable[[Progress], None]
 
+#: Finished tiles are written to a slide's ``done`` grid at most this often (and on completion).
+_RECORD_EVERY_S = 1.0
+
 
 def segment(
     slides: Sequence[str | Path],
@@ -154,6 +157,7 @@ def _run(
         try:
             scheduler.run(items, on_done=tracker.tiles_done, on_error=tracker.failed)
         finally:
+            tracker.record_done()
             scheduler.shutdown()
     outcome.update(tracker.finish())
     return [outcome[p.key] for p in plans]
@@ -185,6 +189,8 @@ class _Tracker:
         self.started = {p.key: time.perf_counter() for p in plans}
         self.errors: dict[str, str] = {}
         self.finishing: dict[str, Any] = {}
+        self.unrecorded: dict[str, list[int]] = {}
+        self.recorded_at = time.monotonic()
         self.geojson, self.progress = geojson, progress
         self.total = sum(self.remaining.values())
         self.done = 0
@@ -197,14 +203,29 @@ class _Tracker:
                 self._start_finishing(key)
 
     def tiles_done(self, item: WorkItem, indices: tuple[int, ...]) -> None:
-        plan = self.plans[item.slide_key]
-        assert plan.grid is not None
-        ProbabilityMap(plan.map_path).mark_done(plan.grid.tiles[i] for i in indices)
-        self.remaining[item.slide_key] -= len(indices)
+        key = item.slide_key
+        self.unrecorded.setdefault(key, []).extend(indices)
+        self.remaining[key] -= len(indices)
         self.done += len(indices)
-        self._report("tiles", self.done, self.total, item.slide_key)
-        if self.remaining[item.slide_key] == 0 and item.slide_key not in self.errors:
-            self._start_finishing(item.slide_key)
+        self._report("tiles", self.done, self.total, key)
+        if self.remaining[key] == 0 and key not in self.errors:
+            self.record_done(key)
+            self._start_finishing(key)
+        elif time.monotonic() - self.recorded_at >= _RECORD_EVERY_S:
+            self.record_done()
+
+    def record_done(self, only: str | None = None) -> None:
+        """Write finished tiles to each slide's ``done`` grid (batched: a write per slide, not per tile).
+
+        Called at most every ``_RECORD_EVERY_S`` seconds, when a slide completes, and when the
+        run stops for any reason; a killed run redoes at most that many seconds of tiles.
+        """
+        for key in [only] if only else list(self.unrecorded):
+            indices = self.unrecorded.pop(key, [])
+            grid = self.plans[key].grid
+            if indices and grid is not None:
+                ProbabilityMap(self.plans[key].map_path).mark_done(grid.tiles[i] for i in indices)
+        self.recorded_at = time.monotonic()
 
     def failed(self, item: WorkItem, exc: BaseException) -> None:
         if item.slide_key not in self.errors:
