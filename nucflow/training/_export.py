@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,8 +78,3 @@ def plot_losses(csv_path: Path, png_path: Path) -> Path:
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return png_path
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write ``data`` as indented JSON."""
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")

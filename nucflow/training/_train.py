@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nucflow import __version__
+from nucflow.atomic import write_json
 from nucflow.cluster import check_shared_path, load_cluster_config, ray_session
 from nucflow.config import to_dict
 from nucflow.errors import TrainingError
@@ -20,7 +21,6 @@ from nucflow.training._export import (
     export_checkpoint,
     plot_losses,
     select_checkpoint,
-    write_json,
 )
 from nucflow.training._loop import STATE_FILE, load_state, train_loop_per_worker
 
