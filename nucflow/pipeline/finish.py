@@ -16,7 +16,7 @@ from nucflow import __version__
 from nucflow.atomic import write_json
 from nucflow.inference.store import ProbabilityMap
 from nucflow.pipeline.config import SegmentConfig
-from nucflow.pipeline.plan import SlidePlan
+from nucflow.pipeline.plan import SlidePlan, find_tissue
 from nucflow.postprocess import (
     load_stain_profile,
     nuclei_table,
@@ -24,7 +24,7 @@ from nucflow.postprocess import (
     write_geojson_qupath,
     write_geoparquet,
 )
-from nucflow.slide import open_slide, tissue_mask
+from nucflow.slide import open_slide
 
 __all__ = ["finish_slide", "slide_summary"]
 
@@ -53,11 +53,7 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool) -> di
         write_geoparquet(table, out_dir / "nuclei.parquet")
         if geojson:
             write_geojson_qupath(table, out_dir / "nuclei.geojson")
-        thumb, thumb_mpp = slide.thumbnail(max_size=config.tissue.thumbnail_size)
-    tissue = tissue_mask(
-        thumb, mpp=thumb_mpp, min_saturation=config.tissue.min_saturation,
-        max_luminance=config.tissue.max_luminance, min_area_um2=config.tissue.min_area_um2,
-    )
+        thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)
     level0_mpp = plan.mpp / plan.level0_scale
     render_overlay(
         thumb, level0_scale=thumb_mpp / level0_mpp, tissue_mask=tissue, nuclei=table, path=out_dir / "overlay.png"

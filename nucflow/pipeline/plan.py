@@ -21,10 +21,10 @@ from nucflow.errors import InputError, NucflowError, SlideError
 from nucflow.inference.predictors import MethodSpec
 from nucflow.inference.store import create_map, open_map
 from nucflow.inference.tiled import auto_tile_size
-from nucflow.pipeline.config import SegmentConfig
-from nucflow.slide import TileGrid, open_slide, safe_slide_name, tile_grid, tissue_mask
+from nucflow.pipeline.config import SegmentConfig, TissueConfig
+from nucflow.slide import Slide, TileGrid, open_slide, safe_slide_name, tile_grid, tissue_mask
 
-__all__ = ["SlidePlan", "expand_slides", "output_names", "plan_slide"]
+__all__ = ["SlidePlan", "expand_slides", "find_tissue", "output_names", "plan_slide"]
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +104,21 @@ def plan_slide(
         return SlidePlan(key, str(path), str(out_dir), "failed", error=f"{type(exc).__name__}: {exc}")
 
 
+def find_tissue(slide: Slide, config: TissueConfig) -> tuple[np.ndarray, float, np.ndarray]:
+    """The slide's thumbnail (uint8 RGB), its µm/px, and its tissue mask (bool), as ``config`` sets."""
+    thumb, thumb_mpp = slide.thumbnail(max_size=config.thumbnail_size)
+    mask = tissue_mask(
+        thumb, mpp=thumb_mpp, min_saturation=config.min_saturation,
+        max_luminance=config.max_luminance, min_area_um2=config.min_area_um2,
+    )
+    return thumb, thumb_mpp, mask
+
+
 def _plan(
     path: Path, key: str, out_dir: Path, *, spec: MethodSpec, config: SegmentConfig, mpp: float | None, overwrite: bool
 ) -> SlidePlan:
     with open_slide(path, mpp=mpp) as slide:
-        thumb, thumb_mpp = slide.thumbnail(max_size=config.tissue.thumbnail_size)
-        tissue = tissue_mask(
-            thumb, mpp=thumb_mpp, min_saturation=config.tissue.min_saturation,
-            max_luminance=config.tissue.max_luminance, min_area_um2=config.tissue.min_area_um2,
-        )
+        thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)
         shape = slide.shape_at(spec.mpp)
         slide_mpp = slide.mpp
     margin = config.inference.margin
