@@ -20,7 +20,7 @@ import yaml
 
 from nucflow.config import CONFIG_DIR
 
-__all__ = ["BenchSlide", "benchmark_model", "real_ihc_field", "write_bench_slide"]
+__all__ = ["BenchSlide", "bench_slide", "benchmark_model", "real_ihc_field"]
 
 REGIONS = ("ROI_1.png", "ROI_7.png", "ROI_127.png")
 SOURCE_MPP = 0.25  # the DeepLIIF regions are 40x
@@ -36,7 +36,18 @@ class BenchSlide:
 
 
 def real_ihc_field(data_dir: Path, *, rows: int, cols: int, mpp: float = 0.5) -> np.ndarray:
-    """The DeepLIIF Ki67 regions side by side at ``mpp``, mirrored to (rows, cols, 3) uint8."""
+    """The DeepLIIF Ki67 regions side by side at ``mpp``, mirrored to (rows, cols, 3) uint8.
+
+    Equal to ``np.pad(block, ..., mode="symmetric")[:rows, :cols]`` of the regions' block, so
+    the field of a smaller (rows, cols) is the top-left corner of a larger one.
+    """
+    field = np.empty((rows, cols, 3), np.uint8)
+    _mirror_into(field, _ihc_block(data_dir, mpp=mpp))
+    return field
+
+
+def _ihc_block(data_dir: Path, *, mpp: float) -> np.ndarray:
+    """The three regions rescaled to ``mpp``, cropped to one height and side by side, uint8 RGB."""
     from skimage import io
     from skimage.transform import rescale
 
@@ -46,23 +57,35 @@ def real_ihc_field(data_dir: Path, *, rows: int, cols: int, mpp: float = 0.5) ->
         rgb = io.imread(data_dir / "ihc" / "regions" / name)[..., :3]
         parts.append((rescale(rgb, scale, channel_axis=2, anti_aliasing=True) * 255).round().astype(np.uint8))
     height = min(p.shape[0] for p in parts)
-    block = np.concatenate([p[:height] for p in parts], axis=1)
-    pad = ((0, max(0, rows - block.shape[0])), (0, max(0, cols - block.shape[1])), (0, 0))
-    return np.pad(block, pad, mode="symmetric")[:rows, :cols]
+    return np.concatenate([p[:height] for p in parts], axis=1)
 
 
-def write_bench_slide(path: Path, tissue: np.ndarray, *, mpp: float = 0.5, tile: int = 256) -> BenchSlide:
-    """Write ``tissue`` inside a white border as a pyramidal SVS (cached: reused when present).
+def _mirror_into(out: np.ndarray, block: np.ndarray) -> None:
+    """Fill ``out`` (rows, cols, ...) in place with ``block`` and its mirror images, alternating.
 
-    Unlike :func:`nucflow.slide.synthetic.write_svs`, levels are made by 2x2 averaging in
-    uint16, so a slide of a few hundred megapixels costs no more than twice its own size.
+    The symmetric padding of ``block`` at its bottom and right, written straight into ``out``
+    (no padded copy: a 4x benchmark slide is about a gigabyte).
     """
-    rows, cols = tissue.shape[0] + 2 * BORDER, tissue.shape[1] + 2 * BORDER
+    block_rows, block_cols = block.shape[:2]
+    for i, row in enumerate(range(0, out.shape[0], block_rows)):
+        for j, col in enumerate(range(0, out.shape[1], block_cols)):
+            part = block[:: -1 if i % 2 else 1, :: -1 if j % 2 else 1]
+            out[row : row + block_rows, col : col + block_cols] = part[: out.shape[0] - row, : out.shape[1] - col]
+
+
+def bench_slide(path: Path, data_dir: Path, *, rows: int, cols: int, mpp: float = 0.5, tile: int = 256) -> BenchSlide:
+    """The real IHC field of (rows, cols) inside a white border, as a pyramidal SVS (cached).
+
+    The field is written straight into the bordered level-0 array, the one full-size copy;
+    levels are made by 2x2 averaging in uint16 (:func:`_half`), so writing costs about 1.5x
+    the slide's own size (a 16896 px square: about 1.3 GB). Reused when ``path`` exists.
+    """
+    full_rows, full_cols = rows + 2 * BORDER, cols + 2 * BORDER
     if not path.is_file():
-        level = np.full((rows, cols, 3), 255, np.uint8)
-        level[BORDER : rows - BORDER, BORDER : cols - BORDER] = tissue
+        level = np.full((full_rows, full_cols, 3), 255, np.uint8)
+        _mirror_into(level[BORDER : full_rows - BORDER, BORDER : full_cols - BORDER], _ihc_block(data_dir, mpp=mpp))
         _write_pyramid(path, level, mpp=mpp, tile=tile)
-    return BenchSlide(path, rows, cols, mpp)
+    return BenchSlide(path, full_rows, full_cols, mpp)
 
 
 def _write_pyramid(path: Path, level: np.ndarray, *, mpp: float, tile: int) -> None:

@@ -1,8 +1,9 @@
 """The pipeline measured end to end, its memory, its post-processing, and the naive loop.
 
-* :func:`run_pipeline`: :func:`nucflow.segment` on one slide with a progress callback (tile
-  completion times) and a :class:`MemorySampler` over this process and all its children
-  (a local Ray's raylet, GCS and workers are children of the driver).
+* :func:`run_pipeline`: :func:`nucflow.segment` on one slide in a fresh child Python process
+  (``segment_child.py``, as a user's ``nucflow segment`` runs), with a progress callback
+  (tile completion times) and a :class:`MemorySampler` rooted at the child: its local Ray's
+  raylet, GCS and workers are the child's descendants, and the benchmark process is left out.
 * :func:`postprocess_rate`: megapixels/s of :func:`nucflow.postprocess.nuclei_table` on a
   finished probability map, at a given number of Dask threads.
 * :func:`naive_loop`: what users write by hand, in one process: read a tile, predict,
@@ -12,8 +13,14 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +28,9 @@ from typing import Any
 import numpy as np
 import psutil
 
-__all__ = ["MemorySampler", "naive_loop", "postprocess_rate", "run_pipeline", "steady_rate"]
+__all__ = ["MemorySampler", "cpu_at", "naive_loop", "postprocess_rate", "run_pipeline", "steady_rate"]
+
+CHILD = Path(__file__).with_name("segment_child.py")
 
 
 class MemorySampler:
@@ -29,7 +38,8 @@ class MemorySampler:
 
     ``peak`` is the largest summed RSS seen (bytes), ``peak_top`` the biggest processes then;
     :meth:`cpu_seconds` is the user + system CPU time the tree has used so far (the last value
-    seen for each process, so processes that exited still count).
+    seen for each process, so processes that exited still count). ``series`` holds one
+    ``(time.monotonic(), CPU seconds so far)`` per sample, for :func:`cpu_at`.
     """
 
     def __init__(self, pid: int, *, interval: float = 0.2) -> None:
@@ -39,6 +49,7 @@ class MemorySampler:
         self.peak_processes = 0
         self.peak_top: list[tuple[str, float]] = []
         self.cpu: dict[int, float] = {}
+        self.series: list[tuple[float, float]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -55,7 +66,11 @@ class MemorySampler:
         """Sample now; returns the summed RSS in bytes."""
         seen: list[tuple[int, str]] = []
         with self._lock:
-            for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                children = self.root.children(recursive=True)
+            except psutil.NoSuchProcess:  # the root has exited (a zombie until reaped)
+                children = []
+            for proc in [self.root, *children]:
                 try:
                     with proc.oneshot():
                         rss, times, name = proc.memory_info().rss, proc.cpu_times(), proc.name()
@@ -63,6 +78,7 @@ class MemorySampler:
                     continue
                 seen.append((rss, name))
                 self.cpu[proc.pid] = times.user + times.system
+            self.series.append((time.monotonic(), sum(self.cpu.values())))
             total = sum(rss for rss, _ in seen)
             if total > self.peak:
                 self.peak, self.peak_processes = total, len(seen)
@@ -92,6 +108,18 @@ def steady_rate(events: list[tuple[float, int]], *, skip: int) -> float:
     return (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
 
 
+def cpu_at(series: Sequence[tuple[float, float]], times: Sequence[float]) -> list[float]:
+    """CPU seconds at each of ``times``, linearly interpolated in ``series`` of (time, CPU seconds).
+
+    Times outside the series take its first or last value. The sampler reads CPU time every
+    few tenths of a second in the benchmark process; progress events come from the child.
+    """
+    if not series:
+        return [float("nan")] * len(times)
+    t, cpu = zip(*series, strict=True)
+    return [float(v) for v in np.interp(times, t, cpu)]
+
+
 def _steady_cpu(events: list[tuple[float, int]], cpu: list[float], *, skip: int) -> float:
     """CPU seconds of the whole process tree per tile over the window of :func:`steady_rate`."""
     if len(events) <= skip + 1:
@@ -101,36 +129,36 @@ def _steady_cpu(events: list[tuple[float, int]], cpu: list[float], *, skip: int)
 
 
 def run_pipeline(slide: Path, model: Path, out: Path, *, cluster: Any, config: Any, actors: int) -> dict:
-    """Segment ``slide`` with ``model`` into ``out``; times, tiles/s and peak memory."""
-    from nucflow import segment
+    """Segment ``slide`` with ``model`` into ``out`` in a child process; times, tiles/s and peak memory.
 
-    events: list[tuple[float, int]] = []
-    cpu: list[float] = []
+    The child (``segment_child.py``) gets ``config`` and ``cluster`` pickled and starts its
+    own local Ray (``RAY_ADDRESS`` is dropped from its environment). ``wall_s`` runs from
+    the child's launch to its exit, Python start-up and imports included (``import_s``).
 
-    def progress(p: Any) -> None:
-        if p.stage == "tiles":
-            events.append((time.perf_counter(), p.done))
-            cpu.append(memory.cpu_seconds())
-
-    with MemorySampler(psutil.Process().pid) as memory:
-        cpu_start = memory.cpu_seconds()
-        started = time.perf_counter()
-        result = segment([slide], out, model=model, config=config, cluster_config=cluster,
-                         overwrite=True, progress=progress)
-        wall = time.perf_counter() - started
-        cpu_total = memory.cpu_seconds() - cpu_start
-    slide_result = result.slides[0]
-    if slide_result.status != "ok":
-        raise RuntimeError(f"benchmark slide failed: {slide_result.error}")
-    summary = json.loads((out / slide_result.slide / "summary.json").read_text())
-    tiles = int(summary["tiles"])
-    first_done = events[0][0] - started if events else float("nan")
+    Raises
+    ------
+    RuntimeError
+        The child failed (with the tail of its output) or the slide did not finish ``ok``.
+    """
+    with tempfile.TemporaryDirectory(prefix="nucflow-bench-child-") as tmp:
+        job = {"slides": [str(slide)], "out": str(out), "model": str(model), "config": config,
+               "cluster_config": cluster, "overwrite": True}
+        child, memory, launched, wall = _run_child(job, Path(tmp))
+    slide_result = child["slides"][0]
+    if slide_result["status"] != "ok":
+        raise RuntimeError(f"benchmark slide failed: {slide_result['error']}")
+    summary = json.loads((out / slide_result["slide"] / "summary.json").read_text())
+    events = [(float(t), int(n)) for t, n in child["events"]]
+    cpu = cpu_at(memory.series, [t for t, _ in events])
+    tiles, begun = int(summary["tiles"]), child["segment_started"]
     return {
         "tiles": tiles,
         "actors": actors,
         "wall_s": round(wall, 2),
+        "import_s": round(child["imported"] - launched, 2),
+        "segment_call_s": round(child["segment_ended"] - begun, 2),
         "stage_seconds": summary["seconds"],
-        "startup_to_first_batch_s": round(first_done, 2),
+        "startup_to_first_batch_s": round(events[0][0] - begun, 2) if events else None,
         "inference_span_s": round(events[-1][0] - events[0][0], 2) if events else None,
         "steady_tiles_per_s": round(steady_rate(events, skip=actors), 3),
         "end_to_end_tiles_per_s": round(tiles / wall, 3),
@@ -139,10 +167,36 @@ def run_pipeline(slide: Path, model: Path, out: Path, *, cluster: Any, config: A
         "peak_rss_gb": round(memory.peak / 2**30, 3),
         "peak_processes": memory.peak_processes,
         "peak_top_processes_gb": memory.peak_top,
-        "cpu_s": round(cpu_total, 1),
+        "cpu_s": round(sum(memory.cpu.values()), 1),
         "steady_cpu_s_per_tile": round(_steady_cpu(events, cpu, skip=actors), 4),
-        "map": str(out / slide_result.slide / "probability.zarr"),
+        "map": str(out / slide_result["slide"] / "probability.zarr"),
     }
+
+
+def _run_child(job: dict, tmp: Path) -> tuple[dict, MemorySampler, float, float]:
+    """Run ``segment_child.py`` on ``job`` under a :class:`MemorySampler`.
+
+    Returns the child's result record, the sampler, the launch time (``time.monotonic()``)
+    and the wall seconds from launch to exit.
+    """
+    (tmp / "job.pkl").write_bytes(pickle.dumps(job))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = [sys.executable, str(CHILD), str(tmp / "job.pkl"), str(tmp / "result.json")]
+    with (tmp / "child.log").open("wb") as log:
+        launched = time.monotonic()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            with MemorySampler(process.pid) as memory:
+                code = process.wait()
+                wall = time.monotonic() - launched
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    if code != 0:
+        tail = (tmp / "child.log").read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"benchmark segment child exited with code {code}; its output ends:\n{tail}")
+    return json.loads((tmp / "result.json").read_text()), memory, launched, wall
 
 
 def postprocess_rate(map_path: str, *, threads: int, block: int, stain_profile: str) -> dict:

@@ -8,13 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import pipeline, run  # noqa: E402
+from benchmarks import fixtures, pipeline, run  # noqa: E402
 
 
 def test_steady_rate_skips_each_actors_first_batch() -> None:
@@ -23,6 +24,34 @@ def test_steady_rate_skips_each_actors_first_batch() -> None:
     events = [(10.0, 2), (11.0, 4), (12.0, 6), (13.0, 8), (14.0, 10), (15.0, 12)]
     assert pipeline.steady_rate(events, skip=1) == pytest.approx(2.0)
     assert pipeline.steady_rate(events, skip=0) == pytest.approx(10 / 5)
+
+
+def test_cpu_at_interpolates_the_sampled_cpu_series_at_event_times() -> None:
+    # CPU seconds sampled at t=0, 1, 3: 0, 2, 4. At t=0.5 halfway to 2 -> 1; at t=2 halfway
+    # from 2 to 4 -> 3; before the first sample and after the last the ends hold: 0 and 4.
+    series = [(0.0, 0.0), (1.0, 2.0), (3.0, 4.0)]
+    assert pipeline.cpu_at(series, [0.5, 2.0, -1.0, 5.0]) == pytest.approx([1.0, 3.0, 0.0, 4.0])
+    assert np.isnan(pipeline.cpu_at([], [1.0])[0])
+
+
+def test_shared_core_limit_adds_read_and_compute_time_per_tile() -> None:
+    # 150 tiles/s read, 100 tiles/s compute on the same cores: 1/150 + 1/100 = 1/60 s per tile.
+    assert run.shared_core_limit(150.0, 100.0) == pytest.approx(60.0)
+
+
+def test_mirrored_field_equals_symmetric_padding() -> None:
+    block = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    out = np.zeros((23, 16, 3), np.uint8)
+    fixtures._mirror_into(out, block)
+    np.testing.assert_array_equal(out, np.pad(block, ((0, 18), (0, 9), (0, 0)), mode="symmetric"))
+
+
+def test_run_pipeline_raises_the_childs_error(tmp_path: Path) -> None:
+    from nucflow.cluster import load_cluster_config
+
+    with pytest.raises(RuntimeError, match=r"(?s)exited with code 1.*InputError.*no slide matches .*missing\.svs"):
+        pipeline.run_pipeline(tmp_path / "missing.svs", tmp_path / "model.safetensors", tmp_path / "out",
+                              cluster=load_cluster_config(), config=pipeline.segment_config(), actors=1)
 
 
 def test_memory_sampler_counts_child_processes() -> None:
@@ -43,17 +72,23 @@ def test_memory_sampler_counts_child_processes() -> None:
         child.wait()
 
 
-def test_suite_runs_on_a_tiny_slide(ray_local, shared_data: Path, tmp_path: Path) -> None:
+def test_suite_runs_on_a_tiny_slide(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     results = run.main(["--smoke", "--out", str(out), "--cache", str(tmp_path / "cache"), "--data", str(shared_data)])
     written = json.loads((out / "results.json").read_text())
     assert written["efficiency"] == results["efficiency"] > 0
-    assert written["speedup_vs_naive"] > 0
+    assert written["speedup_vs_naive"] > 0 and written["speedup_vs_naive_1x"] > 0
+    assert written["naive_4x"]["tiles"] == 2 and written["naive_4x"]["nuclei"] > 0
+    assert written["efficiency_shared_cores"] >= written["efficiency"]
+    assert written["shared_core_limit_tiles_per_s"] < min(
+        written["read_limit"]["tiles_per_s"], written["compute_limit"]["tiles_per_s"]
+    )
+    assert written["pipeline"]["import_s"] > 0 and written["pipeline"]["wall_s"] > written["pipeline"]["import_s"]
     assert written["pipeline"]["tiles"] == written["slide"]["tiles"] == 4
-    assert written["pipeline_4x"]["tiles"] > written["pipeline"]["tiles"]
+    assert written["pipeline_4x"]["tiles"] == written["slide"]["tiles_4x"] > written["pipeline"]["tiles"]
     assert written["memory"]["peak_rss_gb_1x"] > 0.1
     assert written["read_limit"]["tiles_per_s"] > 0 and written["compute_limit"]["tiles_per_s"] > 0
     assert written["postprocess"]["megapixels_per_s"] > 0 and written["naive"]["nuclei"] > 0
     assert set(written["targets"]) >= {"efficiency >= 0.9", "speedup_vs_naive >= 1.8"}
     report = (out / "RESULTS.md").read_text()
-    assert "speed-up vs naive" in report and written["date"] in report
+    assert "speed-up vs naive" in report and "shared-core ceiling" in report and written["date"] in report
