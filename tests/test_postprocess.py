@@ -153,3 +153,93 @@ def test_shape_measures_agree_with_regionprops_on_ellipses():
         assert (row.centroid_y - 0.5, row.centroid_x - 0.5) == pytest.approx(prop.centroid)
         assert prop.solidity - 0.01 < row.solidity <= 1.0  # polygon hull: no pixel-corner bias
         assert row.perimeter_um == pytest.approx(prop.perimeter, rel=0.05)
+
+
+def _cluttered_map(seed: int, shape: tuple[int, int] = (160, 200)) -> np.ndarray:
+    """Touching, overlapping and hollow blobs of many sizes: every branch of the labelling."""
+    rng = np.random.default_rng(seed)
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    prob = np.zeros(shape)
+    for _ in range(40):
+        r, c = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        a, b = rng.uniform(3, 14, 2)
+        prob = np.maximum(prob, np.exp(-(((rr - r) / a) ** 2 + ((cc - c) / b) ** 2)))
+    return np.rint(np.clip(prob + rng.normal(0, 0.08, shape), 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_labelling_equals_the_plain_scipy_watershed(seed: int):
+    # The plain computation: scipy's filters and distance transform, one watershed over the
+    # whole mask. label_nuclei replaces each with a faster equivalent; labels must not move.
+    from skimage.morphology import disk
+    from skimage.segmentation import relabel_sequential, watershed
+
+    prob = _cluttered_map(seed)
+    px = KI67.in_pixels(MPP)
+    mask = prob >= 128
+    mask = ndi.median_filter(mask.astype(np.uint8), size=KI67.median_size, mode="reflect") > 0
+    mask = ndi.binary_closing(ndi.binary_opening(mask, structure=disk(1)), structure=disk(1))
+    holes, count = ndi.label(~mask)
+    sizes = np.bincount(holes.ravel())
+    fill = sizes <= px.max_hole_area
+    fill[0] = False
+    fill[np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])] = False
+    mask |= fill[holes]
+    distance = ndi.distance_transform_edt(mask)
+    peaks = (distance == ndi.maximum_filter(distance, size=2 * px.min_distance + 1)) & mask
+    components, count = ndi.label(mask)
+    for index in range(1, count + 1):  # a component left without a peak gets its first maximum
+        inside = components == index
+        if not (peaks & inside).any():
+            flat = np.flatnonzero(inside)
+            peaks.ravel()[flat[np.argmax(distance.ravel()[flat])]] = True
+    markers, _ = ndi.label(peaks, structure=np.ones((3, 3)))
+    priority = np.arange(mask.size, dtype=float).reshape(mask.shape) - np.rint(distance**2) * mask.size
+    plain = watershed(priority, markers, mask=mask)
+    sizes = np.bincount(plain.ravel())
+    keep = sizes >= px.min_area
+    for index, box in enumerate(ndi.find_objects(plain), start=1):
+        if box is not None and max(s.stop - s.start for s in box) > px.max_diameter:
+            keep[index] = False
+    keep[0] = False
+    expected = relabel_sequential(np.where(keep[plain], plain, 0))[0]
+    assert expected.max() > 10
+    np.testing.assert_array_equal(label_nuclei(prob, mpp=MPP, config=KI67), expected)
+
+
+def test_outlines_are_each_nucleus_contour_without_collinear_vertices():
+    # One contour call traces every nucleus laid side by side; each outline must be the
+    # nucleus' own 0.5 contour (same area and length as contourpy on that nucleus alone),
+    # holes aside, with no vertex on a straight run.
+    import shapely
+    from contourpy import contour_generator
+
+    from nucflow.postprocess._features import MapGeometry, _outlines, region_stats
+
+    labels = label_nuclei(_cluttered_map(3), mpp=MPP, config=KI67)
+    labels[40:50, 40:60] = labels.max() + 1  # a rectangle: long straight runs
+    labels[44:46, 48:50] = 0  # with a hole: the outer ring is kept
+    stats = region_stats(labels)
+    indices = np.arange(1, labels.max() + 1)
+    outlines = _outlines(labels, stats, indices, geometry=MapGeometry(mpp=MPP), origin=(0, 0))
+    for index, outline in zip(indices, outlines, strict=True):
+        padded = np.pad(labels == index, 1).astype(float)
+        ring = max(contour_generator(z=padded).lines(0.5), key=len)
+        alone = shapely.Polygon(np.asarray(ring) - 0.5)  # x = col, y = row; pixel centres at +0.5
+        assert outline.area == pytest.approx(alone.area) and outline.length == pytest.approx(alone.length)
+        assert shapely.equals(outline, alone)
+        x_y = np.asarray(outline.exterior.coords)[:-1]
+        turn = np.diff(np.vstack([x_y[-1:], x_y, x_y[:1]]), axis=0)
+        assert (turn[:-1, 0] * turn[1:, 1] != turn[:-1, 1] * turn[1:, 0]).all()
+    assert len(outlines[-1].exterior.coords) == 8 + 1  # the rectangle: its four corners, each cut
+
+
+def test_stain_od_tables_equal_the_matrix_unmixing():
+    from skimage.color import hed_from_rgb
+
+    rgb = np.random.default_rng(0).integers(0, 256, (5000, 3)).astype(np.uint8)
+    hematoxylin, dab = stain_od(rgb)
+    od = -np.log10(np.maximum(rgb / 255.0, 1e-6))
+    hed = np.maximum(od @ hed_from_rgb, 0)
+    np.testing.assert_allclose(hematoxylin, hed[:, 0], atol=1e-12)
+    np.testing.assert_allclose(dab, hed[:, 2], atol=1e-12)

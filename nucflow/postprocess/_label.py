@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import edt
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import disk
@@ -73,16 +74,41 @@ def foreground_mask(prob: np.ndarray, *, config: PostprocessConfig, px: PixelSiz
     mask = prob >= math.ceil(config.threshold * 255.0)
     size = config.median_size
     if size > 1:
-        # The median of a binary window is its majority; counting is much faster.
-        counts = ndi.convolve(mask.astype(np.uint8), np.ones((size, size), np.uint8))
+        # The median of a binary window is its majority: count it with two 1-D box sums
+        # (exact in uint8 up to 15 x 15), much cheaper than a median or a 2-D convolution.
+        box = np.ones(size, np.uint8)
+        counts = ndi.correlate1d(ndi.correlate1d(mask.view(np.uint8), box, axis=0), box, axis=1)
         mask = counts > (size * size) // 2
     if config.opening_radius:
-        mask = ndi.binary_opening(mask, structure=disk(config.opening_radius))
+        footprint = disk(config.opening_radius).astype(bool)
+        mask = _dilate(_erode(mask, footprint), footprint)
     if config.closing_radius:
-        mask = ndi.binary_closing(mask, structure=disk(config.closing_radius))
+        footprint = disk(config.closing_radius).astype(bool)
+        mask = _erode(_dilate(mask, footprint), footprint)
     if config.fill_holes:
         mask = fill_small_holes(mask, px.max_hole_area)
     return mask
+
+
+def _erode(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """Binary erosion with the outside as background (``ndi.binary_erosion``'s default), as
+    an AND of shifted views: a few vector passes for the small disks used here."""
+    return _combine(mask, footprint, np.logical_and)
+
+
+def _dilate(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """Binary dilation by a symmetric footprint (``ndi.binary_dilation``), as an OR of shifts."""
+    return _combine(mask, footprint, np.logical_or)
+
+
+def _combine(mask: np.ndarray, footprint: np.ndarray, op: np.ufunc) -> np.ndarray:
+    r_half, c_half = footprint.shape[0] // 2, footprint.shape[1] // 2
+    padded = np.pad(mask, ((r_half, r_half), (c_half, c_half)))
+    rows, cols = mask.shape
+    out = mask.copy()
+    for r, c in np.argwhere(footprint):
+        op(out, padded[r : r + rows, c : c + cols], out=out)
+    return out
 
 
 def fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
@@ -108,20 +134,35 @@ def split_touching(mask: np.ndarray, *, px: PixelSizes) -> np.ndarray:
     The flooding priority is the squared distance (descending), ties broken by raster order:
     every pixel has its own exact priority, so the result does not depend on how the heap
     orders equal values, and a block labels a nucleus exactly as the whole map does.
+    A component holding a single marker floods whole, so only components with several
+    markers go through the watershed (the same labels, at a fraction of its cost).
     """
-    distance = ndi.distance_transform_edt(mask)
+    # Exact squared distances (integers) from the edt library, several times faster than
+    # scipy's distance_transform_edt; its square root is bit-identical to scipy's distances.
+    squared = edt.edtsq(mask, black_border=False, parallel=1).astype(np.float64)
+    distance = np.sqrt(squared)
     peaks = (distance == ndi.maximum_filter(distance, size=2 * px.min_distance + 1)) & mask
-    _seed_unmarked_components(peaks, mask, distance)
+    components, count = ndi.label(mask)
+    _seed_unmarked_components(peaks, components, count, distance)
     markers, _ = ndi.label(peaks, structure=_EIGHT)
-    squared = np.rint(distance * distance)
-    priority = np.arange(mask.size, dtype=np.float64).reshape(mask.shape) - squared * mask.size
-    return watershed(priority, markers, mask=mask).astype(np.int32)
+    # Distinct markers per component: one -> the component is that marker's label.
+    pairs = np.unique(np.stack([components[peaks], markers[peaks]]), axis=1)
+    per_component = np.bincount(pairs[0], minlength=count + 1)
+    single = np.zeros(count + 1, np.int32)
+    lone = per_component[pairs[0]] == 1
+    single[pairs[0][lone]] = pairs[1][lone]
+    labels = single[components]
+    several = (per_component > 1)[components]
+    if several.any():
+        priority = np.arange(mask.size, dtype=np.float64).reshape(mask.shape) - squared * mask.size
+        flooded = watershed(priority, np.where(several, markers, 0), mask=several)
+        labels[several] = flooded[several]
+    return labels
 
 
-def _seed_unmarked_components(peaks: np.ndarray, mask: np.ndarray, distance: np.ndarray) -> None:
+def _seed_unmarked_components(peaks: np.ndarray, components: np.ndarray, count: int, distance: np.ndarray) -> None:
     """Mark the first distance maximum of each component that a larger neighbour within
     ``min_distance`` left without a peak, so no isolated nucleus is lost (in place)."""
-    components, count = ndi.label(mask)
     marked = np.zeros(count + 1, bool)
     marked[components[peaks]] = True
     marked[0] = True
