@@ -80,6 +80,25 @@ def test_hole_filling_turns_a_ring_into_a_filled_nucleus():
     assert hollow[30, 30] == 0
 
 
+def test_a_long_thin_gap_is_not_a_hole_so_blocks_decide_as_the_whole_map():
+    # A 3 px wide gap 150 px long inside a slab: small in area (450 px < a nucleus' 2828 px)
+    # but longer than any nucleus. Filling it would depend on whether a block sees its ends.
+    from nucflow.postprocess._label import fill_small_holes
+
+    mask = np.zeros((80, 200), bool)
+    mask[10:70, 10:190] = True
+    mask[39:42, 25:175] = False
+    mask[20:24, 100:104] = False  # a real hole: filled
+    px = KI67.in_pixels(MPP)
+    filled = fill_small_holes(mask, px.max_hole_area, px.max_diameter)
+    assert filled[21, 101] and not filled[40, 100]
+    prob = np.where(mask, 230, 20).astype(np.uint8)
+    whole = nuclei_table(prob, config=KI67, mpp=MPP, block_size=4096)
+    blocked = nuclei_table(prob, config=KI67, mpp=MPP, block_size=64)
+    assert len(whole) == len(blocked) >= 2
+    np.testing.assert_allclose(np.sort(blocked.area_um2), np.sort(whole.area_um2))
+
+
 def test_her2_erosion_shrinks_every_nucleus_and_keeps_them_apart():
     prob = discs((80, 100), [(40, 30), (40, 52)], 11)
     ki67 = label_nuclei(prob, mpp=MPP, config=load_stain_profile("ki67"))

@@ -143,8 +143,11 @@ def nuclei_table(
 
     Blocks of ``block_size`` px are labelled with a halo wider than the largest nucleus plus
     every filter footprint (:meth:`PostprocessConfig.in_pixels`); a block keeps the nuclei
-    whose centroid lies in its core, so none is counted twice or cut, and the table equals
-    what :func:`label_nuclei` on the whole map gives. Ids run 1..N in block raster order.
+    whose centroid lies in its core, so none is counted twice or cut. Every step up to the
+    watershed is local within the halo, so the table equals what :func:`label_nuclei` on the
+    whole map gives, except where the watershed floods a cluster of touching nuclei wider
+    than the halo (on the 4608 px benchmark map: identical with 1024 px blocks, 1 nucleus
+    in 3900 moved with 512 px ones). Ids run 1..N in block raster order.
 
     Parameters
     ----------

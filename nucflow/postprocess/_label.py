@@ -86,7 +86,7 @@ def foreground_mask(prob: np.ndarray, *, config: PostprocessConfig, px: PixelSiz
         footprint = disk(config.closing_radius).astype(bool)
         mask = _erode(_dilate(mask, footprint), footprint)
     if config.fill_holes:
-        mask = fill_small_holes(mask, px.max_hole_area)
+        mask = fill_small_holes(mask, px.max_hole_area, px.max_diameter)
     return mask
 
 
@@ -111,17 +111,22 @@ def _combine(mask: np.ndarray, footprint: np.ndarray, op: np.ufunc) -> np.ndarra
     return out
 
 
-def fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
-    """Fill background components of at most ``max_area`` px that do not touch the border.
+def fill_small_holes(mask: np.ndarray, max_area: int, max_extent: int) -> np.ndarray:
+    """Fill background components of at most ``max_area`` px and ``max_extent`` px on each
+    side (a hole a nucleus could hold) that do not touch the border.
 
-    Bounding the size keeps the decision local (a block decides as the whole map would) and
-    leaves lumens and gaps between nuclei alone; ring-shaped predictions become discs.
+    Bounding the extent keeps the decision local (a block whose halo is wider decides as the
+    whole map would; a thin gap can be small in area and long) and leaves lumens and gaps
+    between nuclei alone; ring-shaped predictions become discs.
     """
     holes, count = ndi.label(~mask)
     if count == 0:
         return mask
     sizes = np.bincount(holes.ravel(), minlength=count + 1)
     fill = sizes <= max_area
+    for index, box in enumerate(ndi.find_objects(holes), start=1):
+        if fill[index] and box is not None:
+            fill[index] = max(s.stop - s.start for s in box) <= max_extent
     fill[0] = False
     border = np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])
     fill[border] = False
