@@ -262,3 +262,12 @@ def test_stain_od_tables_equal_the_matrix_unmixing():
     hed = np.maximum(od @ hed_from_rgb, 0)
     np.testing.assert_allclose(hematoxylin, hed[:, 0], atol=1e-12)
     np.testing.assert_allclose(dab, hed[:, 2], atol=1e-12)
+
+
+def test_a_map_without_nuclei_gives_an_empty_table():
+    from nucflow.postprocess._features import region_stats
+
+    stats = region_stats(np.zeros((30, 40), np.int32))
+    assert stats.sums.shape == (1, 6) and stats.start.shape == (1, 2)
+    faint = np.full((200, 200), 140, np.uint8)  # foreground everywhere, but one huge blob: dropped
+    assert len(nuclei_table(faint, config=KI67, mpp=MPP, block_size=64)) == 0

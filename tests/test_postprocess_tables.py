@@ -13,8 +13,11 @@ from skimage.io import imread
 
 from nucflow.postprocess import (
     CLASS_COLOURS,
+    NucleusTableWriter,
+    OverlayNuclei,
     PostprocessConfig,
     empty_table,
+    iter_nuclei_parts,
     nuclei_table,
     read_rgb_from_array,
     render_overlay,
@@ -117,3 +120,73 @@ def test_overlay_without_nuclei_or_tissue_is_the_thumbnail(tmp_path: Path):
         thumbnail, level0_scale=1.0, tissue_mask=None, nuclei=empty_table(), path=tmp_path / "o.png"
     )
     assert np.array_equal(imread(path)[..., :3], thumbnail)
+
+
+def _two_rows_of_discs() -> tuple[np.ndarray, np.ndarray]:
+    rr, cc = np.mgrid[:200, :300]
+    prob = np.zeros((200, 300), np.uint8)
+    rgb = np.full((200, 300, 3), 240, np.uint8)
+    for index, (r, c) in enumerate((r, c) for r in range(20, 200, 40) for c in range(20, 300, 40)):
+        disc = (rr - r) ** 2 + (cc - c) ** 2 <= 49
+        prob[disc] = 230
+        rgb[disc] = (120, 70, 30) if index % 3 == 0 else (70, 80, 160)
+    return prob, rgb
+
+
+def test_parts_written_one_by_one_equal_the_whole_table(tmp_path: Path):
+    prob, rgb = _two_rows_of_discs()
+    options = dict(config=PostprocessConfig(), read_rgb=read_rgb_from_array(rgb), mpp=0.5, block_size=64)
+    whole = nuclei_table(prob, **options)
+    parts = list(iter_nuclei_parts(prob, blocks_per_part=3, **options))
+    assert len(parts) > 3 and sum(len(p) for p in parts) == len(whole) == 35
+    with NucleusTableWriter(tmp_path / "n.parquet", geojson=tmp_path / "n.geojson") as writer:
+        for part in parts:
+            writer.write(part)
+    assert writer.rows == len(whole)
+    back = gpd.read_parquet(tmp_path / "n.parquet")
+    reference = gpd.read_parquet(write_geoparquet(whole, tmp_path / "whole.parquet"))
+    assert list(back.columns) == list(reference.columns) and back.crs is None and reference.crs is None
+    assert back["id"].tolist() == list(range(1, 36))
+    assert back.geometry.geom_equals_exact(reference.geometry, tolerance=0).all()
+    assert back["geometry_um"].geom_equals_exact(reference["geometry_um"], tolerance=0).all()
+    plain = ["geometry", "geometry_um"]
+    assert back.drop(columns=plain).equals(reference.drop(columns=plain))
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(tmp_path / "n.parquet").metadata.num_row_groups == len(parts)
+    features = json.loads((tmp_path / "n.geojson").read_text())["features"]
+    assert [f["properties"]["measurements"]["Nucleus id"] for f in features] == list(range(1, 36))
+
+
+def test_a_writer_that_fails_part_way_leaves_no_file(tmp_path: Path):
+    prob, rgb = _two_rows_of_discs()
+    parts = iter_nuclei_parts(prob, config=PostprocessConfig(), mpp=0.5, block_size=64, blocks_per_part=2)
+    with pytest.raises(RuntimeError, match="disk full"):
+        with NucleusTableWriter(tmp_path / "n.parquet", geojson=tmp_path / "n.geojson") as writer:
+            writer.write(next(parts))
+            raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+    with NucleusTableWriter(tmp_path / "empty.parquet") as writer:
+        pass
+    back = gpd.read_parquet(tmp_path / "empty.parquet")
+    assert len(back) == 0 and list(back.columns) == list(empty_table().columns)
+
+
+def test_overlay_of_a_large_slide_counts_nuclei_per_thumbnail_pixel(tmp_path: Path):
+    prob, rgb = _two_rows_of_discs()
+    table = nuclei_table(prob, config=PostprocessConfig(), read_rgb=read_rgb_from_array(rgb), mpp=0.5)
+    overlay = OverlayNuclei((20, 30), level0_scale=10.0, outlines=False)  # 10 level-0 px per pixel
+    for part in (table.iloc[:10], table.iloc[10:]):
+        overlay.add(part)
+    path = render_overlay(
+        np.full((20, 30, 3), 240, np.uint8), level0_scale=10.0, tissue_mask=None, nuclei=overlay,
+        path=tmp_path / "o.png",
+    )
+    picture = imread(path)[..., :3].astype(int)
+    red, blue = picture[..., 0], picture[..., 2]
+    positive, negative = red > blue + 50, blue > red + 50
+    places = zip(table.centroid_x, table.centroid_y, table.dab_positive, strict=True)
+    centres = {(int(y // 10), int(x // 10)): p for x, y, p in places}
+    assert positive.sum() == sum(centres.values()) and negative.sum() == len(centres) - sum(centres.values())
+    for (row, col), is_positive in centres.items():
+        assert (positive if is_positive else negative)[row, col]

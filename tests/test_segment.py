@@ -133,7 +133,7 @@ def test_other_model_on_same_output_needs_overwrite(tmp_path: Path, small_svs: P
     assert clash.slides[0].status == "failed" and "pass --overwrite" in clash.slides[0].error
     assert json.loads((tmp_path / "small" / "summary.json").read_text())["model_id"] == "baseline-threshold"
     redone = segment([small_svs], tmp_path, model=tiny_model, overwrite=True)
-    assert [s.status for s in redone.slides] == ["ok"]
+    assert [s.status for s in redone.slides] == ["ok"], redone.slides[0].error
 
 
 def test_many_slides_failures_and_name_clashes(tmp_path: Path, small_svs: Path, shared_data: Path) -> None:

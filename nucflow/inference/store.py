@@ -88,7 +88,7 @@ def create_map(path: str | Path, *, shape: tuple[int, int], core: int, attrs: di
         chunks=(core, core),
         dtype="uint8",
         fill_value=0,
-        compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),
+        compressors=BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),
     )
     grid = (math.ceil(shape[0] / core), math.ceil(shape[1] / core))
     group.create_array(

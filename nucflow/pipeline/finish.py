@@ -18,11 +18,11 @@ from nucflow.inference.store import ProbabilityMap
 from nucflow.pipeline.config import SegmentConfig
 from nucflow.pipeline.plan import SlidePlan, find_tissue
 from nucflow.postprocess import (
+    NucleusTableWriter,
+    OverlayNuclei,
+    iter_nuclei_parts,
     load_stain_profile,
-    nuclei_table,
     render_overlay,
-    write_geojson_qupath,
-    write_geoparquet,
 )
 from nucflow.slide import open_slide
 
@@ -30,37 +30,49 @@ __all__ = ["finish_slide", "slide_summary"]
 
 log = logging.getLogger(__name__)
 
+#: The QC picture outlines each nucleus when the thumbnail has at most this many µm per
+#: pixel (a nucleus then spans a few of its pixels); coarser, it shows nucleus counts.
+OUTLINE_MAX_MPP = 3.0
+
 
 def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool) -> dict[str, Any]:
     """Post-process ``plan``'s finished map and write its outputs; returns its summary.
 
-    Writes ``nuclei.parquet`` (and ``nuclei.geojson``), ``overlay.png`` and, last,
-    ``summary.json`` whose presence with the run's config hash marks the slide finished.
+    The nucleus table is labelled, measured and written part by part (a few blocks at a
+    time), so memory does not grow with the slide. Writes ``nuclei.parquet`` (and
+    ``nuclei.geojson``), ``overlay.png`` and, last, ``summary.json`` whose presence with the
+    run's config hash marks the slide finished.
     """
     started = time.perf_counter()
     out_dir = Path(plan.out_dir)
     profile = load_stain_profile(config.stain_profile)
+    level0_mpp = plan.mpp / plan.level0_scale
     with open_slide(plan.path, mpp=plan.slide_mpp) as slide:
+        thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)
+        overlay = OverlayNuclei(
+            thumb.shape[:2], level0_scale=thumb_mpp / level0_mpp, outlines=thumb_mpp <= OUTLINE_MAX_MPP
+        )
 
         def read_rgb(row: int, col: int, rows: int, cols: int) -> Any:
             return slide.read(mpp=plan.mpp, row=row, col=col, rows=rows, cols=cols)
 
-        table = nuclei_table(
+        parts = iter_nuclei_parts(
             ProbabilityMap(plan.map_path).array(), config=profile, read_rgb=read_rgb,
             block_size=config.postprocess_block, num_workers=_threads(config),
         )
-        seconds_post = time.perf_counter() - started
-        write_geoparquet(table, out_dir / "nuclei.parquet")
-        if geojson:
-            write_geojson_qupath(table, out_dir / "nuclei.geojson")
-        thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)
-    level0_mpp = plan.mpp / plan.level0_scale
-    render_overlay(
-        thumb, level0_scale=thumb_mpp / level0_mpp, tissue_mask=tissue, nuclei=table, path=out_dir / "overlay.png"
-    )
+        positive = 0
+        geojson_path = out_dir / "nuclei.geojson" if geojson else None
+        with NucleusTableWriter(out_dir / "nuclei.parquet", geojson=geojson_path) as writer:
+            for part in parts:
+                writer.write(part)
+                overlay.add(part)
+                positive += int(part["dab_positive"].sum())
+    seconds_post = time.perf_counter() - started
+    render_overlay(thumb, level0_scale=thumb_mpp / level0_mpp, tissue_mask=tissue, nuclei=overlay,
+                   path=out_dir / "overlay.png")
     seconds_write = time.perf_counter() - started - seconds_post
     seconds = {**plan.seconds, "postprocess": round(seconds_post, 3), "write": round(seconds_write, 3)}
-    summary = slide_summary(plan, table, seconds=seconds)
+    summary = slide_summary(plan, nuclei=writer.rows, positive=positive, seconds=seconds)
     write_json(out_dir / "summary.json", summary)
     return summary
 
@@ -74,10 +86,9 @@ def _threads(config: SegmentConfig) -> int:
     return config.postprocess_threads or max(1, os.cpu_count() or 1)
 
 
-def slide_summary(plan: SlidePlan, table: Any, *, seconds: dict[str, float]) -> dict[str, Any]:
+def slide_summary(plan: SlidePlan, *, nuclei: int, positive: int, seconds: dict[str, float]) -> dict[str, Any]:
     """The slide-level figures: counts, Ki67 labelling index, density, timings."""
-    count = int(len(table))
-    positive = int(table["dab_positive"].sum()) if count else 0
+    count = nuclei
     area = plan.tissue_area_mm2
     return {
         "slide": plan.key,

@@ -2,10 +2,12 @@
 
 In memory, :func:`label_nuclei` applies the paper's post-processing to a whole map; for a
 slide, :func:`nuclei_table` runs the same steps on overlapping Dask blocks of a Zarr map and
-returns one row per nucleus, which the writers save as GeoParquet or QuPath GeoJSON.
+returns one row per nucleus, which the writers save as GeoParquet or QuPath GeoJSON;
+:func:`iter_nuclei_parts` and :class:`NucleusTableWriter` do the same part by part, in
+memory that does not grow with the slide.
 """
 
-from nucflow.postprocess._blocked import empty_table, nuclei_table
+from nucflow.postprocess._blocked import empty_table, iter_nuclei_parts, nuclei_table
 from nucflow.postprocess._config import (
     PixelSizes,
     PostprocessConfig,
@@ -22,6 +24,8 @@ from nucflow.postprocess._features import (
 from nucflow.postprocess._label import label_nuclei
 from nucflow.postprocess._writers import (
     CLASS_COLOURS,
+    NucleusTableWriter,
+    OverlayNuclei,
     render_overlay,
     write_geojson_qupath,
     write_geoparquet,
@@ -31,10 +35,13 @@ __all__ = [
     "CLASS_COLOURS",
     "COLUMNS",
     "MapGeometry",
+    "NucleusTableWriter",
+    "OverlayNuclei",
     "PixelSizes",
     "PostprocessConfig",
     "RgbReader",
     "empty_table",
+    "iter_nuclei_parts",
     "label_nuclei",
     "load_stain_profile",
     "nuclei_table",

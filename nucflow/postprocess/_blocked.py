@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from nucflow.postprocess._features import (
 )
 from nucflow.postprocess._label import as_uint8_probability, label_nuclei
 
-__all__ = ["Block", "blocks", "empty_table", "nuclei_table", "open_probability"]
+__all__ = ["Block", "blocks", "empty_table", "iter_nuclei_parts", "nuclei_table", "open_probability"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,24 +168,78 @@ def nuclei_table(
     geopandas.GeoDataFrame
         One row per nucleus: ``id``, ``geometry`` (outline, level-0 px, x = column),
         ``geometry_um``, then :data:`COLUMNS`; empty with the same columns if no nucleus.
+        :func:`iter_nuclei_parts` gives the same rows part by part, in bounded memory.
     """
-    array, attrs = open_probability(prob)
-    geometry = map_geometry(
-        attrs, mpp=mpp, level0_offset=level0_offset, level0_scale=level0_scale, slide_mpp=slide_mpp
-    )
-    grid = blocks(array.shape, block_size=block_size, halo=config.in_pixels(geometry.mpp).halo)
-    task = _with_progress(_block_table, len(grid), progress)
-    parts = [
-        dask.delayed(task)(
-            array[b.region[0] : b.region[1], b.region[2] : b.region[3]],
-            block=b, read_rgb=read_rgb, geometry=geometry, config=config,
-        )
-        for b in grid
-    ]
-    results = dask.compute(*parts, scheduler=scheduler, num_workers=num_workers)
-    table = _assemble([r for r in results if r is not None], geometry)
-    logger.debug("%d nuclei from %d blocks of %s", len(table), len(grid), array.shape)
+    run = _BlockedRun(prob, config=config, read_rgb=read_rgb, geometry=dict(
+        mpp=mpp, level0_offset=level0_offset, level0_scale=level0_scale, slide_mpp=slide_mpp,
+    ), block_size=block_size, progress=progress)
+    results = run.compute(run.grid, scheduler=scheduler, num_workers=num_workers)
+    table = _assemble(results, run.geometry, first_id=1)
+    logger.debug("%d nuclei from %d blocks of %s", len(table), len(run.grid), run.array.shape)
     return table
+
+
+def iter_nuclei_parts(
+    prob: str | Path | zarr.Array | np.ndarray | da.Array,
+    *,
+    config: PostprocessConfig,
+    read_rgb: RgbReader | None = None,
+    mpp: float | None = None,
+    level0_offset: tuple[float, float] | None = None,
+    level0_scale: float | None = None,
+    slide_mpp: float | None = None,
+    block_size: int = 1024,
+    blocks_per_part: int | None = None,
+    scheduler: str = "threads",
+    num_workers: int | None = None,
+    progress: Progress | None = None,
+) -> Iterator[gpd.GeoDataFrame]:
+    """The rows of :func:`nuclei_table` (same arguments) as consecutive non-empty parts.
+
+    Each part is one Dask computation over ``blocks_per_part`` blocks in raster order
+    (default: four per thread), so only that many blocks' nuclei are held at once, however
+    large the slide: write each part out as it comes (:class:`NucleusTableWriter`). Ids
+    continue from part to part; concatenated, the parts equal :func:`nuclei_table`.
+    """
+    run = _BlockedRun(prob, config=config, read_rgb=read_rgb, geometry=dict(
+        mpp=mpp, level0_offset=level0_offset, level0_scale=level0_scale, slide_mpp=slide_mpp,
+    ), block_size=block_size, progress=progress)
+    step = blocks_per_part or 4 * (num_workers or os.cpu_count() or 1)
+    if step < 1:
+        raise InputError(f"blocks_per_part must be >= 1, got {blocks_per_part}")
+    next_id = 1
+    for start in range(0, len(run.grid), step):
+        results = run.compute(run.grid[start : start + step], scheduler=scheduler, num_workers=num_workers)
+        if results:
+            part = _assemble(results, run.geometry, first_id=next_id)
+            next_id += len(part)
+            yield part
+
+
+class _BlockedRun:
+    """A map opened and cut into blocks, ready to label any subset of them with Dask."""
+
+    def __init__(
+        self, prob: Any, *, config: PostprocessConfig, read_rgb: RgbReader | None, geometry: dict[str, Any],
+        block_size: int, progress: Progress | None,
+    ) -> None:
+        self.array, attrs = open_probability(prob)
+        self.geometry = map_geometry(attrs, **geometry)
+        self.grid = blocks(self.array.shape, block_size=block_size, halo=config.in_pixels(self.geometry.mpp).halo)
+        self.config, self.read_rgb = config, read_rgb
+        self._task = _with_progress(_block_table, len(self.grid), progress)
+
+    def compute(self, grid: list[Block], *, scheduler: str, num_workers: int | None) -> list:
+        """The non-empty block results of ``grid``, in its order."""
+        parts = [
+            dask.delayed(self._task)(
+                self.array[b.region[0] : b.region[1], b.region[2] : b.region[3]],
+                block=b, read_rgb=self.read_rgb, geometry=self.geometry, config=self.config,
+            )
+            for b in grid
+        ]
+        results = dask.compute(*parts, scheduler=scheduler, num_workers=num_workers)
+        return [r for r in results if r is not None]
 
 
 def _with_progress(func: Callable[..., Any], total: int, progress: Progress | None) -> Callable:
@@ -258,14 +313,14 @@ def _checked(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _assemble(
-    parts: list[tuple[dict[str, np.ndarray], list[shapely.Polygon]]], geometry: MapGeometry
+    parts: list[tuple[dict[str, np.ndarray], list[shapely.Polygon]]], geometry: MapGeometry, *, first_id: int
 ) -> gpd.GeoDataFrame:
     if not parts:
         return empty_table()
     names = list(COLUMNS)[1:]
     columns = {name: np.concatenate([p[0][name] for p in parts]) for name in names}
     outlines = np.array([o for p in parts for o in p[1]], dtype=object)
-    frame = pd.DataFrame({"id": np.arange(1, len(outlines) + 1, dtype=np.int64), **columns})
+    frame = pd.DataFrame({"id": np.arange(first_id, first_id + len(outlines), dtype=np.int64), **columns})
     um = geometry.um_per_level0_px
     outlines_um = shapely.transform(outlines, lambda xy: xy * um)
     return _geo(frame, list(outlines), geometry_um=list(outlines_um))

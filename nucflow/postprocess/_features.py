@@ -132,7 +132,8 @@ def region_stats(labels: np.ndarray) -> RegionStats:
     count = int(labels.max(initial=0))
     boxes = ndi.find_objects(labels, max_label=count)
     start = np.zeros((count + 1, 2), np.int64)
-    start[1:] = [(box[0].start, box[1].start) if box is not None else (0, 0) for box in boxes]
+    corners = [(box[0].start, box[1].start) if box is not None else (0, 0) for box in boxes]
+    start[1:] = np.array(corners, np.int64).reshape(-1, 2)
     inside = np.flatnonzero(labels.ravel())  # background needs no moments: skip its pixels
     flat = labels.ravel()[inside]
     rows, cols = np.divmod(inside, labels.shape[1])

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import shapely
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
+from nucflow import __version__
 from nucflow.atomic import atomic_path
+from nucflow.postprocess._blocked import empty_table
 
-__all__ = ["CLASS_COLOURS", "render_overlay", "write_geojson_qupath", "write_geoparquet"]
+__all__ = [
+    "CLASS_COLOURS", "NucleusTableWriter", "OverlayNuclei", "render_overlay", "write_geojson_qupath",
+    "write_geoparquet",
+]
 
 #: QuPath's default colours of its Positive and Negative classes (RGB 0-255).
 CLASS_COLOURS = {"Positive": (200, 50, 50), "Negative": (112, 112, 225)}
@@ -57,6 +65,81 @@ def write_geojson_qupath(table: gpd.GeoDataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
+class NucleusTableWriter:
+    """A nucleus table written part by part (as :func:`iter_nuclei_parts` yields it).
+
+    GeoParquet gets one row group per part (same columns and metadata as
+    :func:`write_geoparquet`, less the optional bounding boxes), QuPath GeoJSON one feature
+    per nucleus; neither holds more than the part in hand. Used as a context manager: the
+    files appear, complete, when the block ends, and not at all if it raises.
+    """
+
+    def __init__(self, parquet: str | Path, *, geojson: str | Path | None = None) -> None:
+        self._paths = (Path(parquet), None if geojson is None else Path(geojson))
+        self._stack = contextlib.ExitStack()
+        self._parquet: pq.ParquetWriter | None = None
+        self._geojson: Any = None
+        self._features = 0
+        self.rows = 0
+
+    def __enter__(self) -> NucleusTableWriter:
+        parquet, geojson = self._paths
+        with self._stack as stack:
+            schema = _arrow(empty_table()).schema
+            self._parquet = pq.ParquetWriter(stack.enter_context(atomic_path(parquet)), schema)
+            stack.callback(self._parquet.close)
+            if geojson is not None:
+                self._geojson = stack.enter_context(open(stack.enter_context(atomic_path(geojson)), "w"))
+                self._geojson.write('{"type": "FeatureCollection", "features": [')
+            self._stack = stack.pop_all()
+        return self
+
+    def write(self, part: gpd.GeoDataFrame) -> None:
+        """Append ``part`` (a nucleus table with every column) to the files."""
+        if self._parquet is None:
+            raise RuntimeError("NucleusTableWriter.write outside its with-block")
+        self._parquet.write_table(_arrow(part))
+        if self._geojson is not None:
+            for feature in _features(part):
+                self._geojson.write(",\n" if self._features else "\n")
+                self._geojson.write(feature)
+                self._features += 1
+        self.rows += len(part)
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: Any) -> None:
+        if kind is None and self._geojson is not None:
+            self._geojson.write("\n]}\n")
+        self._stack.__exit__(kind, *rest)  # close the files (in reverse), then rename or discard
+
+
+def _arrow(table: gpd.GeoDataFrame) -> pa.Table:
+    """A nucleus table as Arrow with WKB geometries and GeoParquet 1.1 ``geo`` metadata."""
+    geometry_columns = ("geometry", "geometry_um")
+    columns = {}
+    for name in table.columns:
+        if name in geometry_columns:
+            columns[name] = pa.array(shapely.to_wkb(table[name].to_numpy()), type=pa.binary())
+        else:
+            columns[name] = pa.array(table[name].to_numpy())
+    fields = [
+        pa.field(name, array.type, metadata=_WKB_FIELD if name in geometry_columns else None)
+        for name, array in columns.items()
+    ]
+    geo = {
+        "version": "1.1.0",
+        "primary_column": "geometry",
+        "columns": {
+            name: {"encoding": "WKB", "crs": None, "geometry_types": ["Polygon"]} for name in geometry_columns
+        },
+        "creator": {"library": "nucflow", "version": __version__},
+    }
+    schema = pa.schema(fields, metadata={"geo": json.dumps(geo)})
+    return pa.Table.from_arrays(list(columns.values()), schema=schema)
+
+
+_WKB_FIELD = {"ARROW:extension:name": "geoarrow.wkb", "ARROW:extension:metadata": "{}"}
+
+
 def _features(table: gpd.GeoDataFrame) -> Iterator[str]:
     """One JSON text per nucleus (geometry serialised by GEOS, coordinates to 0.01 px)."""
     columns = {name: table[column].to_numpy(float) for name, column in _MEASUREMENTS.items()}
@@ -83,12 +166,67 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
+class OverlayNuclei:
+    """The nuclei a QC picture shows, gathered part by part in memory that does not grow
+    with the slide: outlines when a nucleus spans a few thumbnail pixels (small slides),
+    else a per-pixel count of positive and negative nuclei (centroids).
+
+    Parameters
+    ----------
+    shape : (rows, cols) of the thumbnail.
+    level0_scale : level-0 pixels per thumbnail pixel.
+    outlines : draw outlines (True) or the count raster (False).
+    """
+
+    def __init__(self, shape: tuple[int, int], *, level0_scale: float, outlines: bool) -> None:
+        self.shape, self.level0_scale, self.outlines = shape, level0_scale, outlines
+        self._rings: dict[str, list[np.ndarray]] = {name: [] for name in CLASS_COLOURS}
+        self._counts = {name: np.zeros(shape, np.int32) for name in CLASS_COLOURS} if not outlines else {}
+
+    def add(self, part: gpd.GeoDataFrame) -> None:
+        """Add the nuclei of one part of a nucleus table."""
+        positive = part["dab_positive"].to_numpy(bool)
+        for name, chosen in (("Negative", ~positive), ("Positive", positive)):
+            if not chosen.any():
+                continue
+            if self.outlines:
+                rings = shapely.get_exterior_ring(part.geometry.to_numpy()[chosen])
+                x_y, owner = shapely.get_coordinates(rings, return_index=True)
+                x_y = (x_y / self.level0_scale).astype(np.float32)
+                self._rings[name].extend(np.split(x_y, np.flatnonzero(np.diff(owner)) + 1))
+            else:
+                cols = part["centroid_x"].to_numpy()[chosen] / self.level0_scale
+                rows = part["centroid_y"].to_numpy()[chosen] / self.level0_scale
+                r = np.clip(rows.astype(np.int64), 0, self.shape[0] - 1)
+                c = np.clip(cols.astype(np.int64), 0, self.shape[1] - 1)
+                np.add.at(self._counts[name], (r, c), 1)
+
+    def draw(self, axes: Any) -> None:
+        """Draw onto matplotlib ``axes`` whose data coordinates are thumbnail pixels."""
+        if self.outlines:
+            for name, outlines in self._rings.items():
+                if outlines:
+                    colour = np.array(CLASS_COLOURS[name]) / 255
+                    axes.add_collection(PolyCollection(
+                        outlines, facecolors=[(*colour, 0.6)], edgecolors=[colour], linewidths=0.4
+                    ))
+            return
+        positive, negative = self._counts["Positive"], self._counts["Negative"]
+        total = positive + negative
+        rgba = np.zeros((*self.shape, 4), np.float32)
+        for name, wins in (("Negative", negative >= positive), ("Positive", positive > negative)):
+            rgba[wins & (total > 0), :3] = np.array(CLASS_COLOURS[name]) / 255
+        rgba[..., 3] = np.where(total > 0, 0.45 + 0.45 * np.minimum(total, 4) / 4, 0.0)
+        rows, cols = self.shape
+        axes.imshow(rgba, extent=(0, cols, rows, 0), interpolation="nearest")
+
+
 def render_overlay(
     thumbnail: np.ndarray,
     *,
     level0_scale: float,
     tissue_mask: np.ndarray | None,
-    nuclei: gpd.GeoDataFrame,
+    nuclei: gpd.GeoDataFrame | OverlayNuclei,
     path: str | Path,
 ) -> Path:
     """Save a QC picture: the thumbnail, the tissue outline, nuclei coloured by positivity.
@@ -100,11 +238,16 @@ def render_overlay(
         Level-0 pixels per thumbnail pixel (thumbnail µm/px divided by the slide's).
     tissue_mask : np.ndarray, shape (mask_rows, mask_cols), bool, or None
         Stretched over the thumbnail if its shape differs.
-    nuclei : geopandas.GeoDataFrame
-        A nucleus table (level-0 ``geometry`` and ``dab_positive``).
+    nuclei : geopandas.GeoDataFrame or OverlayNuclei
+        A nucleus table (level-0 ``geometry`` and ``dab_positive``; drawn as outlines), or
+        the nuclei gathered from its parts.
     path : where the PNG goes (written atomically).
     """
     rows, cols = thumbnail.shape[:2]
+    if isinstance(nuclei, gpd.GeoDataFrame):
+        table, nuclei = nuclei, OverlayNuclei((rows, cols), level0_scale=level0_scale, outlines=True)
+        if len(table):
+            nuclei.add(table)
     figure = Figure(figsize=(cols / 100, rows / 100), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_axes((0, 0, 1, 1))
@@ -115,7 +258,7 @@ def render_overlay(
             np.pad(tissue_mask, 1).astype(np.uint8), levels=[0.5], colors=["#00a000"],
             linewidths=1.0, extent=_padded_extent(mask_rows, mask_cols, rows, cols),
         )
-    _draw_nuclei(axes, nuclei, lambda xy: xy / level0_scale)
+    nuclei.draw(axes)
     axes.set_xlim(0, cols)
     axes.set_ylim(rows, 0)
     axes.set_axis_off()
@@ -128,19 +271,3 @@ def _padded_extent(mask_rows: int, mask_cols: int, rows: int, cols: int) -> tupl
     """Contour extent: positions of the first and last pixel centres of a 1-px padded mask."""
     step_r, step_c = rows / mask_rows, cols / mask_cols
     return (-step_c / 2, cols + step_c / 2, -step_r / 2, rows + step_r / 2)
-
-
-def _draw_nuclei(axes: Any, nuclei: gpd.GeoDataFrame, to_thumbnail: Callable) -> None:
-    if len(nuclei) == 0:
-        return
-    positive = nuclei["dab_positive"].to_numpy(bool)
-    for name, chosen in (("Negative", ~positive), ("Positive", positive)):
-        if not chosen.any():
-            continue
-        rings = shapely.get_exterior_ring(nuclei.geometry.to_numpy()[chosen])
-        x_y, owner = shapely.get_coordinates(rings, return_index=True)
-        outlines = np.split(to_thumbnail(x_y), np.flatnonzero(np.diff(owner)) + 1)
-        colour = np.array(CLASS_COLOURS[name]) / 255
-        axes.add_collection(
-            PolyCollection(outlines, facecolors=[(*colour, 0.6)], edgecolors=[colour], linewidths=0.4)
-        )
