@@ -220,11 +220,8 @@ def naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str) -> 
     Reads at level 0 (the benchmark slide is at the model's resolution), predicts the
     context window, labels its core with :func:`nucflow.postprocess.label_nuclei` and appends
     each nucleus' centroid and area, as a hand-written script would. It runs in a spawned
-    process with float32 denormals flushed to zero from the start: on real tiles the model's
-    near-zero activations made float32 forward passes about 15x slower (0.36 vs 0.024 s a tile
-    on the 2-core EPYC) unless some library loaded earlier in the process (shapely, pyarrow,
-    dask.array were seen to) had already switched flushing on, so the benchmark process's
-    import history decided the reference's speed.
+    process so that nothing the benchmark process did before (torch thread pools sized by
+    :func:`benchmarks.limits.cpu_options`, imported libraries, memory held) bears on it.
     """
     import multiprocessing
 
@@ -233,10 +230,8 @@ def naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str) -> 
 
 
 def _naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str) -> dict:
-    import torch
-
-    torch.set_flush_denormal(True)  # before torch starts its threads, which inherit it
     import openslide
+    import torch
     from skimage.measure import regionprops_table
 
     from nucflow.models import load_model
@@ -259,7 +254,7 @@ def _naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str) ->
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     return {"tiles": len(tiles), "seconds": round(seconds, 2), "tiles_per_s": round(len(tiles) / seconds, 3),
             "cpu_s_per_tile": round(cpu / len(tiles), 4), "torch_threads": torch.get_num_threads(),
-            "denormals_flushed": True, "nuclei": int(sum(len(r["label"]) for r in rows))}
+            "nuclei": int(sum(len(r["label"]) for r in rows))}
 
 
 def segment_config(*, postprocess_cpus: float | None = None) -> Any:

@@ -38,11 +38,10 @@ METHOD = """\
   fixtures, earlier results) is not counted. Shared pages count once per process, so the sum
   overstates the machine's use; it is the same measure at 1x and 4x.
 - **Naive loop**: one fresh (spawned) process, tile by tile: OpenSlide `read_region`, the
-  same model in float32 under `no_grad` with torch's default threads and denormals flushed
-  to zero (else real tiles' near-zero activations cost float32 about 15x, or not, depending
-  on which libraries the process happened to load), `label_nuclei` on the core,
-  `regionprops_table`, append; on evenly spaced tiles of the same slide; timed from loading
-  the model to the last tile. The headline
+  same model in float32 under `no_grad` with torch's default threads, `label_nuclei` on the
+  core, `regionprops_table`, append; on evenly spaced tiles of the same slide; timed from
+  loading the model to the last tile. Its two torch threads make it very sensitive to any
+  other load on a 2-core machine (one busy core slowed its forward pass up to 15x in tests). The headline
   speed-up is nucflow's end-to-end tiles/s (start-up and post-processing included) on the 4x
   slide over the loop's on tiles of that 4x slide: a cohort runs on real slides (50-200 mm²
   of tissue), where Ray's few seconds of start-up are amortised; `speedup_vs_naive_1x` is the
