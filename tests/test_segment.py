@@ -275,3 +275,42 @@ def test_resume_after_a_real_kill_ends_with_the_same_table(tmp_path: Path, tiny_
         pd.DataFrame(b.drop(columns=["geometry", "geometry_um"])),
     )
     assert a.geometry.geom_equals(b.geometry).all()
+
+
+def test_finishing_follows_tiles_as_they_are_recorded(tmp_path: Path, demo_svs: Path) -> None:
+    # The finishing task starts before a slide's last tile: each part of the map waits until
+    # the done grid shows its tiles written, and the table is the one of a finished map.
+    import threading
+
+    from nucflow.inference.store import ProbabilityMap
+    from nucflow.pipeline.finish import finish_slide
+    from nucflow.pipeline.plan import plan_slide
+    from nucflow.pipeline.run import _method_spec
+
+    config = replace(SMALL_TILES, method="threshold", postprocess_block=64, postprocess_threads=1)
+    segment([demo_svs], tmp_path / "run", config=config)
+    spec = _method_spec(config)
+    tables = {}
+    for name in ("reference", "following"):
+        shutil.copytree(tmp_path / "run" / "demo" / "probability.zarr", tmp_path / name / "demo" / "probability.zarr")
+        plan = plan_slide(demo_svs, "demo", tmp_path / name, spec=spec, config=config, mpp=None, overwrite=False)
+        assert plan.status == "todo" and plan.todo == () and plan.grid is not None
+        if name == "reference":
+            finish_slide(plan, config, geojson=False)
+        else:
+            late = [t for t in plan.grid.tiles if t.row >= 128]  # tiles of the lower block rows
+            done = zarr.open_array(f"{plan.map_path}/done", mode="r+")
+            for tile in late:
+                done[tile.chunk] = 0
+            task = threading.Thread(target=finish_slide, args=(plan, config), kwargs={"geojson": False, "poll_s": 0.05})
+            task.start()
+            time.sleep(1.5)
+            assert task.is_alive() and not (tmp_path / name / "demo" / "nuclei.parquet").exists()
+            ProbabilityMap(plan.map_path).mark_done(late)
+            task.join(timeout=60)
+            assert not task.is_alive()
+            summary = json.loads((tmp_path / name / "demo" / "summary.json").read_text())
+            assert summary["seconds"]["waiting_for_tiles"] >= 1.0
+        tables[name] = _table(tmp_path / name, "demo")
+    assert len(tables["following"]) == len(tables["reference"]) > 10
+    assert tables["following"].geometry.geom_equals_exact(tables["reference"].geometry, tolerance=0).all()

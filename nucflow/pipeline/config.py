@@ -60,7 +60,7 @@ class SegmentConfig:
     baseline_mpp: float = 0.5
     baseline_sigma: float = 1.0
     postprocess_block: int = 2048
-    postprocess_cpus: float = 1.0
+    postprocess_cpus: float = 0.0
     postprocess_threads: int | None = None
     tissue: TissueConfig = field(default_factory=TissueConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
@@ -68,8 +68,8 @@ class SegmentConfig:
     def __post_init__(self) -> None:
         if self.postprocess_threads is not None and self.postprocess_threads < 1:
             raise ConfigError(f"postprocess_threads must be >= 1 or null, got {self.postprocess_threads}")
-        if self.postprocess_cpus <= 0:
-            raise ConfigError(f"postprocess_cpus must be > 0, got {self.postprocess_cpus}")
+        if self.postprocess_cpus < 0:
+            raise ConfigError(f"postprocess_cpus must be >= 0, got {self.postprocess_cpus}")
 
 
 def load_segment_config(path: str | Path | None = None) -> SegmentConfig:

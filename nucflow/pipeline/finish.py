@@ -18,6 +18,7 @@ from nucflow.inference.store import ProbabilityMap
 from nucflow.pipeline.config import SegmentConfig
 from nucflow.pipeline.plan import SlidePlan, find_tissue
 from nucflow.postprocess import (
+    Block,
     NucleusTableWriter,
     OverlayNuclei,
     iter_nuclei_parts,
@@ -35,15 +36,18 @@ log = logging.getLogger(__name__)
 OUTLINE_MAX_MPP = 3.0
 
 
-def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool) -> dict[str, Any]:
-    """Post-process ``plan``'s finished map and write its outputs; returns its summary.
+def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool, poll_s: float = 0.5) -> dict[str, Any]:
+    """Post-process ``plan``'s map and write its outputs; returns its summary.
 
     The nucleus table is labelled, measured and written part by part (a few blocks at a
-    time), so memory does not grow with the slide. Writes ``nuclei.parquet`` (and
-    ``nuclei.geojson``), ``overlay.png`` and, last, ``summary.json`` whose presence with the
-    run's config hash marks the slide finished.
+    time), so memory does not grow with the slide, and each part waits until the ``done``
+    grid shows every planned tile under it written (checked every ``poll_s`` s): the task
+    can start while the slide's tiles are still being predicted. Writes ``nuclei.parquet``
+    (and ``nuclei.geojson``), ``overlay.png`` and, last, ``summary.json`` whose presence
+    with the run's config hash marks the slide finished.
     """
     started = time.perf_counter()
+    waiter = _TileWaiter(plan, poll_s=poll_s)
     out_dir = Path(plan.out_dir)
     profile = load_stain_profile(config.stain_profile)
     level0_mpp = plan.mpp / plan.level0_scale
@@ -58,7 +62,7 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool) -> di
 
         parts = iter_nuclei_parts(
             ProbabilityMap(plan.map_path).array(), config=profile, read_rgb=read_rgb,
-            block_size=config.postprocess_block, num_workers=_threads(config),
+            block_size=config.postprocess_block, num_workers=_threads(config), before_part=waiter,
         )
         positive = 0
         geojson_path = out_dir / "nuclei.geojson" if geojson else None
@@ -67,21 +71,48 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool) -> di
                 writer.write(part)
                 overlay.add(part)
                 positive += int(part["dab_positive"].sum())
-    seconds_post = time.perf_counter() - started
+    seconds_post = time.perf_counter() - started - waiter.seconds
     render_overlay(thumb, level0_scale=thumb_mpp / level0_mpp, tissue_mask=tissue, nuclei=overlay,
                    path=out_dir / "overlay.png")
-    seconds_write = time.perf_counter() - started - seconds_post
-    seconds = {**plan.seconds, "postprocess": round(seconds_post, 3), "write": round(seconds_write, 3)}
+    seconds_write = time.perf_counter() - started - waiter.seconds - seconds_post
+    seconds = {**plan.seconds, "postprocess": round(seconds_post, 3), "write": round(seconds_write, 3),
+               "waiting_for_tiles": round(waiter.seconds, 3)}
     summary = slide_summary(plan, nuclei=writer.rows, positive=positive, seconds=seconds)
     write_json(out_dir / "summary.json", summary)
     return summary
 
 
+class _TileWaiter:
+    """Blocks until the planned tiles under some post-processing blocks are written."""
+
+    def __init__(self, plan: SlidePlan, *, poll_s: float) -> None:
+        assert plan.grid is not None, "a slide to finish has a tile grid"
+        self.map = ProbabilityMap(plan.map_path)
+        self.core = plan.grid.core
+        self.planned = {tile.chunk for tile in plan.grid.tiles}
+        self.poll_s = poll_s
+        self.seconds = 0.0
+
+    def __call__(self, blocks: list[Block]) -> None:
+        needed: set[tuple[int, int]] = set()
+        for block in blocks:
+            r0, r1, c0, c1 = block.region
+            rows = range(r0 // self.core, (r1 - 1) // self.core + 1)
+            cols = range(c0 // self.core, (c1 - 1) // self.core + 1)
+            needed.update((r, c) for r in rows for c in cols)
+        needed &= self.planned
+        started = time.perf_counter()
+        while not needed <= self.map.done_chunks():
+            time.sleep(self.poll_s)
+        self.seconds += time.perf_counter() - started
+
+
 def _threads(config: SegmentConfig) -> int:
     """Dask threads: ``postprocess_threads``, or every core of this node when it is None.
 
-    The task reserves only ``postprocess_cpus`` Ray CPUs so it fits any node, but on a CPU
-    machine it mostly runs once inference is over, when the node's cores are idle.
+    The task reserves only ``postprocess_cpus`` Ray CPUs (0 by default: on a CPU machine the
+    model actors hold every slot, and the task shares the cores with them while it follows
+    the tiles; on a GPU node it uses the cores the GPU actors leave idle).
     """
     return config.postprocess_threads or max(1, os.cpu_count() or 1)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from nucflow.atomic import write_text
+from nucflow.atomic import write_json, write_text
 from nucflow.cluster import ClusterConfig, check_shared_path, load_cluster_config, ray_session
 from nucflow.errors import ModelError
 from nucflow.inference.actors import ActorOptions, TileScheduler, WorkItem, actor_options_for_cluster
@@ -179,7 +179,14 @@ def _work_items(plan: SlidePlan, batch_size: int) -> list[WorkItem]:
 
 
 class _Tracker:
-    """Follows tiles to completion per slide, records them, and starts each slide's finishing task."""
+    """Follows tiles to completion per slide, records them, and runs each slide's finishing task.
+
+    A slide's finishing task starts when its first tiles are done, not its last: it
+    post-processes each part of the map as soon as the tiles under it are recorded, so
+    post-processing runs beside inference. At most one finishing task per node runs at a
+    time (slides wait their turn in order), so a long cohort does not start a process per
+    slide at once.
+    """
 
     def __init__(
         self, plans: list[SlidePlan], config: SegmentConfig, *, geojson: bool, progress: ProgressCallback | None
@@ -187,20 +194,26 @@ class _Tracker:
         self.plans = {p.key: p for p in plans}
         self.remaining = {p.key: len(p.todo) for p in plans}
         self.started = {p.key: time.perf_counter() for p in plans}
+        self.inference_s: dict[str, float] = {}
         self.errors: dict[str, str] = {}
         self.finishing: dict[str, Any] = {}
+        self.waiting: list[str] = []  # slides whose finishing task has not started, in order
+        self.running: dict[Any, str] = {}  # finishing task -> slide
         self.unrecorded: dict[str, list[int]] = {}
         self.recorded_at = time.monotonic()
         self.geojson, self.progress = geojson, progress
         self.total = sum(self.remaining.values())
         self.done = 0
+        self.max_running = max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
         # A task asking for more CPUs than any node has would wait forever: cap it.
         cpus = min(config.postprocess_cpus, _largest_node_cpus())
         self.config = replace(config, postprocess_cpus=cpus)
-        self._finish: Any = ray.remote(num_cpus=cpus, max_retries=1)(finish_slide)  # type: ignore[arg-type]
+        self._finish: Any = ray.remote(num_cpus=cpus, max_retries=1, scheduling_strategy="SPREAD")(
+            finish_slide  # type: ignore[arg-type]
+        )
         for key, left in self.remaining.items():
             if left == 0:
-                self._start_finishing(key)
+                self._queue_finishing(key)
 
     def tiles_done(self, item: WorkItem, indices: tuple[int, ...]) -> None:
         key = item.slide_key
@@ -208,17 +221,21 @@ class _Tracker:
         self.remaining[key] -= len(indices)
         self.done += len(indices)
         self._report("tiles", self.done, self.total, key)
+        if key not in self.finishing and key not in self.waiting and key not in self.errors:
+            self._queue_finishing(key)
         if self.remaining[key] == 0 and key not in self.errors:
             self.record_done(key)
-            self._start_finishing(key)
+            self.inference_s[key] = time.perf_counter() - self.started[key]
         elif time.monotonic() - self.recorded_at >= _RECORD_EVERY_S:
             self.record_done()
+        self._pump()
 
     def record_done(self, only: str | None = None) -> None:
         """Write finished tiles to each slide's ``done`` grid (batched: a write per slide, not per tile).
 
         Called at most every ``_RECORD_EVERY_S`` seconds, when a slide completes, and when the
-        run stops for any reason; a killed run redoes at most that many seconds of tiles.
+        run stops for any reason; a killed run redoes at most that many seconds of tiles, and
+        a finishing task sees tiles at most that late.
         """
         for key in [only] if only else list(self.unrecorded):
             indices = self.unrecorded.pop(key, [])
@@ -228,18 +245,44 @@ class _Tracker:
         self.recorded_at = time.monotonic()
 
     def failed(self, item: WorkItem, exc: BaseException) -> None:
-        if item.slide_key not in self.errors:
-            log.error("slide %s failed: %s", item.slide_key, exc)
-            self.errors[item.slide_key] = f"{type(exc).__name__}: {exc}"
+        key = item.slide_key
+        if key not in self.errors:
+            log.error("slide %s failed: %s", key, exc)
+            self.errors[key] = f"{type(exc).__name__}: {exc}"
+            self._drop_finishing(key)
         self.done += len(item.tiles)
-        self._report("tiles", self.done, self.total, item.slide_key)
+        self._report("tiles", self.done, self.total, key)
 
-    def _start_finishing(self, key: str) -> None:
-        plan = self.plans[key]
-        seconds = {**plan.seconds, "inference": round(time.perf_counter() - self.started[key], 3)}
-        self.finishing[key] = self._finish.remote(replace(plan, seconds=seconds), self.config, geojson=self.geojson)
+    def _queue_finishing(self, key: str) -> None:
+        self.waiting.append(key)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Forget finishing tasks that ended; start waiting ones while fewer than the cap run."""
+        if self.running:
+            ended, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
+            for ref in ended:
+                del self.running[ref]
+        while self.waiting and len(self.running) < self.max_running:
+            key = self.waiting.pop(0)
+            ref = self._finish.remote(self.plans[key], self.config, geojson=self.geojson)
+            self.finishing[key], self.running[ref] = ref, key
+
+    def _drop_finishing(self, key: str) -> None:
+        """A failed slide's finishing task would wait for tiles that never come: cancel it."""
+        if key in self.waiting:
+            self.waiting.remove(key)
+        ref = self.finishing.pop(key, None)
+        if ref is not None:
+            self.running.pop(ref, None)
+            ray.cancel(ref, force=True)
 
     def finish(self) -> dict[str, SlideResult]:
+        """Wait for every finishing task (starting the ones still waiting); the outcomes."""
+        while self.waiting or self.running:
+            if self.running:
+                ray.wait(list(self.running), num_returns=1)
+            self._pump()
         results = {k: SlideResult(k, self.plans[k].path, "failed", error=e) for k, e in self.errors.items()}
         for n, (key, ref) in enumerate(self.finishing.items(), start=1):
             results[key] = self._collect(key, ref)
@@ -253,6 +296,9 @@ class _Tracker:
         except ray.exceptions.RayTaskError as exc:
             cause = exc.as_instanceof_cause()
             return SlideResult(key, path, "failed", error=f"post-processing: {type(cause).__name__}: {cause}")
+        # The task started before the slide's last tile: the driver adds the inference time.
+        summary["seconds"] = {**summary["seconds"], "inference": round(self.inference_s.get(key, 0.0), 3)}
+        write_json(Path(self.plans[key].out_dir) / "summary.json", summary)
         if summary["nuclei"] == 0:
             log.warning("slide %s: no nuclei found (no tissue or an empty slide?)", key)
         return SlideResult(key, path, "ok", summary=summary)

@@ -7,7 +7,7 @@ returns one row per nucleus, which the writers save as GeoParquet or QuPath GeoJ
 memory that does not grow with the slide.
 """
 
-from nucflow.postprocess._blocked import empty_table, iter_nuclei_parts, nuclei_table
+from nucflow.postprocess._blocked import Block, empty_table, iter_nuclei_parts, nuclei_table
 from nucflow.postprocess._config import (
     PixelSizes,
     PostprocessConfig,
@@ -32,6 +32,7 @@ from nucflow.postprocess._writers import (
 )
 
 __all__ = [
+    "Block",
     "CLASS_COLOURS",
     "COLUMNS",
     "MapGeometry",

@@ -193,6 +193,7 @@ def iter_nuclei_parts(
     scheduler: str = "threads",
     num_workers: int | None = None,
     progress: Progress | None = None,
+    before_part: Callable[[list[Block]], None] | None = None,
 ) -> Iterator[gpd.GeoDataFrame]:
     """The rows of :func:`nuclei_table` (same arguments) as consecutive non-empty parts.
 
@@ -200,6 +201,8 @@ def iter_nuclei_parts(
     (default: four per thread), so only that many blocks' nuclei are held at once, however
     large the slide: write each part out as it comes (:class:`NucleusTableWriter`). Ids
     continue from part to part; concatenated, the parts equal :func:`nuclei_table`.
+    ``before_part(blocks)`` is called before each part is read (e.g. to wait until the map
+    is written there: a slide can be post-processed while its tiles are still predicted).
     """
     run = _BlockedRun(prob, config=config, read_rgb=read_rgb, geometry=dict(
         mpp=mpp, level0_offset=level0_offset, level0_scale=level0_scale, slide_mpp=slide_mpp,
@@ -209,7 +212,10 @@ def iter_nuclei_parts(
         raise InputError(f"blocks_per_part must be >= 1, got {blocks_per_part}")
     next_id = 1
     for start in range(0, len(run.grid), step):
-        results = run.compute(run.grid[start : start + step], scheduler=scheduler, num_workers=num_workers)
+        batch = run.grid[start : start + step]
+        if before_part is not None:
+            before_part(batch)
+        results = run.compute(batch, scheduler=scheduler, num_workers=num_workers)
         if results:
             part = _assemble(results, run.geometry, first_id=next_id)
             next_id += len(part)
