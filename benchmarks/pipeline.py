@@ -214,25 +214,35 @@ def postprocess_rate(map_path: str, *, threads: int, block: int, stain_profile: 
             "megapixels_per_s": round(megapixels / seconds, 3), "nuclei": int(len(table))}
 
 
-def naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str) -> dict:
+def naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str, columns: str = "table") -> dict:
     """One fresh process, tile by tile: OpenSlide read, torch forward (default threads), label, append.
 
     Reads at level 0 (the benchmark slide is at the model's resolution), predicts the
-    context window, labels its core with :func:`nucflow.postprocess.label_nuclei` and appends
-    each nucleus' centroid and area, as a hand-written script would. It runs in a spawned
-    process so that nothing the benchmark process did before (torch thread pools sized by
-    :func:`benchmarks.limits.cpu_options`, imported libraries, memory held) bears on it.
+    context window and labels its core with :func:`nucflow.postprocess.label_nuclei` (the
+    same labels as nucflow's), then, as a hand-written script would with scikit-image:
+    ``columns="table"`` measures what nucflow's table holds (``regionprops_table``: centroid,
+    area, perimeter, eccentricity, solidity, mean probability and ``rgb2hed`` stain
+    densities; an outline per nucleus from ``find_contours``), appends it and writes the
+    GeoParquet at the end; ``columns="centroids"`` appends centroid and area only. It runs
+    in a spawned process so that nothing the benchmark process did before (torch thread
+    pools sized by :func:`benchmarks.limits.cpu_options`, imported libraries, memory held)
+    bears on it.
     """
     import multiprocessing
 
+    if columns not in ("table", "centroids"):
+        raise ValueError(f"columns must be 'table' or 'centroids', got {columns!r}")
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_naive_loop, (slide, model, tiles), {"stain_profile": stain_profile})
+        return pool.apply(_naive_loop, (slide, model, tiles), {"stain_profile": stain_profile, "columns": columns})
 
 
-def _naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str) -> dict:
+def _naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str, columns: str) -> dict:
+    import tempfile
+
+    import geopandas as gpd
     import openslide
+    import pandas as pd
     import torch
-    from skimage.measure import regionprops_table
 
     from nucflow.models import load_model
     from nucflow.postprocess import label_nuclei, load_stain_profile
@@ -241,20 +251,49 @@ def _naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str) ->
     started, cpu_started = time.perf_counter(), time.process_time()
     net = load_model(model).build()
     handle = openslide.OpenSlide(str(slide))
-    rows: list[dict] = []
+    parts: list[pd.DataFrame] = []
     for tile in tiles:
         row, col = tile.read_origin
         rgb = np.array(handle.read_region((col, row), 0, (tile.size, tile.size)).convert("RGB"))
         with torch.no_grad():
             prob = net(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0)[0, 0].numpy()
         m = tile.margin
-        labels = label_nuclei(prob[m : m + tile.rows, m : m + tile.cols], mpp=0.5, config=config)
-        rows.append(regionprops_table(labels, properties=("label", "centroid", "area")))
+        core = (slice(m, m + tile.rows), slice(m, m + tile.cols))
+        labels = label_nuclei(prob[core], mpp=0.5, config=config)
+        parts.append(_naive_measures(labels, prob[core], rgb[core], tile, columns=columns))
     handle.close()
+    table = pd.concat(parts, ignore_index=True)
+    if columns == "table":
+        with tempfile.TemporaryDirectory() as folder:
+            gpd.GeoDataFrame(table, geometry="geometry").to_parquet(Path(folder) / "nuclei.parquet")
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    return {"tiles": len(tiles), "seconds": round(seconds, 2), "tiles_per_s": round(len(tiles) / seconds, 3),
-            "cpu_s_per_tile": round(cpu / len(tiles), 4), "torch_threads": torch.get_num_threads(),
-            "nuclei": int(sum(len(r["label"]) for r in rows))}
+    return {"tiles": len(tiles), "columns": columns, "seconds": round(seconds, 2),
+            "tiles_per_s": round(len(tiles) / seconds, 3), "cpu_s_per_tile": round(cpu / len(tiles), 4),
+            "torch_threads": torch.get_num_threads(), "nuclei": len(table)}
+
+
+def _naive_measures(labels: np.ndarray, prob: np.ndarray, rgb: np.ndarray, tile: Any, *, columns: str) -> Any:
+    """One tile's rows, the way a script with scikit-image gets them."""
+    import pandas as pd
+    import shapely
+    from skimage.color import rgb2hed
+    from skimage.measure import find_contours, regionprops_table
+
+    if columns == "centroids":
+        return pd.DataFrame(regionprops_table(labels, properties=("label", "centroid", "area")))
+    hed = rgb2hed(rgb)
+    props = regionprops_table(
+        labels, intensity_image=np.dstack([prob, hed[..., 0], hed[..., 2]]),
+        properties=("label", "centroid", "area", "perimeter", "eccentricity", "solidity", "intensity_mean",
+                    "bbox", "image"),
+    )
+    outlines = []
+    for image, top, left in zip(props.pop("image"), props["bbox-0"], props["bbox-1"], strict=True):
+        contour = max(find_contours(np.pad(image, 1).astype(float), 0.5), key=len)
+        outlines.append(shapely.Polygon(contour[:, ::-1] + (left - 1 + tile.col, top - 1 + tile.row)))
+    frame = pd.DataFrame(props)
+    frame["geometry"] = outlines
+    return frame
 
 
 def segment_config(*, postprocess_cpus: float | None = None) -> Any:

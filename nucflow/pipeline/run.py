@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import io
 import logging
@@ -16,7 +17,7 @@ import ray
 from nucflow.atomic import write_json, write_text
 from nucflow.cluster import ClusterConfig, check_shared_path, load_cluster_config, ray_session
 from nucflow.errors import ModelError
-from nucflow.inference.actors import ActorOptions, TileScheduler, WorkItem, actor_options_for_cluster
+from nucflow.inference.actors import TileScheduler, WorkItem, actor_options_for_cluster
 from nucflow.inference.predictors import MethodSpec, parse_method
 from nucflow.inference.store import ProbabilityMap
 from nucflow.pipeline.config import SegmentConfig
@@ -106,21 +107,41 @@ def segment(
     out = Path(out).resolve()
     paths = expand_slides(slides)
     spec = _method_spec(config)
+    cluster = cluster_config or load_cluster_config()
+    # Slides are planned (thumbnail, tissue, Zarr map) while Ray and the model actors start.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        planned = pool.submit(_plan_all, paths, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite)
+        with ray_session(address, config=cluster) as info:
+            scheduler = _start_actors(spec, config, cluster)
+            try:
+                if info.nodes > 1 and cluster.check_shared_output:
+                    check_shared_path(out, timeout_s=cluster.shared_check_timeout_s)
+                results = _run(planned.result(), scheduler, config, geojson=geojson, progress=progress)
+            finally:
+                scheduler.shutdown()
+    result = SegmentResult(out, tuple(results))
+    _write_run_summary(out / "summary.csv", result)
+    return result
+
+
+def _plan_all(
+    paths: list[Path], out: Path, *, spec: MethodSpec, config: SegmentConfig, mpp: float | None, overwrite: bool
+) -> list[SlidePlan]:
     started = time.perf_counter()
     plans = [
         plan_slide(p, key, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite)
         for p, key in zip(paths, output_names(paths), strict=True)
     ]
-    per_slide_plan = (time.perf_counter() - started) / max(1, len(plans))
-    plans = [replace(p, seconds={"plan": round(per_slide_plan, 3)}) for p in plans]
-    cluster = cluster_config or load_cluster_config()
-    with ray_session(address, config=cluster) as info:
-        if info.nodes > 1 and cluster.check_shared_output:
-            check_shared_path(out, timeout_s=cluster.shared_check_timeout_s)
-        results = _run(plans, spec, config, cluster, geojson=geojson, progress=progress)
-    result = SegmentResult(out, tuple(results))
-    _write_run_summary(out / "summary.csv", result)
-    return result
+    per_slide = round((time.perf_counter() - started) / max(1, len(plans)), 3)
+    return [replace(p, seconds={"plan": per_slide}) for p in plans]
+
+
+def _start_actors(spec: MethodSpec, config: SegmentConfig, cluster: ClusterConfig) -> TileScheduler:
+    """The model actors, starting (their processes load the model while the driver plans)."""
+    options = actor_options_for_cluster(
+        ray.cluster_resources(), cluster=cluster, amp=config.inference.amp, channels_last=config.inference.channels_last
+    )
+    return TileScheduler(ray.put(spec), options, max_retries=config.inference.max_retries)
 
 
 def _method_spec(config: SegmentConfig) -> MethodSpec:
@@ -137,9 +158,8 @@ def _method_spec(config: SegmentConfig) -> MethodSpec:
 
 def _run(
     plans: list[SlidePlan],
-    spec: MethodSpec,
+    scheduler: TileScheduler,
     config: SegmentConfig,
-    cluster: ClusterConfig,
     *,
     geojson: bool,
     progress: ProgressCallback | None,
@@ -150,23 +170,15 @@ def _run(
     outcome.update({p.key: SlideResult(p.key, p.path, "skipped") for p in plans if p.status == "done"})
     active = [p for p in plans if p.status == "todo"]
     tracker = _Tracker(active, config, geojson=geojson, progress=progress)
-    options = _actor_options(config, cluster)
-    items = [item for p in active for item in _work_items(p, options.batch_size)]
+    items = [item for p in active for item in _work_items(p, scheduler.options.batch_size)]
     if items:
-        scheduler = TileScheduler(ray.put(spec), options, max_retries=config.inference.max_retries)
         try:
             scheduler.run(items, on_done=tracker.tiles_done, on_error=tracker.failed)
         finally:
             tracker.record_done()
-            scheduler.shutdown()
+    scheduler.shutdown()  # free the actors' slots and memory for the finishing tasks
     outcome.update(tracker.finish())
     return [outcome[p.key] for p in plans]
-
-
-def _actor_options(config: SegmentConfig, cluster: ClusterConfig) -> ActorOptions:
-    return actor_options_for_cluster(
-        ray.cluster_resources(), cluster=cluster, amp=config.inference.amp, channels_last=config.inference.channels_last
-    )
 
 
 def _work_items(plan: SlidePlan, batch_size: int) -> list[WorkItem]:
@@ -181,9 +193,9 @@ def _work_items(plan: SlidePlan, batch_size: int) -> list[WorkItem]:
 class _Tracker:
     """Follows tiles to completion per slide, records them, and runs each slide's finishing task.
 
-    A slide's finishing task starts when its first tiles are done, not its last: it
-    post-processes each part of the map as soon as the tiles under it are recorded, so
-    post-processing runs beside inference. At most one finishing task per node runs at a
+    A slide's finishing task is started before its tiles are predicted, not after its last:
+    it post-processes each part of the map as soon as the tiles under it are recorded, so
+    post-processing (and its worker's start-up) runs beside inference. At most one finishing task per node runs at a
     time (slides wait their turn in order), so a long cohort does not start a process per
     slide at once.
     """
@@ -211,9 +223,8 @@ class _Tracker:
         self._finish: Any = ray.remote(num_cpus=cpus, max_retries=1, scheduling_strategy="SPREAD")(
             finish_slide  # type: ignore[arg-type]
         )
-        for key, left in self.remaining.items():
-            if left == 0:
-                self._queue_finishing(key)
+        for key in self.remaining:  # in slide order; each waits for its tiles
+            self._queue_finishing(key)
 
     def tiles_done(self, item: WorkItem, indices: tuple[int, ...]) -> None:
         key = item.slide_key
@@ -221,8 +232,6 @@ class _Tracker:
         self.remaining[key] -= len(indices)
         self.done += len(indices)
         self._report("tiles", self.done, self.total, key)
-        if key not in self.finishing and key not in self.waiting and key not in self.errors:
-            self._queue_finishing(key)
         if self.remaining[key] == 0 and key not in self.errors:
             self.record_done(key)
             self.inference_s[key] = time.perf_counter() - self.started[key]
