@@ -59,7 +59,7 @@ class SegmentConfig:
     stain_profile: str = "ki67"
     baseline_mpp: float = 0.5
     baseline_sigma: float = 1.0
-    postprocess_block: int = 2048
+    postprocess_block: int = 1024
     postprocess_cpus: float = 0.0
     postprocess_threads: int | None = None
     tissue: TissueConfig = field(default_factory=TissueConfig)
