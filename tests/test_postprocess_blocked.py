@@ -241,3 +241,16 @@ def test_background_blocks_read_no_rgb():
     table = nuclei_table(prob, config=CONFIG, mpp=MPP, read_rgb=counting, block_size=50)
     assert len(table) == 1
     assert calls == [(0, 0, 91, 91)]  # the one block holding the nucleus, with its 41 px halo
+
+
+def test_an_object_wider_than_a_nucleus_is_not_kept_in_pieces_by_blocks():
+    # A 300 x 180 px slab is no nucleus (max_diameter 30 px at 1 µm/px). A 64 px block
+    # sees only a clipped piece of it through its halo, small enough to pass for one;
+    # pieces cut by a block's region edge are not nuclei, so blocks agree with the whole map.
+    prob = np.zeros((400, 400), np.uint8)
+    prob[50:350, 100:280] = 230
+    prob[20:36, 20:36] = 230  # and one real nucleus
+    whole = nuclei_table(prob, config=CONFIG, mpp=MPP, block_size=1000)
+    blocked = nuclei_table(prob, config=CONFIG, mpp=MPP, block_size=64)
+    assert len(whole) == len(blocked) == 1
+    assert blocked.centroid_x.iloc[0] == pytest.approx(whole.centroid_x.iloc[0])
