@@ -195,9 +195,9 @@ class _Tracker:
 
     A slide's finishing task is started before its tiles are predicted, not after its last:
     it post-processes each part of the map as soon as the tiles under it are recorded, so
-    post-processing (and its worker's start-up) runs beside inference. At most one finishing task per node runs at a
-    time (slides wait their turn in order), so a long cohort does not start a process per
-    slide at once.
+    post-processing (and its worker's start-up) runs beside inference. At most one finishing
+    task per node runs at a time (slides wait their turn in order), so a long cohort does not
+    start a process per slide at once.
     """
 
     def __init__(
@@ -223,8 +223,8 @@ class _Tracker:
         self._finish: Any = ray.remote(num_cpus=cpus, max_retries=1, scheduling_strategy="SPREAD")(
             finish_slide  # type: ignore[arg-type]
         )
-        for key in self.remaining:  # in slide order; each waits for its tiles
-            self._queue_finishing(key)
+        self.waiting.extend(self.remaining)  # in slide order; each task waits for its tiles
+        self._pump()
 
     def tiles_done(self, item: WorkItem, indices: tuple[int, ...]) -> None:
         key = item.slide_key
@@ -261,10 +261,6 @@ class _Tracker:
             self._drop_finishing(key)
         self.done += len(item.tiles)
         self._report("tiles", self.done, self.total, key)
-
-    def _queue_finishing(self, key: str) -> None:
-        self.waiting.append(key)
-        self._pump()
 
     def _pump(self) -> None:
         """Forget finishing tasks that ended; start waiting ones while fewer than the cap run."""

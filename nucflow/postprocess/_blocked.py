@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -170,12 +171,13 @@ def nuclei_table(
         ``geometry_um``, then :data:`COLUMNS`; empty with the same columns if no nucleus.
         :func:`iter_nuclei_parts` gives the same rows part by part, in bounded memory.
     """
-    run = _BlockedRun(prob, config=config, read_rgb=read_rgb, geometry=dict(
-        mpp=mpp, level0_offset=level0_offset, level0_scale=level0_scale, slide_mpp=slide_mpp,
-    ), block_size=block_size, progress=progress)
-    results = run.compute(run.grid, scheduler=scheduler, num_workers=num_workers)
-    table = _assemble(results, run.geometry, first_id=1)
-    logger.debug("%d nuclei from %d blocks of %s", len(table), len(run.grid), run.array.shape)
+    parts = list(iter_nuclei_parts(
+        prob, config=config, read_rgb=read_rgb, mpp=mpp, level0_offset=level0_offset, level0_scale=level0_scale,
+        slide_mpp=slide_mpp, block_size=block_size, blocks_per_part=sys.maxsize, scheduler=scheduler,
+        num_workers=num_workers, progress=progress,
+    ))  # every block in one Dask computation: one part, or none without nuclei
+    table = parts[0] if parts else empty_table()
+    logger.debug("%d nuclei", len(table))
     return table
 
 

@@ -240,12 +240,14 @@ def _outlines(
     """
     if indices.size == 0:
         return np.zeros(0, dtype=object)
-    rows_cols, ring_of = _rings(labels, [stats.boxes[i - 1] for i in indices], indices)
+    rows_cols, ring_of = _rings(labels, [stats.boxes[i - 1] for i in indices], stats.start[indices], indices)
     x, y = geometry.to_level0(rows_cols[:, 0] + origin[0], rows_cols[:, 1] + origin[1])
     return shapely.polygons(shapely.linearrings(np.column_stack([x, y]), indices=ring_of))
 
 
-def _rings(labels: np.ndarray, boxes: list, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _rings(
+    labels: np.ndarray, boxes: list, starts: np.ndarray, indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Every nucleus' ring in one marching-squares pass: (k, 2) rows/cols and ring number.
 
     The masks are laid side by side in one strip, each with a 1-px empty border so their
@@ -271,7 +273,6 @@ def _rings(labels: np.ndarray, boxes: list, indices: np.ndarray) -> tuple[np.nda
     within = np.arange(ring_of.size) - np.repeat(np.cumsum(keep) - keep, keep)
     x_y = points[offsets[chosen][ring_of] + within]
     cell = owner[chosen][ring_of]
-    starts = np.array([(box[0].start, box[1].start) for box in boxes])
     rows = x_y[:, 1] - 1 + starts[cell, 0]
     cols = x_y[:, 0] - left[cell] - 1 + starts[cell, 1]
     corner = _corners(np.column_stack([rows, cols]), ring_of)
