@@ -118,7 +118,7 @@ def load_model(path: str | Path) -> LoadedModel:
     for p, what in ((weights, "weights"), (card_path, "model card")):
         if not p.is_file():
             raise ModelError(f"model {what} {p} does not exist")
-    card = ModelCard.from_json(card_path.read_text(), source=str(card_path))
+    card = ModelCard.from_json(_read_card(card_path), source=str(card_path))
     if card.model_id and card.model_id != _file_id(weights):
         raise ModelError(
             f"weights {weights} do not match their model card {card_path} (model_id "
@@ -131,6 +131,15 @@ def load_model(path: str | Path) -> LoadedModel:
     model = LoadedModel(card=card, state_dict=state, path=weights)
     _load_state(build_unet(card), state, weights)
     return model
+
+
+def _read_card(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelError(f"model card {path} is not text (binary or corrupt); it must be a JSON model card") from None
+    except OSError as exc:
+        raise ModelError(f"model card {path} cannot be read: {exc.strerror or exc}") from None
 
 
 def default_model_path() -> Path | None:

@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from nucflow.errors import InputError, SlideError
 
-__all__ = ["Slide", "open_slide", "safe_slide_name"]
+__all__ = ["Slide", "metadata_mpp", "open_slide", "safe_slide_name", "slide_stem"]
 
 _PLAIN_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 _WHITE = 255
@@ -190,6 +190,13 @@ class Slide:
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def array_slide(rgb: np.ndarray, *, mpp: float, name: str = "<array>") -> Slide:
+    """An in-memory RGB image (rows, cols, 3) uint8 at ``mpp`` µm/px, read like a slide."""
+    if not (math.isfinite(mpp) and mpp > 0):
+        raise InputError(f"mpp must be a positive number of µm per pixel, got {mpp}")
+    return Slide(Path(name), _Opened(_ArrayBackend(_as_rgb(np.asarray(rgb), Path(name))), mpp, "array"), mpp=mpp)
+
+
 def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
     """Open a whole-slide image or plain image.
 
@@ -211,6 +218,8 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
         raise SlideError(f"slide {path} does not exist; check the path")
     if path.is_dir() and path.suffix.lower() not in {".mrxs", ".dcm"}:
         raise SlideError(f"slide {path} is a folder, not a slide file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise SlideError(f"slide {path} is empty (0 bytes); the copy or download may have failed")
     if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
         raise InputError(f"--mpp must be a positive number of µm per pixel, got {mpp}")
     opened = _open_openslide(path) or _open_plain(path)
@@ -233,19 +242,20 @@ def _open_openslide(path: Path) -> _Opened | None:
         return None
     except openslide.OpenSlideError as exc:
         raise SlideError(f"OpenSlide cannot open slide {path}: {exc}; the file may be truncated") from exc
-    props = handle.properties
-    mpp_x = props.get(openslide.PROPERTY_NAME_MPP_X)
-    mpp = float(mpp_x) if mpp_x not in (None, "") else None
-    vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
-    return _Opened(_OpenSlideBackend(handle), mpp, vendor)
+    vendor = handle.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
+    return _Opened(_OpenSlideBackend(handle), _openslide_mpp(handle), vendor)
+
+
+def _openslide_mpp(handle: object) -> float | None:
+    import openslide
+
+    value = handle.properties.get(openslide.PROPERTY_NAME_MPP_X)  # type: ignore[attr-defined]
+    return float(value) if value not in (None, "") else None
 
 
 def _open_plain(path: Path) -> _Opened:
     if path.suffix.lower() not in _PLAIN_SUFFIXES:
-        raise SlideError(
-            f"{path} is not a slide: neither OpenSlide nor the plain-image reader knows the "
-            f"format {path.suffix or '(no suffix)'}; use a whole-slide file or PNG/JPEG/TIFF"
-        )
+        raise SlideError(_not_a_slide(path))
     try:
         if path.suffix.lower() in {".tif", ".tiff"}:
             rgb, mpp = _read_tiff(path)
@@ -258,14 +268,71 @@ def _open_plain(path: Path) -> _Opened:
     return _Opened(_ArrayBackend(_as_rgb(rgb, path)), mpp, "plain-image")
 
 
+#: Leading bytes of image formats a slide may really be when OpenSlide refuses it.
+_MAGIC = {
+    b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"II+\x00": "BigTIFF", b"MM\x00+": "BigTIFF",
+    b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"GIF8": "GIF", b"PK\x03\x04": "ZIP",
+    b"%PDF": "PDF",
+}
+
+
+def _not_a_slide(path: Path) -> str:
+    """Why OpenSlide and the plain-image reader both refuse ``path``, from its first bytes."""
+    size = path.stat().st_size if path.is_file() else 0
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    kind = next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+    if kind in ("TIFF", "BigTIFF"):
+        return (
+            f"slide {path} is a {kind} file ({size} bytes) that OpenSlide cannot open: it may be "
+            "truncated (an interrupted copy?) or not a whole-slide TIFF"
+        )
+    if kind is not None:
+        return (
+            f"slide {path} holds a {kind} file, not a {path.suffix or 'slide'} whole-slide image "
+            f"(renamed?); give it its real suffix"
+        )
+    return (
+        f"{path} is not a slide: its content ({size} bytes, starting {head[:4]!r}) is no format "
+        "OpenSlide or the plain-image reader (PNG/JPEG/TIFF) knows; the file may be corrupt or "
+        "not an image"
+    )
+
+
+def metadata_mpp(path: str | Path) -> float | None:
+    """The level-0 µm/px a slide's own metadata gives, without decoding pixels; None if none.
+
+    None too when the file cannot be opened (opening it for real reports why).
+    """
+    path = Path(path)
+    try:
+        import openslide
+
+        with openslide.OpenSlide(str(path)) as handle:
+            return _openslide_mpp(handle)
+    except Exception:  # noqa: BLE001 - not an OpenSlide file: try the plain TIFF tags
+        pass
+    if path.suffix.lower() not in {".tif", ".tiff"}:
+        return None
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            return _tiff_mpp(tif)
+    except Exception:  # noqa: BLE001 - unreadable: opening the slide reports it
+        return None
+
+
 def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
-        rgb = page.asarray()
-        mpp = _ome_mpp(tif.ome_metadata) if tif.is_ome else None
-        return rgb, mpp if mpp is not None else _tag_mpp(page)
+        return tif.pages[0].asarray(), _tiff_mpp(tif)
+
+
+def _tiff_mpp(tif: object) -> float | None:
+    mpp = _ome_mpp(tif.ome_metadata) if tif.is_ome else None  # type: ignore[attr-defined]
+    return mpp if mpp is not None else _tag_mpp(tif.pages[0])  # type: ignore[attr-defined]
 
 
 def _ome_mpp(ome_xml: str | None) -> float | None:
@@ -298,14 +365,20 @@ def _as_rgb(image: np.ndarray, path: Path) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3])
 
 
-def safe_slide_name(path: str | Path) -> str:
-    """A file-system-safe output folder name for a slide: its stem without odd characters."""
+def slide_stem(path: str | Path) -> str:
+    """A slide's file name without its format suffix (``.ome.tif`` counts as one)."""
     name = Path(path).name
     for suffix in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    else:
-        name = Path(name).stem
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def safe_slide_name(path: str | Path) -> str:
+    """A file-system-safe name for a slide: its stem without odd characters.
+
+    Not unique (``a.svs`` and ``a.tif``, or names differing only in dropped characters,
+    share it); :func:`nucflow.pipeline.plan.output_names` makes output folders unique.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", slide_stem(path)).strip("._")
     return cleaned or "slide"
