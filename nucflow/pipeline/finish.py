@@ -124,6 +124,7 @@ def slide_summary(plan: SlidePlan, *, nuclei: int, positive: int, seconds: dict[
     return {
         "slide": plan.key,
         "path": plan.path,
+        "slide_identity": plan.identity,
         "status": "ok",
         "nuclei": count,
         "positive": positive,

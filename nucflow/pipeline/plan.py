@@ -16,13 +16,15 @@ from typing import Any
 import numpy as np
 
 from nucflow import __version__
+from nucflow.atomic import remove_partials
 from nucflow.config import config_hash, to_dict
 from nucflow.errors import InputError, NucflowError, SlideError
 from nucflow.inference.predictors import MethodSpec
 from nucflow.inference.store import create_map, open_map
 from nucflow.inference.tiled import auto_tile_size
 from nucflow.pipeline.config import SegmentConfig, TissueConfig
-from nucflow.slide import Slide, TileGrid, open_slide, safe_slide_name, tile_grid, tissue_mask
+from nucflow.pipeline.failures import clear_error_log, error_line, record_failure
+from nucflow.slide import Slide, TileGrid, open_slide, safe_slide_name, slide_stem, tile_grid, tissue_mask
 
 __all__ = ["SlidePlan", "expand_slides", "find_tissue", "output_names", "plan_slide"]
 
@@ -42,6 +44,8 @@ class SlidePlan:
     out_dir: str
     status: str
     error: str = ""
+    error_log: str = ""
+    identity: dict[str, Any] = field(default_factory=dict)
     slide_mpp: float | None = None
     mpp: float = 0.0
     level0_scale: float = 1.0
@@ -61,29 +65,118 @@ class SlidePlan:
 
 
 def expand_slides(patterns: Sequence[str | Path]) -> list[Path]:
-    """Expand paths and globs in order, without duplicates; a pattern matching nothing is an error."""
+    """Expand paths and globs in order, without duplicates (resolved paths).
+
+    Every pattern matching nothing is an error, one line each.
+    """
     found: list[Path] = []
+    missing: list[str] = []
     for pattern in patterns:
         text = str(pattern)
         matches = sorted(glob.glob(text, recursive=True)) if glob.has_magic(text) else [text]
         matches = [m for m in matches if Path(m).exists()]
         if not matches:
-            raise InputError(f"no slide matches {text!r}; check the path or glob (quote globs for the shell)")
+            missing.append(f"no slide matches {text!r}; check the path or glob (quote globs for the shell)")
         found.extend(Path(m).resolve() for m in matches)
+    if missing:
+        raise InputError("\n".join(missing))
     unique = list(dict.fromkeys(found))
     if not unique:
         raise InputError("no slides given; pass one or more slide paths or globs")
     return unique
 
 
-def output_names(paths: Sequence[Path]) -> list[str]:
-    """Safe, unique output folder names; slides sharing a name get a suffix from their folder."""
-    names = [safe_slide_name(p) for p in paths]
-    counts = Counter(names)
-    return [
-        f"{name}-{hashlib.sha256(str(p.parent).encode()).hexdigest()[:8]}" if counts[name] > 1 else name
-        for name, p in zip(names, paths, strict=True)
-    ]
+def output_names(paths: Sequence[Path], out: Path | None = None) -> list[str]:
+    """Output folder names, unique by construction for distinct (resolved) slide paths.
+
+    A slide keeps its plain name (its file stem) when that is already safe (nothing to
+    replace) and no other slide of the run shares it, ignoring case. Otherwise it gets its
+    safe name plus 8 hex digits of the hash of its full resolved path (``my_slide-1a2b3c4d``),
+    unless ``out/<safe name>`` already holds this same file's results from an earlier run,
+    which it then keeps. Any collision left (say, a slide literally named like another's
+    hashed name) is an :class:`InputError`.
+    """
+    safe = [safe_slide_name(p) for p in paths]
+    shared = Counter(name.lower() for name in safe)
+    names = []
+    for path, name in zip(paths, safe, strict=True):
+        plain = name == slide_stem(path) and shared[name.lower()] == 1
+        ours = out is not None and _recorded_path(out / name) == str(path)
+        names.append(name if plain or ours else f"{name}-{_path_hash(path)}")
+    owner: dict[str, Path] = {}
+    for path, name in zip(paths, names, strict=True):
+        other = owner.setdefault(name.lower(), path)
+        if other != path:
+            raise InputError(
+                f"slides {other} and {path} would share the output folder {name!r}; "
+                "rename one, or segment them with different -o"
+            )
+    return names
+
+
+def _path_hash(path: Path) -> str:
+    return hashlib.sha256(str(path).encode()).hexdigest()[:8]
+
+
+#: Bytes hashed at each end of a slide file for its identity.
+_IDENTITY_SAMPLE = 1 << 20
+
+
+def slide_identity(path: str | Path) -> dict[str, Any]:
+    """What says that outputs belong to this slide: path, size, modification time, and the
+    SHA-256 of the size with the first and last MiB (the content sample).
+
+    Two files are the same slide when size and sample agree (a moved or copied slide still
+    resumes); the path and time are recorded for people.
+    """
+    path = Path(path)
+    stat = path.stat()
+    digest = hashlib.sha256(str(stat.st_size).encode())
+    if path.is_dir():  # a slide stored as a folder (DICOM): its listing
+        for entry in sorted(path.iterdir()):
+            digest.update(f"{entry.name}:{entry.stat().st_size}".encode())
+    else:
+        with open(path, "rb") as handle:
+            digest.update(handle.read(_IDENTITY_SAMPLE))
+            if stat.st_size > 2 * _IDENTITY_SAMPLE:
+                handle.seek(-_IDENTITY_SAMPLE, 2)
+                digest.update(handle.read(_IDENTITY_SAMPLE))
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sample_sha256": digest.hexdigest()}
+
+
+def recorded_identity(out_dir: Path) -> dict[str, Any] | None:
+    """The slide identity recorded with the outputs in ``out_dir`` (summary, else map); None if none.
+
+    Outputs of earlier versions record only the slide's path (``{"path": ...}``).
+    """
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+        return dict(summary.get("slide_identity") or {"path": summary.get("path")})
+    except (OSError, ValueError, AttributeError):
+        pass
+    existing = open_map(out_dir / "probability.zarr")
+    if existing is None:
+        return None
+    try:
+        attrs = existing.attrs
+    except Exception:  # noqa: BLE001 - an unreadable map records nothing
+        return None
+    return dict(attrs.get("slide_identity") or {"path": attrs.get("slide_path")})
+
+
+def _recorded_path(out_dir: Path) -> str | None:
+    recorded = recorded_identity(out_dir) if out_dir.is_dir() else None
+    return recorded.get("path") if recorded else None
+
+
+def _same_slide(recorded: dict[str, Any], identity: dict[str, Any]) -> bool:
+    if "sample_sha256" in recorded:
+        return recorded["sample_sha256"] == identity["sample_sha256"] and recorded.get("size") == identity["size"]
+    return recorded.get("path") == identity["path"]
+
+
+class _Refused(InputError):
+    """The output folder holds results this run must not reuse (another slide, model or tiling)."""
 
 
 def plan_slide(
@@ -96,12 +189,16 @@ def plan_slide(
     out_dir = out / key
     try:
         return _plan(path, key, out_dir, spec=spec, config=config, mpp=mpp, overwrite=overwrite)
-    except (SlideError, InputError) as exc:
-        return SlidePlan(key, str(path), str(out_dir), "failed", error=str(exc))
-    except NucflowError:
-        raise
+    except _Refused as exc:  # the folder's results stay as they are: no log written into it
+        return SlidePlan(key, str(path), str(out_dir), "failed", error=error_line(exc))
+    except NucflowError as exc:
+        if not isinstance(exc, SlideError | InputError):
+            raise
+        line, log_path = record_failure(out_dir, str(path), exc)
+        return SlidePlan(key, str(path), str(out_dir), "failed", error=line, error_log=log_path)
     except Exception as exc:  # noqa: BLE001 - any reader failure belongs to this slide only
-        return SlidePlan(key, str(path), str(out_dir), "failed", error=f"{type(exc).__name__}: {exc}")
+        line, log_path = record_failure(out_dir, str(path), exc)
+        return SlidePlan(key, str(path), str(out_dir), "failed", error=line, error_log=log_path)
 
 
 def find_tissue(slide: Slide, config: TissueConfig) -> tuple[np.ndarray, float, np.ndarray]:
@@ -117,6 +214,7 @@ def find_tissue(slide: Slide, config: TissueConfig) -> tuple[np.ndarray, float, 
 def _plan(
     path: Path, key: str, out_dir: Path, *, spec: MethodSpec, config: SegmentConfig, mpp: float | None, overwrite: bool
 ) -> SlidePlan:
+    identity = slide_identity(path)
     with open_slide(path, mpp=mpp) as slide:
         thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)
         shape = slide.shape_at(spec.mpp)
@@ -130,7 +228,7 @@ def _plan(
     plan = SlidePlan(
         key, str(path), str(out_dir), "todo", slide_mpp=mpp, mpp=spec.mpp, level0_scale=spec.mpp / slide_mpp,
         grid=grid, params=params, tissue_area_mm2=float(tissue.sum()) * (thumb_mpp / 1000.0) ** 2,
-        thumbnail_mpp=thumb_mpp, model_id=spec.model_id, map_hash=map_hash, run_hash=run_hash,
+        thumbnail_mpp=thumb_mpp, model_id=spec.model_id, map_hash=map_hash, run_hash=run_hash, identity=identity,
     )
     return _reconcile(plan, slide_mpp=slide_mpp, overwrite=overwrite)
 
@@ -152,6 +250,14 @@ def _reconcile(plan: SlidePlan, *, slide_mpp: float, overwrite: bool) -> SlidePl
     out_dir = Path(plan.out_dir)
     if overwrite and out_dir.exists():
         shutil.rmtree(out_dir)
+    recorded = recorded_identity(out_dir) if out_dir.is_dir() else None
+    if recorded is not None and not _same_slide(recorded, plan.identity):
+        raise _Refused(
+            f"{out_dir} holds results of another slide ({recorded.get('path')}), not of {plan.path}; "
+            "pass --overwrite to replace them, or choose another -o"
+        )
+    remove_partials(out_dir)  # left by a killed or failed run of this slide; never results
+    clear_error_log(out_dir)
     if _finished_with(out_dir, plan.run_hash):
         return replace(plan, status="done")
     existing = open_map(plan.map_path)
@@ -160,7 +266,7 @@ def _reconcile(plan: SlidePlan, *, slide_mpp: float, overwrite: bool) -> SlidePl
         assert plan.grid is not None
         return replace(plan, todo=tuple(t.index for t in plan.grid.tiles if t.chunk not in done))
     if existing is not None or (out_dir / "summary.json").exists():
-        raise InputError(
+        raise _Refused(
             f"{out_dir} holds results of slide {plan.path} made with another model, method or tiling; "
             "pass --overwrite to redo it, or choose another output folder"
         )
@@ -178,6 +284,7 @@ def _map_attrs(plan: SlidePlan, slide_mpp: float) -> dict[str, Any]:
         "level0_offset": [0, 0],
         "level0_scale": plan.level0_scale,
         "slide_path": plan.path,
+        "slide_identity": plan.identity,
         "model_id": plan.model_id,
         "map_hash": plan.map_hash,
         "tile_size": plan.grid.tiles[0].size if plan.grid.tiles else None,
