@@ -36,6 +36,9 @@ def _register() -> None:
     from nucflow._cli.train import train
 
     main.add_command(train)
+    from nucflow._cli.validate import validate
+
+    main.add_command(validate)
 
 
 _register()

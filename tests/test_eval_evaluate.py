@@ -121,9 +121,17 @@ def test_unet_with_a_tiny_model(tiny_set):
     assert report.settings["model"]["unet"]
 
 
+def test_no_method_scores_the_bundled_model(tiny_set):
+    from nucflow.models import default_model_path, load_model
+
+    report = evaluate(tiny_set / "img", tiny_set / "gt", mpp=0.25)
+    assert report.methods == ("unet",)
+    assert report.settings["model"]["unet"] == load_model(default_model_path()).card.model_id
+
+
 def test_errors(tiny_set):
     img, gt = tiny_set / "img", tiny_set / "gt"
-    with pytest.raises(EvaluationError, match="nothing to evaluate"):
+    with pytest.raises(EvaluationError, match="give --mpp .* to run unet"):  # no method: the model
         evaluate(img, gt)
     with pytest.raises(EvaluationError, match="plain tiles carry no resolution: give --mpp"):
         evaluate(img, gt, methods=["threshold"])

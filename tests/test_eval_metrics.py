@@ -179,3 +179,33 @@ def test_convenience_functions(two_nuclei):
 def test_shape_mismatch_is_refused():
     with pytest.raises(EvaluationError, match=r"same shape, got \(3, 3\) and \(3, 4\)"):
         m.dice(np.zeros((3, 3)), np.zeros((3, 4)))
+
+
+def test_points_matched_one_to_one_within_a_radius():
+    pred = np.zeros((40, 40), np.int32)
+    pred[0:4, 0:4] = 1  # centroid (1.5, 1.5)
+    pred[10:14, 10:14] = 2  # centroid (11.5, 11.5)
+    pred[30:34, 30:34] = 3  # centroid (31.5, 31.5)
+    # two points near object 1 (only one may match it), one 3 px from object 2, one far from all
+    points = np.array([[1.5, 2.5], [2.5, 1.5], [11.5, 14.5], [25.0, 5.0]])
+    counts = m.count_points(pred, points, max_distance=4.0)
+    assert (counts.det_tp, counts.n_pred, counts.n_true) == (2, 3, 4)
+    s = counts.scores()
+    assert s["det_precision"] == pytest.approx(2 / 3) and s["det_recall"] == pytest.approx(2 / 4)
+    assert s["f1_50"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))
+    # within 2 px only object 1 matches (object 2's point is 3 px away)
+    assert m.count_points(pred, points, max_distance=2.0).det_tp == 1
+    # a point inside no object still matches a centroid within reach; the inside rule would miss it
+    near = np.array([[15.0, 11.5]])
+    assert m.count_points(pred, near, max_distance=4.0).det_tp == 1
+    assert m.count_points(pred, near).det_tp == 0
+
+
+def test_points_matching_keeps_ki67_pairs():
+    pred = np.zeros((20, 20), np.int32)
+    pred[2:6, 2:6], pred[12:16, 12:16] = 1, 2
+    points = np.array([[13.5, 13.5], [3.5, 3.5]])
+    counts = m.count_points(pred, points, max_distance=3.0, pred_positive={1: True, 2: False},
+                            point_positive=np.array([False, True]))
+    s = counts.scores()
+    assert s["ki67_accuracy"] == 1.0 and s["li_pred"] == 50.0 and s["li_true"] == 50.0

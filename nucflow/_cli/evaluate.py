@@ -20,26 +20,29 @@ _DIR = click.Path(file_okay=False, path_type=Path)
                    "masks, DeepLIIF colour code, or point CSVs.")
 @click.option("--pred", type=_DIR, help="Folder of predicted label images to score (reported as method 'pred').")
 @click.option("--method", "methods", multiple=True, type=click.Choice(["unet", "threshold", "deconvolution"]),
-              help="Segment the images with this method; repeat to compare several side by side.")
+              help="Segment the images with this method; repeat to compare several side by side "
+                   "(default, without --pred: unet, the bundled model).")
 @click.option("--model", type=click.Path(path_type=Path), help="Model for --method unet (default: the bundled one).")
 @click.option("--mpp", type=float, help="µm per pixel of the tiles (required to run a method; 0.25 at 40x).")
 @click.option("--truth-format", type=click.Choice(["labels", "binary", "deepliif", "points"]),
               help="Force the truth format instead of detecting it per file.")
 @click.option("--stain", "stain_profile", default="ki67", show_default=True,
               help="Stain profile (post-processing, DAB threshold) for baselines and --pred.")
-@click.option("--sigma", type=float, default=1.0, show_default=True, help="Gaussian sigma (px) of the baselines.")
+@click.option("--sigma", type=float, help="Gaussian sigma (px) of the baselines (default: segment.yaml's).")
+@click.option("--model-mpp", type=float, help="Run the model at this µm/px instead of its card's.")
 @click.option("-o", "--out", type=_DIR, required=True, help="Report folder: scores.csv, scores.json, scores.md.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the score table.")
 def evaluate(images: Path, truth: Path, pred: Path | None, methods: tuple[str, ...], model: Path | None,
-             mpp: float | None, truth_format: str | None, stain_profile: str, sigma: float, out: Path,
-             quiet: bool) -> None:
+             mpp: float | None, truth_format: str | None, stain_profile: str, sigma: float | None,
+             model_mpp: float | None, out: Path, quiet: bool) -> None:
     """Score segmentations against ground truth with the paper's metrics (per image, mean, pooled)."""
     from nucflow.evaluation import evaluate as run_evaluate
     from nucflow.evaluation import write_report
 
     try:
         report = run_evaluate(images, truth, pred=pred, methods=methods, model=model, mpp=mpp,
-                              truth_format=truth_format, stain_profile=stain_profile, sigma=sigma)
+                              truth_format=truth_format, stain_profile=stain_profile, sigma=sigma,
+                              model_mpp=model_mpp)
         written = write_report(report, out)
     except NucflowError as exc:
         raise click.ClickException(str(exc)) from exc

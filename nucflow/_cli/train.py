@@ -24,7 +24,9 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
 
 @click.command()
 @click.option("--slides", multiple=True, help="Slide files or quoted globs (repeatable).")
-@click.option("--tiles", multiple=True, help="Folders (or files) of IHC tile images (repeatable).")
+@click.option("--tiles", multiple=True,
+              help="Folders (or files) of IHC tile images (repeatable); DIR@MPP gives their µm/px "
+                   "(default: the config's data.tile_mpp).")
 @click.option("--masks", multiple=True, required=True,
               help="Folders of instance/binary masks or PanNuke masks.npy (repeatable).")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -41,10 +43,11 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint.")
 @click.option("--skimage-ihc", is_flag=True, default=None,
               help="Add scikit-image's IHC image to the tiles.")
+@click.option("--seed", type=int, help="Random seed (overrides the configuration's).")
 def train(slides: tuple[str, ...], tiles: tuple[str, ...], masks: tuple[str, ...], out: Path,
           config_path: Path | None, workers: int, gpus_per_worker: float, cpus_per_worker: float,
           max_steps: int | None, storage: str | None, address: str | None, resume: bool,
-          skimage_ihc: bool | None) -> None:
+          skimage_ihc: bool | None, seed: int | None) -> None:
     """Train the segmentator adversarially against unpaired MASKS on Ray Train."""
     from dataclasses import replace
 
@@ -55,6 +58,8 @@ def train(slides: tuple[str, ...], tiles: tuple[str, ...], masks: tuple[str, ...
         config = load_train_config(config_path)
         if skimage_ihc:
             config = replace(config, data=replace(config.data, skimage_ihc=True))
+        if seed is not None:
+            config = replace(config, seed=seed)
         result = run(
             slides=_expand(slides), tiles=list(tiles), masks=list(masks), out=out,
             config=config, workers=workers, gpus_per_worker=gpus_per_worker,

@@ -11,6 +11,14 @@ from nucflow.evaluation._truth import (
     read_labels,
     read_truth,
 )
+from nucflow.evaluation._validation import (
+    VALIDATION_METRICS,
+    ValidationReport,
+    ValidationSet,
+    load_validation_sets,
+    validate,
+    write_validation,
+)
 from nucflow.evaluation.metrics import (
     METRICS,
     Counts,
@@ -37,6 +45,9 @@ __all__ = [
     "EvaluationReport",
     "ImageScore",
     "Truth",
+    "VALIDATION_METRICS",
+    "ValidationReport",
+    "ValidationSet",
     "aji",
     "balanced_accuracy",
     "count_instances",
@@ -55,5 +66,8 @@ __all__ = [
     "read_labels",
     "read_truth",
     "recall",
+    "load_validation_sets",
+    "validate",
     "write_report",
+    "write_validation",
 ]

@@ -1,9 +1,12 @@
 """Score segmentations of a folder of images against their ground truth.
 
 For each method (a folder of predicted label images, the trained ``unet``, or one of the
-paper's baselines) and each image: segment it (unless predictions are given), call each
-predicted nucleus Ki67-positive when its mean DAB optical density reaches the stain
-profile's ``dab_threshold``, and count the metrics of :mod:`nucflow.evaluation.metrics`.
+paper's baselines) and each image: segment it the way ``segment`` does
+(:func:`nucflow.pipeline.image.segment_image`: same working resolution, same per-image Otsu
+fit on the tissue of the thumbnail, same post-processing), call each predicted nucleus
+positive with the stain profile's rule (:func:`nucflow.postprocess.dab_positive`, as
+``segment``'s ``dab_positive`` column), and count the metrics of
+:mod:`nucflow.evaluation.metrics` on the image's own pixel grid.
 """
 
 from __future__ import annotations
@@ -13,11 +16,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from scipy import ndimage
-from skimage.transform import resize
 
 from nucflow.errors import EvaluationError
 from nucflow.evaluation._report import EvaluationReport, ImageScore
@@ -32,13 +32,19 @@ from nucflow.evaluation._truth import (
     read_truth,
 )
 from nucflow.evaluation.metrics import Counts, count_instances, count_points
+from nucflow.inference.predictors import METHODS
+from nucflow.pipeline.image import positive_calls as _positive_calls
 
-__all__ = ["EVALUATION_METHODS", "PRED_METHOD", "evaluate", "positive_calls"]
+__all__ = ["DEFAULT_METHODS", "EVALUATION_METHODS", "POINT_MATCH_UM", "PRED_METHOD", "evaluate", "positive_calls"]
 
 log = logging.getLogger(__name__)
 
-#: Methods :func:`evaluate` can run itself.
-EVALUATION_METHODS = ("unet", "threshold", "deconvolution")
+#: Methods :func:`evaluate` can run itself (the same as ``segment --method``).
+EVALUATION_METHODS = METHODS
+#: What :func:`evaluate` runs when given neither methods nor predictions: the trained model.
+DEFAULT_METHODS = ("unet",)
+#: A predicted nucleus matches an annotated point when its centroid lies within this many µm.
+POINT_MATCH_UM = 4.0
 #: The method name under which given predictions (``pred=``) are reported.
 PRED_METHOD = "pred"
 
@@ -65,7 +71,8 @@ def evaluate(
     mpp: float | None = None,
     truth_format: str | None = None,
     stain_profile: str = "ki67",
-    sigma: float = 1.0,
+    sigma: float | None = None,
+    model_mpp: float | None = None,
     progress: Progress | None = None,
 ) -> EvaluationReport:
     """Score predictions and/or methods on the images of a folder against their truth.
@@ -81,7 +88,7 @@ def evaluate(
         Folder of predicted label images (or binary masks), paired by stem; reported as
         method ``"pred"``.
     methods : sequence of {"unet", "threshold", "deconvolution"}
-        Methods to run on the images, side by side.
+        Methods to run on the images, side by side; none (and no ``pred``) runs ``unet``.
     model : path, optional
         Model for ``unet`` (default: the bundled model).
     mpp : float, optional
@@ -89,10 +96,11 @@ def evaluate(
     truth_format : str, optional
         Force one of :data:`TRUTH_FORMATS` instead of detecting it per file.
     stain_profile : str
-        Post-processing and DAB threshold of the baselines and given predictions (``unet``
-        uses its model card's profile).
-    sigma : float
-        Gaussian standard deviation (px) of the baselines.
+        Post-processing and positivity rule of every method and of given predictions.
+    sigma : float, optional
+        Gaussian standard deviation (px) of the baselines (default: ``segment.yaml``'s).
+    model_mpp : float, optional
+        Run the model at this µm/px instead of its card's.
     progress : callable(done, total, message), optional
         Called after each image and method.
 
@@ -104,12 +112,13 @@ def evaluate(
     Raises
     ------
     EvaluationError
-        No method given, an unknown method, a missing ``mpp``, unpaired files, unreadable
+        An unknown method, a missing ``mpp``, unpaired files, unreadable
         or mismatched images and truth, or an unusable model.
     """
     methods = _check_methods(methods, pred=pred, mpp=mpp, truth_format=truth_format)
     cases = _cases(Path(images), Path(truth), None if pred is None else Path(pred))
-    runners = {m: _runner(m, model=model, mpp=mpp, stain_profile=stain_profile, sigma=sigma) for m in methods}
+    runners = {m: _runner(m, model=model, mpp=mpp, stain_profile=stain_profile, sigma=sigma, model_mpp=model_mpp)
+               for m in methods}
     scores: list[ImageScore] = []
     total, done = len(cases) * len(methods), 0
     for case in cases:
@@ -117,8 +126,8 @@ def evaluate(
         gt = read_truth(case.truth, format=truth_format)
         _check_shapes(case, rgb, gt)
         for method, run in runners.items():
-            labels = run(rgb, case)
-            counts = _count(labels, gt, rgb, run.dab_threshold)
+            labels, positive = run(rgb, case)
+            counts = _count(labels, gt, positive, mpp=mpp)
             scores.append(ImageScore(method=method, image=case.name, truth_format=gt.format, counts=counts))
             done += 1
             log.info("%s %s: %d nuclei predicted, %d true", method, case.name, counts.n_pred, counts.n_true)
@@ -135,6 +144,8 @@ def evaluate(
             "truth_format": truth_format,
             "stain_profile": stain_profile,
             "sigma": sigma,
+            "model_mpp": model_mpp,
+            "point_match_um": POINT_MATCH_UM,
             "model": {m: r.model_id for m, r in runners.items() if r.model_id},
         },
     )
@@ -150,9 +161,9 @@ def _check_methods(
         )
     if truth_format is not None and truth_format not in TRUTH_FORMATS:
         raise EvaluationError(f"unknown truth format {truth_format!r}; choose one of {', '.join(TRUTH_FORMATS)}")
+    if pred is None and not methods:
+        methods = DEFAULT_METHODS
     chosen = ([PRED_METHOD] if pred is not None else []) + list(dict.fromkeys(methods))
-    if not chosen:
-        raise EvaluationError("nothing to evaluate: give predictions (--pred DIR) or at least one --method")
     if len(chosen) > (pred is not None) and mpp is None:
         raise EvaluationError(
             "plain tiles carry no resolution: give --mpp (µm per pixel, e.g. 0.25 for 40x DeepLIIF tiles) "
@@ -179,116 +190,89 @@ def _check_shapes(case: _Case, rgb: np.ndarray, gt: Truth) -> None:
         )
 
 
-def _count(labels: np.ndarray, gt: Truth, rgb: np.ndarray, dab_threshold: float) -> Counts:
-    pred_positive = positive_calls(rgb, labels, dab_threshold=dab_threshold)
+def _count(labels: np.ndarray, gt: Truth, positive: dict[int, bool], *, mpp: float | None) -> Counts:
     if gt.points is not None:
-        return count_points(labels, gt.points, pred_positive=pred_positive, point_positive=gt.point_positive)
+        reach = POINT_MATCH_UM / mpp if mpp is not None else None
+        return count_points(labels, gt.points, pred_positive=positive, point_positive=gt.point_positive,
+                            max_distance=reach)
     assert gt.labels is not None
-    return count_instances(labels, gt.labels, pred_positive=pred_positive, true_positive=gt.positive)
+    return count_instances(labels, gt.labels, pred_positive=positive, true_positive=gt.positive)
 
 
-def positive_calls(rgb: np.ndarray, labels: np.ndarray, *, dab_threshold: float) -> dict[int, bool]:
-    """Ki67 call of each nucleus: mean DAB optical density (base 10) >= ``dab_threshold``.
-
-    The same call as the ``dab_positive`` column of segment's nucleus tables.
+def positive_calls(rgb: np.ndarray, labels: np.ndarray, *, stain_profile: str = "ki67") -> dict[int, bool]:
+    """Ki67 call of each nucleus by the stain profile's rule: the ``dab_positive`` of segment's tables.
 
     Parameters
     ----------
     rgb : np.ndarray uint8 (rows, cols, 3)
     labels : np.ndarray int (rows, cols)
         0 = background.
-    dab_threshold : float
+    stain_profile : str
+        Name or YAML path of the stain profile whose rule applies.
 
     Returns
     -------
     dict[int, bool]
         Object id -> positive.
     """
-    from nucflow.postprocess import stain_od
+    from nucflow.postprocess import load_stain_profile
 
-    ids = np.unique(labels[labels > 0])
-    if len(ids) == 0:
-        return {}
-    _, dab = stain_od(rgb)
-    means = ndimage.mean(dab, labels=labels, index=ids)
-    return {int(i): bool(m >= dab_threshold) for i, m in zip(ids, means, strict=True)}
+    return _positive_calls(rgb, labels, load_stain_profile(stain_profile))
+
+
+Segmenter = Callable[[np.ndarray, _Case], tuple[np.ndarray, dict[int, bool]]]
 
 
 class _Runner:
-    """Turns an image into predicted labels for one method."""
+    """Turns an image into predicted labels (on the image's pixel grid) and their calls."""
 
-    def __init__(self, segment: Callable[[np.ndarray, _Case], np.ndarray], *, dab_threshold: float, model_id: str = ""):
+    def __init__(self, segment: Segmenter, *, model_id: str = ""):
         self._segment = segment
-        self.dab_threshold = dab_threshold
         self.model_id = model_id
 
-    def __call__(self, rgb: np.ndarray, case: _Case) -> np.ndarray:
-        labels = self._segment(rgb, case)
+    def __call__(self, rgb: np.ndarray, case: _Case) -> tuple[np.ndarray, dict[int, bool]]:
+        labels, positive = self._segment(rgb, case)
         if labels.shape != rgb.shape[:2]:
             raise EvaluationError(
                 f"prediction for {case.image} is {labels.shape[0]}x{labels.shape[1]} px but the image is "
                 f"{rgb.shape[0]}x{rgb.shape[1]}"
             )
-        return labels
+        return labels, positive
 
 
-def _runner(method: str, *, model: str | Path | None, mpp: float | None, stain_profile: str, sigma: float) -> _Runner:
+def _runner(method: str, *, model: str | Path | None, mpp: float | None, stain_profile: str,
+            sigma: float | None, model_mpp: float | None) -> _Runner:
+    from dataclasses import replace
+
+    from nucflow.errors import ConfigError, ModelError
+    from nucflow.pipeline import load_segment_config
+    from nucflow.pipeline.image import method_spec, segment_image
     from nucflow.postprocess import load_stain_profile
 
-    config = load_stain_profile(stain_profile)
-    if method == PRED_METHOD:
-        return _Runner(_read_pred, dab_threshold=config.dab_threshold)
-    assert mpp is not None, "_check_methods requires mpp to run a method"
-    if method == "unet":
-        return _unet_runner(model, mpp=mpp)
-    return _Runner(_baseline(method, mpp=mpp, config=config, sigma=sigma), dab_threshold=config.dab_threshold)
-
-
-def _read_pred(rgb: np.ndarray, case: _Case) -> np.ndarray:
-    assert case.pred is not None, "_cases pairs every image with a prediction when pred is given"
-    return read_labels(case.pred)
-
-
-def _baseline(method: str, *, mpp: float, config: Any, sigma: float) -> Callable[[np.ndarray, _Case], np.ndarray]:
-    from nucflow.inference.baselines import baseline_probability
-    from nucflow.postprocess import label_nuclei
-
-    def segment(rgb: np.ndarray, case: _Case) -> np.ndarray:
-        prob = baseline_probability(rgb, method=method, sigma=sigma)
-        return label_nuclei(prob, mpp=mpp, config=config)
-
-    return segment
-
-
-def _unet_runner(model: str | Path | None, *, mpp: float) -> _Runner:
-    from nucflow.errors import ModelError
-    from nucflow.inference import predict_image
-    from nucflow.models import default_model_path, load_model
-    from nucflow.postprocess import label_nuclei, load_stain_profile
-
-    path = model if model is not None else default_model_path()
-    if path is None:
-        raise EvaluationError("method unet needs a model: pass --model PATH (no default model ships with this install)")
     try:
-        loaded = load_model(path)
+        profile = load_stain_profile(stain_profile)
+    except ConfigError as exc:
+        raise EvaluationError(str(exc)) from None
+    if method == PRED_METHOD:
+        def read_pred(rgb: np.ndarray, case: _Case) -> tuple[np.ndarray, dict[int, bool]]:
+            assert case.pred is not None, "_cases pairs every image with a prediction when pred is given"
+            labels = read_labels(case.pred)
+            return labels, _positive_calls(rgb, labels, profile) if labels.shape == rgb.shape[:2] else {}
+
+        return _Runner(read_pred)
+    assert mpp is not None, "_check_methods requires mpp to run a method"
+    config = load_segment_config()
+    config = replace(config, method=method, model=str(model) if model is not None else None,
+                     model_mpp=model_mpp, stain_profile=stain_profile,
+                     baseline_sigma=config.baseline_sigma if sigma is None else sigma)
+    try:
+        spec = method_spec(config)
     except ModelError as exc:
-        raise EvaluationError(f"cannot evaluate unet: {exc}") from None
-    config = load_stain_profile(loaded.card.stain_profile)
+        raise EvaluationError(f"cannot evaluate {method}: {exc}") from None
+    predictor = spec.build(amp=config.inference.amp, channels_last=config.inference.channels_last)
 
-    def segment(rgb: np.ndarray, case: _Case) -> np.ndarray:
-        work = _resample(rgb, mpp / loaded.card.mpp)
-        prob = predict_image(work, loaded)
-        if prob.shape != rgb.shape[:2]:
-            prob = resize(prob, rgb.shape[:2], order=1, preserve_range=True).astype(np.float32)
-        return label_nuclei(prob, mpp=mpp, config=config)
+    def segment(rgb: np.ndarray, case: _Case) -> tuple[np.ndarray, dict[int, bool]]:
+        result = segment_image(rgb, mpp=mpp, spec=spec, config=config, predictor=predictor)
+        return result.labels_at(rgb.shape[:2], mpp), result.positive(profile)
 
-    return _Runner(segment, dab_threshold=config.dab_threshold, model_id=loaded.card.model_id)
-
-
-def _resample(rgb: np.ndarray, scale: float) -> np.ndarray:
-    """An RGB image resized by ``scale`` (image mpp / model mpp), uint8."""
-    if abs(scale - 1.0) < 1e-3:
-        return rgb
-    shape = (max(1, round(rgb.shape[0] * scale)), max(1, round(rgb.shape[1] * scale)))
-    out = resize(rgb, shape, order=1, anti_aliasing=scale < 1, preserve_range=True)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return _Runner(segment, model_id=spec.model_id if method == "unet" else "")

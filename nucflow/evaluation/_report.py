@@ -40,6 +40,8 @@ _TITLES = {
     "object_dice": "ObjDice",
     "object_hausdorff": "ObjHaus(px)",
     "f1_50": "F1@.5",
+    "det_precision": "DetP",
+    "det_recall": "DetR",
     "pq": "PQ",
     "ki67_accuracy": "Ki67Acc",
     "li_pred": "LI pred%",
@@ -49,7 +51,8 @@ _TITLES = {
 }
 # Scores shown as percentages in the paper-style markdown table.
 _MEAN_TITLE = "Mean over images (the paper's aggregation)"
-_PERCENT = {"dice", "balanced_accuracy", "precision", "recall", "aji", "object_dice", "f1_50", "pq", "ki67_accuracy"}
+_PERCENT = {"dice", "balanced_accuracy", "precision", "recall", "aji", "object_dice", "f1_50", "det_precision",
+            "det_recall", "pq", "ki67_accuracy"}
 
 
 @dataclass(frozen=True)

@@ -50,12 +50,14 @@ class SegmentConfig:
     """Everything ``segment`` does besides its inputs and outputs.
 
     ``method`` is ``unet`` (the trained model), ``threshold`` or ``deconvolution`` (the
-    paper's baselines, run at ``baseline_mpp`` µm/px). ``stain_profile`` names a file of
+    paper's baselines, run at ``baseline_mpp`` µm/px). ``model_mpp`` runs the model at another
+    working resolution than its card's (None: the card's). ``stain_profile`` names a file of
     ``configs/stains/`` (or is a path to one) with the post-processing settings.
     """
 
     method: str = "unet"
     model: str | None = None
+    model_mpp: float | None = None
     stain_profile: str = "ki67"
     baseline_mpp: float = 0.5
     baseline_sigma: float = 1.0
@@ -68,6 +70,10 @@ class SegmentConfig:
     def __post_init__(self) -> None:
         if self.postprocess_threads is not None and self.postprocess_threads < 1:
             raise ConfigError(f"postprocess_threads must be >= 1 or null, got {self.postprocess_threads}")
+        for name in ("baseline_mpp", "model_mpp"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int | float) and 0 < value < 100):
+                raise ConfigError(f"{name} must be a positive number of µm per pixel, got {value!r}")
         if self.postprocess_cpus < 0:
             raise ConfigError(f"postprocess_cpus must be >= 0, got {self.postprocess_cpus}")
 

@@ -11,6 +11,7 @@ from nucflow.postprocess._blocked import Block, empty_table, iter_nuclei_parts, 
 from nucflow.postprocess._config import (
     PixelSizes,
     PostprocessConfig,
+    dab_positive,
     load_stain_profile,
     stain_profiles,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "PixelSizes",
     "PostprocessConfig",
     "RgbReader",
+    "dab_positive",
     "empty_table",
     "iter_nuclei_parts",
     "label_nuclei",

@@ -6,10 +6,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from nucflow.config import CONFIG_DIR, load_config
 from nucflow.errors import ConfigError
 
-__all__ = ["PixelSizes", "PostprocessConfig", "load_stain_profile", "stain_profiles"]
+__all__ = ["PixelSizes", "PostprocessConfig", "dab_positive", "load_stain_profile", "stain_profiles"]
 
 STAIN_DIR = CONFIG_DIR / "stains"
 
@@ -64,6 +66,11 @@ class PostprocessConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
 
+    def positive(self, dab_od: np.ndarray, hematoxylin_od: np.ndarray) -> np.ndarray:
+        """The positivity call of nuclei with these mean DAB and hematoxylin ODs (see :func:`dab_positive`)."""
+        return dab_positive(dab_od, hematoxylin_od, dab_threshold=self.dab_threshold,
+                            dab_min_fraction=self.dab_min_fraction)
+
     def in_pixels(self, mpp: float) -> PixelSizes:
         """The physical settings at ``mpp`` µm/px, and the block halo they need."""
         if not mpp > 0:
@@ -89,6 +96,20 @@ class PostprocessConfig:
         )
 
 
+def dab_positive(
+    dab_od: np.ndarray, hematoxylin_od: np.ndarray, *, dab_threshold: float, dab_min_fraction: float
+) -> np.ndarray:
+    """DAB positivity of nuclei from their mean optical densities (base 10): the one rule that
+    ``segment``'s ``dab_positive`` column and ``evaluate``'s Ki67 calls both use.
+
+    A nucleus is positive when its mean DAB OD is at least ``dab_threshold`` and at least
+    ``dab_min_fraction`` of its hematoxylin + DAB OD. NaN densities are never positive.
+    """
+    dab = np.asarray(dab_od, np.float64)
+    stained = dab + np.asarray(hematoxylin_od, np.float64)
+    return (dab >= dab_threshold) & (dab >= dab_min_fraction * stained)
+
+
 def stain_profiles() -> list[str]:
     """Names of the stain profiles shipped in ``configs/stains``."""
     return sorted(p.stem for p in STAIN_DIR.glob("*.yaml"))
@@ -110,4 +131,8 @@ def load_stain_profile(name_or_path: str | Path) -> PostprocessConfig:
                 f"unknown stain profile {str(name_or_path)!r}; "
                 f"known: {', '.join(stain_profiles())}, or pass a .yaml file"
             )
+    elif not path.is_file():
+        raise ConfigError(
+            f"stain profile file {path} does not exist; known profiles: {', '.join(stain_profiles())}"
+        )
     return load_config(PostprocessConfig, path)

@@ -13,6 +13,7 @@ from scipy import ndimage as ndi
 from skimage.color import hed_from_rgb
 
 from nucflow.errors import InputError
+from nucflow.postprocess._config import dab_positive
 
 __all__ = [
     "COLUMNS",
@@ -170,8 +171,8 @@ def region_measures(
     columns["mean_probability"] = means["probability"][indices]
     columns["hematoxylin_od"] = means["hematoxylin"][indices]
     columns["dab_od"] = means["dab"][indices]
-    dab, stained = columns["dab_od"], columns["dab_od"] + columns["hematoxylin_od"]
-    columns["dab_positive"] = (dab >= dab_threshold) & (dab >= dab_min_fraction * stained)
+    columns["dab_positive"] = dab_positive(columns["dab_od"], columns["hematoxylin_od"],
+                                           dab_threshold=dab_threshold, dab_min_fraction=dab_min_fraction)
     return columns, list(outlines)
 
 

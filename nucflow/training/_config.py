@@ -64,6 +64,8 @@ class DataConfig:
     ``scale_jitter`` rescales crops by a random factor in [1/(1+j), 1+j] (20x/40x variety).
     ``pseudo_method`` makes the warm start's pseudo-masks: "threshold" (Otsu on smoothed
     luminance) or "deconvolution" (Otsu on the log hematoxylin + DAB optical density).
+    ``balance_sources`` draws each source (a tile folder, a slide, scikit-image's image)
+    equally often instead of by area, so one large collection does not dominate.
     """
 
     mpp: float = 0.5
@@ -75,6 +77,7 @@ class DataConfig:
     tiles_per_slide: int = 64
     skimage_ihc: bool = False
     pseudo_method: str = "threshold"
+    balance_sources: bool = False
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "IhcImage",
     "find_images",
+    "split_mpp",
     "load_ihc",
     "load_masks",
     "pseudo_mask",
@@ -40,18 +41,45 @@ _WHOLE_SLIDE_MAX = 4096 * 4096
 class IhcImage:
     """An IHC image at the working resolution with its label-free pseudo-mask.
 
-    ``rgb`` is (rows, cols, 3) uint8, ``pseudo`` (rows, cols) bool.
+    ``rgb`` is (rows, cols, 3) uint8, ``pseudo`` (rows, cols) bool. ``group`` names the
+    image's origin (a tile's folder, a slide, scikit-image) for balanced sampling.
     """
 
     rgb: np.ndarray
     pseudo: np.ndarray
     source: str
+    group: str = ""
+
+
+def split_mpp(path: str | Path) -> tuple[Path, float | None]:
+    """``"DIR@0.5"`` -> (DIR, 0.5): a tile folder (or file) with the µm/px of its images.
+
+    Without ``@MPP`` the resolution is None (the configuration's ``tile_mpp`` applies).
+    """
+    text = str(path)
+    head, sep, tail = text.rpartition("@")
+    if not sep:
+        return Path(text), None
+    try:
+        mpp = float(tail)
+    except ValueError:
+        return Path(text), None
+    if not (math.isfinite(mpp) and mpp > 0):
+        raise TrainingError(f"tile path {text}: the resolution after '@' must be a positive µm/px, got {tail}")
+    return Path(head), mpp
 
 
 def find_images(paths: Sequence[str | Path], *, what: str) -> list[Path]:
-    """Image files in ``paths`` (files or folders, sorted); none found is a TrainingError."""
+    """Image files in ``paths`` (files or folders, sorted); none found is a TrainingError.
+
+    A path may end in ``@MPP`` (see :func:`split_mpp`); each file found keeps that suffix.
+    """
     found: list[Path] = []
-    for path in map(Path, paths):
+    for given in paths:
+        path, mpp = split_mpp(given)
+        if mpp is not None:
+            found += [Path(f"{p}@{mpp:g}") for p in find_images([path], what=what)]
+            continue
         if path.is_dir():
             found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         elif path.is_file():
@@ -84,8 +112,9 @@ def _rescale_rgb(rgb: np.ndarray, scale: float) -> np.ndarray:
     return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
 
-def _image(rgb: np.ndarray, source: str, method: str) -> IhcImage:
-    return IhcImage(rgb=np.ascontiguousarray(rgb), pseudo=pseudo_mask(rgb, method), source=source)
+def _image(rgb: np.ndarray, source: str, method: str, group: str = "") -> IhcImage:
+    return IhcImage(rgb=np.ascontiguousarray(rgb), pseudo=pseudo_mask(rgb, method), source=source,
+                    group=group or source)
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -106,7 +135,7 @@ def _slide_images(path: Path, config: DataConfig, rng: np.random.Generator) -> l
         rows, cols = slide.shape_at(config.mpp)
         if rows * cols <= _WHOLE_SLIDE_MAX:
             rgb = slide.read(mpp=config.mpp, row=0, col=0, rows=rows, cols=cols)
-            return [_image(rgb, path.name, config.pseudo_method)]
+            return [_image(rgb, path.name, config.pseudo_method, group=path.name)]
         thumb, thumb_mpp = slide.thumbnail()
         tissue = np.argwhere(tissue_mask(thumb, mpp=thumb_mpp))
         if len(tissue) == 0:
@@ -117,7 +146,7 @@ def _slide_images(path: Path, config: DataConfig, rng: np.random.Generator) -> l
         return [
             _image(slide.read(mpp=config.mpp, row=int(r) - side // 2, col=int(c) - side // 2,
                               rows=side, cols=side), f"{path.name}@{int(r)},{int(c)}",
-                   config.pseudo_method)
+                   config.pseudo_method, group=path.name)
             for r, c in centres
         ]
 
@@ -132,7 +161,8 @@ def load_ihc(
     """Load IHC training images at ``config.mpp`` from slides, tile files and (optionally) skimage.
 
     Slides are opened with :func:`nucflow.slide.open_slide` (their own resolution); tile
-    files are assumed to be at ``config.tile_mpp``.
+    files are at the resolution their ``@MPP`` suffix gives, else at ``config.tile_mpp``.
+    Each tile's group is its folder (one stain source), each slide its own group.
     """
     images: list[IhcImage] = []
     for path in slides:
@@ -140,13 +170,15 @@ def load_ihc(
             images += _slide_images(path, config, rng)
         except SlideError as exc:
             raise TrainingError(f"cannot use slide {path} for training: {exc}") from None
-    scale = config.tile_mpp / config.mpp
-    for path in tiles:
-        images.append(_image(_rescale_rgb(_read_rgb(path), scale), path.name, config.pseudo_method))
+    for given in tiles:
+        path, mpp = split_mpp(given)
+        scale = (mpp or config.tile_mpp) / config.mpp
+        images.append(_image(_rescale_rgb(_read_rgb(path), scale), path.name, config.pseudo_method,
+                             group=path.parent.name))
     if config.skimage_ihc:
         from skimage.data import immunohistochemistry
 
-        rgb = _rescale_rgb(immunohistochemistry(), scale)
+        rgb = _rescale_rgb(immunohistochemistry(), config.tile_mpp / config.mpp)
         images.append(_image(rgb, "skimage-ihc", config.pseudo_method))
     return images
 
@@ -192,13 +224,29 @@ def _crop(array: np.ndarray, side: int, rng: np.random.Generator, fill: float) -
     return array[row : row + side, col : col + side]
 
 
+def sampling_weights(images: Sequence[IhcImage], *, balance_groups: bool = False) -> np.ndarray:
+    """Probability of drawing each image: by area, or (``balance_groups``) each group equally
+    likely and, within a group, by area, so no single source dominates the batches."""
+    areas = np.array([im.rgb.shape[0] * im.rgb.shape[1] for im in images], float)
+    if not balance_groups:
+        return areas / areas.sum()
+    groups = [im.group or im.source for im in images]
+    totals: dict[str, float] = {}
+    for g, a in zip(groups, areas, strict=True):
+        totals[g] = totals.get(g, 0.0) + a
+    weights = np.array([a / totals[g] for g, a in zip(groups, areas, strict=True)]) / len(totals)
+    return weights / weights.sum()
+
+
 def sample_ihc(
     images: Sequence[IhcImage], *, n: int, crop: int, scale_jitter: float,
-    rng: np.random.Generator,
+    rng: np.random.Generator, balance_groups: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` augmented crops: RGB (n, crop, crop, 3) float32 in [0, 1], pseudo (n, crop, crop)."""
-    areas = np.array([im.rgb.shape[0] * im.rgb.shape[1] for im in images], float)
-    picks = rng.choice(len(images), size=n, p=areas / areas.sum())
+    """``n`` augmented crops: RGB (n, crop, crop, 3) float32 in [0, 1], pseudo (n, crop, crop).
+
+    Images are drawn with :func:`sampling_weights`.
+    """
+    picks = rng.choice(len(images), size=n, p=sampling_weights(images, balance_groups=balance_groups))
     rgbs, pseudos = [], []
     for i in picks:
         scale = math.exp(rng.uniform(-1, 1) * math.log1p(scale_jitter))

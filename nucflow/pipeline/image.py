@@ -1,0 +1,151 @@
+"""How a method runs on an image: the steps ``segment`` takes on a slide, in memory.
+
+One owner for what a method *is* at run time, shared by ``segment`` (slides, tiled on Ray,
+post-processed in Dask blocks) and ``evaluate`` (annotated tiles, in memory):
+
+- :func:`method_spec`: the method and its working resolution (the model card's µm/px for
+  ``unet`` unless ``model_mpp`` overrides it; ``baseline_mpp`` for the baselines);
+- :func:`fit_params`: the baselines' Otsu threshold, fitted once per image on the tissue of
+  its thumbnail;
+- :func:`segment_image`: tissue, tile grid, prediction of the tiles that touch tissue, and the
+  stain profile's post-processing at the working resolution, as ``segment`` does. The slide
+  pipeline's stitched map and blocked labels are tested equal to these in-memory steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nucflow.errors import ModelError
+from nucflow.inference.predictors import MethodSpec
+from nucflow.inference.tiled import auto_tile_size, predict_tiles
+from nucflow.pipeline.config import SegmentConfig, TissueConfig
+from nucflow.slide import Slide, tile_grid, tissue_mask
+from nucflow.slide.reader import array_slide
+
+__all__ = [
+    "ImageSegmentation", "find_tissue", "fit_params", "input_multiple", "method_spec", "positive_calls",
+    "resample_labels", "segment_image",
+]
+
+
+def method_spec(config: SegmentConfig) -> MethodSpec:
+    """The method of ``config`` with its working resolution (and, for ``unet``, the loaded model)."""
+    if config.method != "unet":
+        return MethodSpec(config.method, mpp=config.baseline_mpp, sigma=config.baseline_sigma)
+    from nucflow.models import default_model_path, load_model
+
+    path = config.model or default_model_path()
+    if path is None:
+        raise ModelError("no model given and no bundled default model; pass --model PATH or --method threshold")
+    loaded = load_model(path)
+    return MethodSpec("unet", mpp=config.model_mpp or loaded.card.mpp, model=loaded)
+
+
+def input_multiple(spec: MethodSpec) -> int:
+    """Tile sides must be a multiple of this (the UNet's downsampling; 32 for the baselines)."""
+    return int(spec.model.card.input_multiple) if spec.model is not None else 32
+
+
+def find_tissue(slide: Slide, config: TissueConfig) -> tuple[np.ndarray, float, np.ndarray]:
+    """The slide's thumbnail (uint8 RGB), its µm/px, and its tissue mask (bool), as ``config`` sets."""
+    thumb, thumb_mpp = slide.thumbnail(max_size=config.thumbnail_size)
+    mask = tissue_mask(
+        thumb, mpp=thumb_mpp, min_saturation=config.min_saturation,
+        max_luminance=config.max_luminance, min_area_um2=config.min_area_um2,
+    )
+    return thumb, thumb_mpp, mask
+
+
+def fit_params(spec: MethodSpec, thumb: np.ndarray, tissue: np.ndarray) -> dict[str, Any]:
+    """Per-image predictor parameters: the baselines' Otsu threshold, fitted on the thumbnail's tissue."""
+    if spec.method == "unet" or not tissue.any():
+        return {}
+    from nucflow.inference.baselines import fit_threshold
+
+    return {"threshold": float(fit_threshold(thumb, method=spec.method, sigma=spec.sigma, mask=tissue))}
+
+
+@dataclass(frozen=True)
+class ImageSegmentation:
+    """Labels of one image at the working resolution ``mpp``, with the RGB they were read from."""
+
+    labels: np.ndarray  # (rows, cols) int32, 0 = background
+    probability: np.ndarray  # (rows, cols) float32
+    rgb: np.ndarray  # (rows, cols, 3) uint8 at ``mpp``
+    mpp: float
+
+    def positive(self, profile: Any) -> dict[int, bool]:
+        """Each nucleus' DAB call with the stain profile's rule, from the working-resolution RGB."""
+        return positive_calls(self.rgb, self.labels, profile)
+
+    def labels_at(self, shape: tuple[int, int], mpp: float) -> np.ndarray:
+        """The labels on the pixel grid of the original image (``shape`` at ``mpp`` µm/px), nearest."""
+        return resample_labels(self.labels, shape, scale=mpp / self.mpp)
+
+
+def segment_image(
+    rgb: np.ndarray, *, mpp: float, spec: MethodSpec, config: SegmentConfig, predictor: Any = None,
+    batch_size: int = 4,
+) -> ImageSegmentation:
+    """Run ``spec`` on an in-memory RGB image at ``mpp`` µm/px the way ``segment`` runs it on a slide.
+
+    ``predictor`` (built from ``spec`` when None) may be passed to reuse one across images.
+    """
+    from nucflow.postprocess import label_nuclei, load_stain_profile
+
+    slide = array_slide(rgb, mpp=mpp)
+    _, _, tissue = thumb_tissue = find_tissue(slide, config.tissue)
+    params = fit_params(spec, thumb_tissue[0], tissue)
+    shape = slide.shape_at(spec.mpp)
+    work = slide.read(mpp=spec.mpp, row=0, col=0, rows=shape[0], cols=shape[1])
+    margin = config.inference.margin
+    size = config.inference.tile_size or auto_tile_size(input_multiple(spec), margin=margin)
+    grid = tile_grid(shape, tile_size=size, margin=margin, tissue=tissue)
+    if predictor is None:
+        predictor = spec.build(amp=config.inference.amp, channels_last=config.inference.channels_last)
+
+    def read(row: int, col: int, rows: int, cols: int) -> np.ndarray:
+        return slide.read(mpp=spec.mpp, row=row, col=col, rows=rows, cols=cols)
+
+    prob = np.zeros(shape, np.float32)
+    for tile, core in predict_tiles(read, grid.tiles, predictor, batch_size=batch_size, params=params):
+        prob[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols] = core
+    labels = label_nuclei(prob, mpp=spec.mpp, config=load_stain_profile(config.stain_profile))
+    return ImageSegmentation(labels=labels, probability=prob, rgb=work, mpp=spec.mpp)
+
+
+def positive_calls(rgb: np.ndarray, labels: np.ndarray, profile: Any) -> dict[int, bool]:
+    """Object id -> DAB-positive, by the stain profile's rule on the nucleus' mean ODs."""
+    from scipy import ndimage
+
+    from nucflow.postprocess import stain_od
+
+    ids = np.unique(labels[labels > 0])
+    if len(ids) == 0:
+        return {}
+    hematoxylin, dab = stain_od(rgb)
+    calls = profile.positive(ndimage.mean(dab, labels=labels, index=ids),
+                             ndimage.mean(hematoxylin, labels=labels, index=ids))
+    return {int(i): bool(c) for i, c in zip(ids, calls, strict=True)}
+
+
+def resample_labels(labels: np.ndarray, shape: tuple[int, int], *, scale: float) -> np.ndarray:
+    """A label image on another pixel grid of the same region, nearest neighbour.
+
+    ``scale`` is the size of a target pixel in source pixels (target µm/px over source µm/px);
+    pixel centres are aligned as :meth:`nucflow.slide.Slide.read` aligns them.
+    """
+    if labels.shape == tuple(shape) and abs(scale - 1.0) < 1e-9:
+        return labels
+    rows = _nearest(labels.shape[0], shape[0], scale)
+    cols = _nearest(labels.shape[1], shape[1], scale)
+    return labels[np.ix_(rows, cols)]
+
+
+def _nearest(source: int, target: int, scale: float) -> np.ndarray:
+    centres = (np.arange(target) + 0.5) * scale
+    return np.clip(np.floor(centres).astype(np.int64), 0, source - 1)

@@ -1,0 +1,77 @@
+"""Tile-sized inputs and one way to run a method: ``segment`` and ``evaluate`` agree on a real tile."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+from skimage import io as skio
+
+from nucflow.evaluation import evaluate
+from nucflow.pipeline import load_segment_config, segment
+from nucflow.pipeline.image import method_spec, segment_image
+from nucflow.postprocess import load_stain_profile
+from nucflow.slide import tissue_mask
+
+LUNG1_NUCLEI = 61
+
+
+@pytest.fixture(scope="module")
+def lung1(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DeepLIIF's Lung1 tile (512x512 at 0.25 µm/px) and its truth, in folders of their own."""
+    root = tmp_path_factory.mktemp("lung1")
+    for kind in ("images", "groundtruth"):
+        (root / kind).mkdir()
+        shutil.copy(shared_data / "ihc/deepliif" / kind / "Lung1.png", root / kind / "Lung1.png")
+    return root
+
+
+def test_a_tile_that_is_all_tissue_is_kept(lung1: Path) -> None:
+    rgb = skio.imread(lung1 / "images/Lung1.png")[..., :3]
+    defaults = load_segment_config().tissue
+    # 0.016 mm² of tissue, below the 0.02 mm² speck area: kept because it is the whole image
+    mask = tissue_mask(rgb, mpp=0.25, min_area_um2=defaults.min_area_um2)
+    assert mask.mean() > 0.9
+    # on a slide thumbnail a small speck is still dropped
+    thumb = np.full((400, 400, 3), 245, np.uint8)
+    thumb[10:14, 10:14] = (120, 80, 140)
+    thumb[100:300, 100:300] = (200, 150, 180)
+    mask = tissue_mask(thumb, mpp=8.0, min_area_um2=defaults.min_area_um2)
+    assert not mask[10:14, 10:14].any() and mask[150:250, 150:250].all()
+
+
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("method", ["unet", "threshold"])
+def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, method: str) -> None:
+    config = replace(load_segment_config(), method=method)  # the default configuration
+    result = segment([lung1 / "images/Lung1.png"], tmp_path / "out", config=config, mpp=0.25)
+    assert [s.status for s in result.slides] == ["ok"], result.slides
+    table = gpd.read_parquet(tmp_path / "out" / result.slides[0].slide / "nuclei.parquet")
+    assert len(table) > LUNG1_NUCLEI // 2  # a tile-sized image finds its nuclei
+
+    rgb = skio.imread(lung1 / "images/Lung1.png")[..., :3]
+    spec = method_spec(config)
+    mine = segment_image(rgb, mpp=0.25, spec=spec, config=config)
+    assert int(mine.labels.max()) == len(table)
+    # the same nuclei: centroids (level-0 px) agree, and so do the positivity calls
+    labels = mine.labels
+    index = np.arange(1, len(table) + 1)
+    rows, cols = np.nonzero(labels)
+    area = np.bincount(labels[rows, cols], minlength=len(index) + 1)[1:]
+    centre = np.stack([np.bincount(labels[rows, cols], weights=w, minlength=len(index) + 1)[1:] / area
+                       for w in (rows, cols)], axis=1)
+    ours = (centre + 0.5) * (spec.mpp / 0.25) - 0.5  # working-resolution px -> level-0 px
+    theirs = table[["centroid_y", "centroid_x"]].to_numpy()
+    distance, _ = cKDTree(theirs).query(ours)
+    assert distance.max() < 1.0, distance.max()
+    calls = mine.positive(load_stain_profile(config.stain_profile))
+    assert sum(calls.values()) == int(table["dab_positive"].sum())
+
+    report = evaluate(lung1 / "images", lung1 / "groundtruth", methods=[method], mpp=0.25)
+    row = next(r for r in report.rows() if r["image"] == "Lung1")
+    assert row["n_pred"] == len(table) and row["n_true"] == LUNG1_NUCLEI
