@@ -284,12 +284,12 @@ def test_finishing_follows_tiles_as_they_are_recorded(tmp_path: Path, demo_svs: 
 
     from nucflow.inference.store import ProbabilityMap
     from nucflow.pipeline.finish import finish_slide
+    from nucflow.pipeline.image import method_spec
     from nucflow.pipeline.plan import plan_slide
-    from nucflow.pipeline.run import _method_spec
 
     config = replace(SMALL_TILES, method="threshold", postprocess_block=64, postprocess_threads=1)
     segment([demo_svs], tmp_path / "run", config=config)
-    spec = _method_spec(config)
+    spec = method_spec(config)
     tables = {}
     for name in ("reference", "following"):
         shutil.copytree(tmp_path / "run" / "demo" / "probability.zarr", tmp_path / name / "demo" / "probability.zarr")

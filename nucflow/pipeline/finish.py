@@ -16,7 +16,8 @@ from nucflow import __version__
 from nucflow.atomic import write_json
 from nucflow.inference.store import ProbabilityMap
 from nucflow.pipeline.config import SegmentConfig
-from nucflow.pipeline.plan import SlidePlan, find_tissue
+from nucflow.pipeline.image import find_tissue
+from nucflow.pipeline.plan import SlidePlan
 from nucflow.postprocess import (
     Block,
     NucleusTableWriter,

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from nucflow import __version__
 from nucflow.atomic import remove_partials
 from nucflow.config import config_hash, to_dict
@@ -22,11 +20,12 @@ from nucflow.errors import InputError, NucflowError, SlideError
 from nucflow.inference.predictors import MethodSpec
 from nucflow.inference.store import create_map, open_map
 from nucflow.inference.tiled import auto_tile_size
-from nucflow.pipeline.config import SegmentConfig, TissueConfig
+from nucflow.pipeline.config import SegmentConfig
 from nucflow.pipeline.failures import clear_error_log, error_line, record_failure
-from nucflow.slide import Slide, TileGrid, open_slide, safe_slide_name, slide_stem, tile_grid, tissue_mask
+from nucflow.pipeline.image import find_tissue, fit_params, input_multiple
+from nucflow.slide import TileGrid, open_slide, safe_slide_name, slide_stem, tile_grid
 
-__all__ = ["SlidePlan", "expand_slides", "find_tissue", "output_names", "plan_slide"]
+__all__ = ["SlidePlan", "expand_slides", "output_names", "plan_slide"]
 
 log = logging.getLogger(__name__)
 
@@ -201,16 +200,6 @@ def plan_slide(
         return SlidePlan(key, str(path), str(out_dir), "failed", error=line, error_log=log_path)
 
 
-def find_tissue(slide: Slide, config: TissueConfig) -> tuple[np.ndarray, float, np.ndarray]:
-    """The slide's thumbnail (uint8 RGB), its µm/px, and its tissue mask (bool), as ``config`` sets."""
-    thumb, thumb_mpp = slide.thumbnail(max_size=config.thumbnail_size)
-    mask = tissue_mask(
-        thumb, mpp=thumb_mpp, min_saturation=config.min_saturation,
-        max_luminance=config.max_luminance, min_area_um2=config.min_area_um2,
-    )
-    return thumb, thumb_mpp, mask
-
-
 def _plan(
     path: Path, key: str, out_dir: Path, *, spec: MethodSpec, config: SegmentConfig, mpp: float | None, overwrite: bool
 ) -> SlidePlan:
@@ -220,9 +209,9 @@ def _plan(
         shape = slide.shape_at(spec.mpp)
         slide_mpp = slide.mpp
     margin = config.inference.margin
-    size = config.inference.tile_size or auto_tile_size(_multiple(spec), margin=margin)
+    size = config.inference.tile_size or auto_tile_size(input_multiple(spec), margin=margin)
     grid = tile_grid(shape, tile_size=size, margin=margin, tissue=tissue)
-    params = _fit_params(spec, thumb, tissue)
+    params = fit_params(spec, thumb, tissue)
     map_hash = config_hash(spec.model_id, spec.mpp, spec.sigma, size, margin, to_dict(config.tissue), params, mpp)
     run_hash = config_hash(map_hash, to_dict(config), __version__)
     plan = SlidePlan(
@@ -231,19 +220,6 @@ def _plan(
         thumbnail_mpp=thumb_mpp, model_id=spec.model_id, map_hash=map_hash, run_hash=run_hash, identity=identity,
     )
     return _reconcile(plan, slide_mpp=slide_mpp, overwrite=overwrite)
-
-
-def _multiple(spec: MethodSpec) -> int:
-    return int(spec.model.card.input_multiple) if spec.model is not None else 32
-
-
-def _fit_params(spec: MethodSpec, thumb: np.ndarray, tissue: np.ndarray) -> dict[str, Any]:
-    """Per-slide predictor parameters: the baselines' Otsu threshold, fitted on tissue."""
-    if spec.method == "unet" or not tissue.any():
-        return {}
-    from nucflow.inference.baselines import fit_threshold
-
-    return {"threshold": float(fit_threshold(thumb, method=spec.method, sigma=spec.sigma, mask=tissue))}
 
 
 def _reconcile(plan: SlidePlan, *, slide_mpp: float, overwrite: bool) -> SlidePlan:

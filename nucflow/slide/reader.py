@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from nucflow.errors import InputError, SlideError
 
-__all__ = ["Slide", "metadata_mpp", "open_slide", "safe_slide_name", "slide_stem"]
+__all__ = ["Slide", "check_mpp", "metadata_mpp", "open_slide", "safe_slide_name", "slide_stem"]
 
 _PLAIN_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 _WHITE = 255
@@ -197,6 +197,12 @@ def array_slide(rgb: np.ndarray, *, mpp: float, name: str = "<array>") -> Slide:
     return Slide(Path(name), _Opened(_ArrayBackend(_as_rgb(np.asarray(rgb), Path(name))), mpp, "array"), mpp=mpp)
 
 
+def check_mpp(mpp: float) -> None:
+    """Refuse a level-0 resolution that is not a finite positive number (``--mpp``)."""
+    if not (isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0):
+        raise InputError(f"--mpp must be a positive number of µm per pixel, got {mpp}")
+
+
 def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
     """Open a whole-slide image or plain image.
 
@@ -220,8 +226,8 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
         raise SlideError(f"slide {path} is a folder, not a slide file")
     if path.is_file() and path.stat().st_size == 0:
         raise SlideError(f"slide {path} is empty (0 bytes); the copy or download may have failed")
-    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
-        raise InputError(f"--mpp must be a positive number of µm per pixel, got {mpp}")
+    if mpp is not None:
+        check_mpp(mpp)
     opened = _open_openslide(path) or _open_plain(path)
     resolution = mpp if mpp is not None else opened.mpp
     if resolution is None or not resolution > 0:
