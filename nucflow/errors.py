@@ -13,6 +13,7 @@ __all__ = [
     "InputError",
     "ModelError",
     "NucflowError",
+    "PreflightError",
     "SlideError",
     "TrainingError",
 ]
@@ -24,6 +25,15 @@ class NucflowError(Exception):
 
 class InputError(NucflowError, ValueError):
     """A path, glob or option given by the user is unusable."""
+
+
+class PreflightError(InputError):
+    """What a run found wrong before starting any work: every problem, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"nothing was started: {len(self.problems)} problem(s) to fix first:\n{lines}")
 
 
 class ConfigError(NucflowError, ValueError):

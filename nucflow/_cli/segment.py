@@ -24,7 +24,10 @@ __all__ = ["segment"]
 @click.option("--method", type=click.Choice(["unet", "threshold", "deconvolution"]),
               help="unet (trained model, default) or one of the paper's baselines.")
 @click.option("--model", type=click.Path(path_type=Path), help="Model .safetensors (card beside it) or folder.")
-@click.option("--mpp", type=float, help="Level-0 µm/px, for slides without it in their metadata (overrides).")
+@click.option("--mpp", type=float,
+              help="Level-0 µm/px, for slides without it in their metadata (overrides it, with a warning).")
+@click.option("--force-mpp", is_flag=True,
+              help="Use --mpp even when it is more than 2x from a slide's metadata (refused otherwise).")
 @click.option("--stain", "stain_profile", help="Stain profile: ki67, her2, or a YAML path.")
 @click.option("--geojson", is_flag=True, help="Also write nuclei.geojson for QuPath.")
 @click.option("--overwrite", is_flag=True, help="Redo slides already (partly) done instead of resuming.")
@@ -75,7 +78,8 @@ def _report(result: Any) -> None:
     click.echo(f"summary: {result.out / 'summary.csv'}")
     if result.failed:
         for s in result.failed:
-            click.echo(f"FAILED {s.slide} ({s.path}): {s.error}", err=True)
+            where = f" [details: {s.error_log}]" if s.error_log else ""
+            click.echo(f"FAILED {s.slide} ({s.path}): {s.error}{where}", err=True)
         names = ", ".join(s.slide for s in result.failed)
         raise click.ClickException(f"{len(result.failed)} slide(s) failed: {names}")
 

@@ -174,7 +174,7 @@ def _same_slide(recorded: dict[str, Any], identity: dict[str, Any]) -> bool:
     return recorded.get("path") == identity["path"]
 
 
-class _Refused(InputError):
+class OutputFolderError(InputError):
     """The output folder holds results this run must not reuse (another slide, model or tiling)."""
 
 
@@ -188,7 +188,7 @@ def plan_slide(
     out_dir = out / key
     try:
         return _plan(path, key, out_dir, spec=spec, config=config, mpp=mpp, overwrite=overwrite)
-    except _Refused as exc:  # the folder's results stay as they are: no log written into it
+    except OutputFolderError as exc:  # the folder's results stay as they are: no log written into it
         return SlidePlan(key, str(path), str(out_dir), "failed", error=error_line(exc))
     except NucflowError as exc:
         if not isinstance(exc, SlideError | InputError):
@@ -228,7 +228,7 @@ def _reconcile(plan: SlidePlan, *, slide_mpp: float, overwrite: bool) -> SlidePl
         shutil.rmtree(out_dir)
     recorded = recorded_identity(out_dir) if out_dir.is_dir() else None
     if recorded is not None and not _same_slide(recorded, plan.identity):
-        raise _Refused(
+        raise OutputFolderError(
             f"{out_dir} holds results of another slide ({recorded.get('path')}), not of {plan.path}; "
             "pass --overwrite to replace them, or choose another -o"
         )
@@ -242,7 +242,7 @@ def _reconcile(plan: SlidePlan, *, slide_mpp: float, overwrite: bool) -> SlidePl
         assert plan.grid is not None
         return replace(plan, todo=tuple(t.index for t in plan.grid.tiles if t.chunk not in done))
     if existing is not None or (out_dir / "summary.json").exists():
-        raise _Refused(
+        raise OutputFolderError(
             f"{out_dir} holds results of slide {plan.path} made with another model, method or tiling; "
             "pass --overwrite to redo it, or choose another output folder"
         )

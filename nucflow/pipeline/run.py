@@ -14,15 +14,17 @@ from typing import Any
 
 import ray
 
-from nucflow.atomic import write_json, write_text
+from nucflow.atomic import remove_partials, write_json, write_text
 from nucflow.cluster import ClusterConfig, check_shared_path, load_cluster_config, ray_session
 from nucflow.errors import ModelError
 from nucflow.inference.actors import TileScheduler, WorkItem, actor_options_for_cluster
 from nucflow.inference.predictors import MethodSpec, parse_method
 from nucflow.inference.store import ProbabilityMap
 from nucflow.pipeline.config import SegmentConfig
+from nucflow.pipeline.failures import record_failure
 from nucflow.pipeline.finish import finish_slide
-from nucflow.pipeline.plan import SlidePlan, expand_slides, output_names, plan_slide
+from nucflow.pipeline.plan import SlidePlan, plan_slide
+from nucflow.pipeline.preflight import preflight
 
 __all__ = ["Progress", "SegmentResult", "SlideResult", "segment"]
 
@@ -48,6 +50,7 @@ class SlideResult:
     status: str
     error: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
+    error_log: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ def segment(
     method: str | None = None,
     model: str | Path | None = None,
     mpp: float | None = None,
+    force_mpp: bool = False,
     overwrite: bool = False,
     geojson: bool = False,
     address: str | None = None,
@@ -88,7 +92,8 @@ def segment(
     out : output folder; each slide gets ``out/<slide>/`` and the run ``out/summary.csv``.
     config : settings (``configs/segment.yaml`` when None); ``method`` and ``model``
         override its fields.
-    mpp : level-0 µm/px for slides whose metadata lacks it (overrides metadata).
+    mpp : level-0 µm/px for slides whose metadata lacks it (overrides metadata, with a
+        warning; refused when more than 2x from a slide's metadata unless ``force_mpp``).
     overwrite : redo slides that are already (partly) done instead of resuming.
     geojson : also write ``nuclei.geojson`` for QuPath.
     address : Ray cluster to join (else ``RAY_ADDRESS``, else a local Ray).
@@ -99,18 +104,25 @@ def segment(
     -------
     SegmentResult
         Per-slide outcome; a failed slide does not stop the others.
+
+    Raises
+    ------
+    PreflightError
+        Before any work starts, listing every problem found (see :mod:`nucflow.pipeline.preflight`).
     """
     from nucflow.pipeline.config import load_segment_config
 
     config = config or load_segment_config()
     config = replace(config, method=parse_method(method or config.method), model=str(model) if model else config.model)
     out = Path(out).resolve()
-    paths = expand_slides(slides)
-    spec = _method_spec(config)
+    ready = preflight(slides, out, config=config, mpp=mpp, force_mpp=force_mpp, load_spec=_method_spec)
+    paths, spec = ready.paths, ready.spec
     cluster = cluster_config or load_cluster_config()
     # Slides are planned (thumbnail, tissue, Zarr map) while Ray and the model actors start.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        planned = pool.submit(_plan_all, paths, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite)
+        planned = pool.submit(
+            _plan_all, paths, ready.names, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite
+        )
         with ray_session(address, config=cluster) as info:
             scheduler = _start_actors(spec, config, cluster)
             try:
@@ -125,12 +137,20 @@ def segment(
 
 
 def _plan_all(
-    paths: list[Path], out: Path, *, spec: MethodSpec, config: SegmentConfig, mpp: float | None, overwrite: bool
+    paths: list[Path],
+    names: list[str],
+    out: Path,
+    *,
+    spec: MethodSpec,
+    config: SegmentConfig,
+    mpp: float | None,
+    overwrite: bool,
 ) -> list[SlidePlan]:
     started = time.perf_counter()
+    remove_partials(out)  # a killed run's summary.csv
     plans = [
         plan_slide(p, key, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite)
-        for p, key in zip(paths, output_names(paths), strict=True)
+        for p, key in zip(paths, names, strict=True)
     ]
     per_slide = round((time.perf_counter() - started) / max(1, len(plans)), 3)
     return [replace(p, seconds={"plan": per_slide}) for p in plans]
@@ -165,7 +185,9 @@ def _run(
     progress: ProgressCallback | None,
 ) -> list[SlideResult]:
     outcome: dict[str, SlideResult] = {
-        p.key: SlideResult(p.key, p.path, "failed", error=p.error) for p in plans if p.status == "failed"
+        p.key: SlideResult(p.key, p.path, "failed", error=p.error, error_log=p.error_log)
+        for p in plans
+        if p.status == "failed"
     }
     outcome.update({p.key: SlideResult(p.key, p.path, "skipped") for p in plans if p.status == "done"})
     active = [p for p in plans if p.status == "todo"]
@@ -207,7 +229,7 @@ class _Tracker:
         self.remaining = {p.key: len(p.todo) for p in plans}
         self.started = {p.key: time.perf_counter() for p in plans}
         self.inference_s: dict[str, float] = {}
-        self.errors: dict[str, str] = {}
+        self.errors: dict[str, tuple[str, str]] = {}  # slide -> (error line, error log)
         self.finishing: dict[str, Any] = {}
         self.waiting: list[str] = []  # slides whose finishing task has not started, in order
         self.running: dict[Any, str] = {}  # finishing task -> slide
@@ -256,8 +278,9 @@ class _Tracker:
     def failed(self, item: WorkItem, exc: BaseException) -> None:
         key = item.slide_key
         if key not in self.errors:
-            log.error("slide %s failed: %s", key, exc)
-            self.errors[key] = f"{type(exc).__name__}: {exc}"
+            plan = self.plans[key]
+            self.errors[key] = record_failure(plan.out_dir, plan.path, exc, stage="inference")
+            log.info("slide %s failed: %s", key, self.errors[key][0])  # the caller reports it, once
             self._drop_finishing(key)
         self.done += len(item.tiles)
         self._report("tiles", self.done, self.total, key)
@@ -288,7 +311,10 @@ class _Tracker:
             if self.running:
                 ray.wait(list(self.running), num_returns=1)
             self._pump()
-        results = {k: SlideResult(k, self.plans[k].path, "failed", error=e) for k, e in self.errors.items()}
+        results = {
+            k: SlideResult(k, self.plans[k].path, "failed", error=line, error_log=log_path)
+            for k, (line, log_path) in self.errors.items()
+        }
         for n, (key, ref) in enumerate(self.finishing.items(), start=1):
             results[key] = self._collect(key, ref)
             self._report("slides", n, len(self.finishing), key)
@@ -298,9 +324,9 @@ class _Tracker:
         path = self.plans[key].path
         try:
             summary = ray.get(ref)
-        except ray.exceptions.RayTaskError as exc:
-            cause = exc.as_instanceof_cause()
-            return SlideResult(key, path, "failed", error=f"post-processing: {type(cause).__name__}: {cause}")
+        except ray.exceptions.RayError as exc:  # the task raised, or its worker died
+            line, log_path = record_failure(self.plans[key].out_dir, path, exc, stage="post-processing")
+            return SlideResult(key, path, "failed", error=line, error_log=log_path)
         # The task started before the slide's last tile: the driver adds the inference time.
         summary["seconds"] = {**summary["seconds"], "inference": round(self.inference_s.get(key, 0.0), 3)}
         write_json(Path(self.plans[key].out_dir) / "summary.json", summary)
@@ -318,7 +344,7 @@ def _largest_node_cpus() -> float:
 
 
 _CSV_FIELDS = (
-    "slide", "path", "status", "error", "nuclei", "positive", "labelling_index_percent",
+    "slide", "path", "status", "error", "error_log", "nuclei", "positive", "labelling_index_percent",
     "tissue_area_mm2", "nuclei_per_mm2", "tiles", "seconds_total",
 )
 
@@ -336,5 +362,5 @@ def _write_run_summary(path: Path, result: SegmentResult) -> None:
             summary = json.loads((result.out / s.slide / "summary.json").read_text())
         seconds = sum(summary.get("seconds", {}).values())
         writer.writerow({**summary, "slide": s.slide, "path": s.path, "status": s.status, "error": s.error,
-                         "seconds_total": round(seconds, 3) if summary else ""})
+                         "error_log": s.error_log, "seconds_total": round(seconds, 3) if summary else ""})
     write_text(path, buffer.getvalue())

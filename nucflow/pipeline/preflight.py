@@ -1,0 +1,129 @@
+"""Before Ray starts: everything a user can get wrong, checked at once and reported together.
+
+:func:`preflight` checks the slide paths and globs, the output folder (created and
+test-written), the stain profile (name or file, and its keys), the method's model, ``--mpp``
+(finite and positive, and within :data:`MPP_TOLERANCE` of each slide's own metadata unless
+forced) and that no two slides share an output folder. Every problem found is one line of
+one :class:`~nucflow.errors.PreflightError`, raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nucflow.errors import InputError, NucflowError, PreflightError
+from nucflow.inference.predictors import MethodSpec
+from nucflow.pipeline.config import SegmentConfig
+from nucflow.pipeline.plan import expand_slides, output_names
+from nucflow.slide import check_mpp, metadata_mpp
+
+__all__ = ["MPP_TOLERANCE", "Ready", "preflight"]
+
+log = logging.getLogger(__name__)
+
+#: ``--mpp`` may differ from a slide's metadata by at most this factor, either way, unless forced.
+MPP_TOLERANCE = 2.0
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What the checks resolved: the slides, their output folder names, the method."""
+
+    paths: list[Path]
+    names: list[str]
+    spec: MethodSpec
+
+
+def preflight(
+    slides: Sequence[str | Path],
+    out: Path,
+    *,
+    config: SegmentConfig,
+    mpp: float | None,
+    force_mpp: bool,
+    load_spec: Callable[[SegmentConfig], MethodSpec],
+) -> Ready:
+    """Check a run before it starts; raise :class:`PreflightError` listing every problem.
+
+    ``load_spec`` builds the method (loading and checking the model). Creates ``out``.
+    Slides that exist but cannot be read are not problems here: they fail on their own
+    later, and the other slides go on.
+    """
+    problems: list[str] = []
+    paths: list[Path] = []
+    try:
+        paths = expand_slides(slides)
+    except InputError as exc:
+        problems.extend(str(exc).splitlines())
+    problems.extend(_output_problems(out))
+    problems.extend(_stain_problems(config))
+    spec = None
+    try:
+        spec = load_spec(config)
+    except NucflowError as exc:
+        problems.append(str(exc))
+    problems.extend(_mpp_problems(paths, mpp, force=force_mpp))
+    names: list[str] = []
+    try:
+        names = output_names(paths, out)
+    except InputError as exc:
+        problems.append(str(exc))
+    if problems or spec is None:
+        raise PreflightError(problems)
+    return Ready(paths, names, spec)
+
+
+def _output_problems(out: Path) -> list[str]:
+    if out.exists() and not out.is_dir():
+        return [f"output folder {out} is a file; choose another -o"]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".nucflow-write-test-"):
+            pass
+    except OSError as exc:
+        return [f"output folder {out} cannot be written ({exc.strerror or exc}); choose another -o"]
+    return []
+
+
+def _stain_problems(config: SegmentConfig) -> list[str]:
+    from nucflow.postprocess import load_stain_profile
+
+    try:
+        load_stain_profile(config.stain_profile)
+    except NucflowError as exc:
+        return [f"stain profile {config.stain_profile!r}: {exc}"]
+    return []
+
+
+def _mpp_problems(paths: list[Path], mpp: float | None, *, force: bool) -> list[str]:
+    """``--mpp`` invalid, or too far from slides' metadata; logs which metadata it overrides."""
+    if mpp is None:
+        return []
+    try:
+        check_mpp(mpp)
+    except InputError as exc:
+        return [str(exc)]
+    problems, overridden = [], []
+    for path in paths:
+        own = metadata_mpp(path)
+        if own is None or not own > 0 or math.isclose(own, mpp, rel_tol=1e-6):
+            continue
+        factor = max(mpp / own, own / mpp)
+        if factor > MPP_TOLERANCE and not force:
+            problems.append(
+                f"--mpp {mpp:g} is {factor:.3g}x {'coarser' if mpp > own else 'finer'} than the {own:.4g} µm/px "
+                f"in the metadata of slide {path}; check it, or pass --force-mpp to use it anyway"
+            )
+        else:
+            overridden.append(f"{path.name} ({own:.4g} µm/px)")
+    if overridden and not problems:
+        log.warning(
+            "--mpp %g overrides the resolution in the metadata of %d slide(s): %s",
+            mpp, len(overridden), ", ".join(overridden),
+        )
+    return problems
