@@ -123,3 +123,32 @@ def test_default_model_when_shipped() -> None:
     out = model(torch.rand(1, 3, side, side))
     assert out.shape == (1, 1, side, side)
     assert np.isfinite(out.detach().numpy()).all()
+
+
+def test_test_time_augmentation_averages_the_views(tmp_path):
+    import numpy as np
+    import torch
+
+    from nucflow.inference.predictors import UNetPredictor
+    from nucflow.models import ModelCard, build_unet, load_model, save_model
+
+    card = ModelCard(ngf=4, depth=3, norm="none", dropout=0.0, dropout_blocks=0, r=1.0, mpp=0.5, tile_size=64)
+    torch.manual_seed(0)
+    save_model(tmp_path / "m", build_unet(card), card)
+    model = load_model(tmp_path / "m")
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    plain = UNetPredictor(model, amp=False, channels_last=False)
+    views = []
+    for k in range(4):
+        for flip in (False, True):
+            view = np.rot90(batch, k, axes=(1, 2))
+            view = view[:, :, ::-1] if flip else view
+            prob = plain(np.ascontiguousarray(view))
+            prob = prob[:, :, ::-1] if flip else prob
+            views.append(np.rot90(prob, -k, axes=(1, 2)))
+    dihedral = UNetPredictor(model, amp=False, channels_last=False, tta="dihedral")(batch)
+    np.testing.assert_allclose(dihedral, np.mean(views, axis=0), atol=1e-5)
+    flips = UNetPredictor(model, amp=False, tta="flips")(batch)
+    np.testing.assert_allclose(flips, np.mean([views[i] for i in (0, 1, 4, 5)], axis=0), atol=1e-5)
+    assert not np.allclose(dihedral, plain(batch), atol=1e-4)  # the views differ: averaging did something

@@ -16,10 +16,14 @@ import numpy as np
 from nucflow.errors import InputError
 
 __all__ = [
-    "METHODS", "BaselinePredictor", "MethodSpec", "Predictor", "UNetPredictor", "cpu_has_native_bf16", "parse_method",
+    "METHODS", "TTA_MODES", "BaselinePredictor", "MethodSpec", "Predictor", "UNetPredictor", "cpu_has_native_bf16",
+    "parse_method",
 ]
 
 METHODS = ("unet", "threshold", "deconvolution")
+#: Test-time augmentation of the model: none, the 4 flips, or the 8 flips and 90° rotations
+#: (square tiles), their probabilities averaged.
+TTA_MODES = ("none", "flips", "dihedral")
 
 
 class Predictor(Protocol):
@@ -42,13 +46,15 @@ class MethodSpec:
     """What a model actor needs to build its predictor: a method and, for ``unet``, the model.
 
     ``model`` is a :class:`nucflow.models.LoadedModel` (weights travel through Ray's object
-    store, never through a pickle file). ``mpp`` is the working resolution in µm/px.
+    store, never through a pickle file). ``mpp`` is the working resolution in µm/px;
+    ``tta`` one of :data:`TTA_MODES` (the model only).
     """
 
     method: str
     mpp: float
     model: Any = None
     sigma: float = 1.0
+    tta: str = "none"
 
     @property
     def model_id(self) -> str:
@@ -56,7 +62,7 @@ class MethodSpec:
 
     def build(self, *, device: str = "cpu", amp: bool = True, channels_last: bool = True) -> Predictor:
         if self.method == "unet":
-            return UNetPredictor(self.model, device=device, amp=amp, channels_last=channels_last)
+            return UNetPredictor(self.model, device=device, amp=amp, channels_last=channels_last, tta=self.tta)
         return BaselinePredictor(self.method, sigma=self.sigma)
 
 
@@ -70,9 +76,14 @@ class UNetPredictor:
     the next batch in another thread while this one computes.
     """
 
-    def __init__(self, model: Any, *, device: str = "cpu", amp: bool = True, channels_last: bool = True) -> None:
+    def __init__(
+        self, model: Any, *, device: str = "cpu", amp: bool = True, channels_last: bool = True, tta: str = "none"
+    ) -> None:
         import torch
 
+        if tta not in TTA_MODES:
+            raise InputError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA_MODES)}")
+        self.tta = tta
         self._torch = torch
         self.device = torch.device(device)
         self.network = model.build(self.device)
@@ -99,7 +110,22 @@ class UNetPredictor:
         return x
 
     def forward(self, x: Any) -> Any:
-        """The network alone: prepared input -> (N, H, W) float32 probabilities on the device."""
+        """The network (averaged over the TTA views): prepared input -> (N, H, W) float32 on the device."""
+        if self.tta == "none":
+            return self._once(x)
+        views = [(k, flip) for k in ((0, 1, 2, 3) if self.tta == "dihedral" and x.shape[-1] == x.shape[-2] else (0, 2))
+                 for flip in (False, True)]
+        total = None
+        for k, flip in views:
+            view = self._torch.rot90(x, k, dims=(-2, -1))
+            view = view.flip(-1) if flip else view
+            prob = self._once(view.contiguous(memory_format=self._torch.channels_last) if self.channels_last else view)
+            prob = prob.flip(-1) if flip else prob
+            prob = self._torch.rot90(prob, -k, dims=(-2, -1))
+            total = prob if total is None else total + prob
+        return total / len(views)
+
+    def _once(self, x: Any) -> Any:
         torch = self._torch
         with torch.inference_mode():
             if self._autocast_dtype is not None:

@@ -37,10 +37,15 @@ class InferenceConfig:
     amp: bool = True
     channels_last: bool = True
     max_retries: int = 3
+    tta: str = "none"
 
     def __post_init__(self) -> None:
         if self.margin < 0:
             raise ConfigError(f"inference.margin must be >= 0, got {self.margin}")
+        from nucflow.inference.predictors import TTA_MODES
+
+        if self.tta not in TTA_MODES:
+            raise ConfigError(f"inference.tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
         if self.max_retries < 0:
             raise ConfigError(f"inference.max_retries must be >= 0, got {self.max_retries}")
 

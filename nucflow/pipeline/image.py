@@ -42,7 +42,7 @@ def method_spec(config: SegmentConfig) -> MethodSpec:
     if path is None:
         raise ModelError("no model given and no bundled default model; pass --model PATH or --method threshold")
     loaded = load_model(path)
-    return MethodSpec("unet", mpp=config.model_mpp or loaded.card.mpp, model=loaded)
+    return MethodSpec("unet", mpp=config.model_mpp or loaded.card.mpp, model=loaded, tta=config.inference.tta)
 
 
 def input_multiple(spec: MethodSpec) -> int:

@@ -212,7 +212,8 @@ def _plan(
     size = config.inference.tile_size or auto_tile_size(input_multiple(spec), margin=margin)
     grid = tile_grid(shape, tile_size=size, margin=margin, tissue=tissue)
     params = fit_params(spec, thumb, tissue)
-    map_hash = config_hash(spec.model_id, spec.mpp, spec.sigma, size, margin, to_dict(config.tissue), params, mpp)
+    map_hash = config_hash(spec.model_id, spec.mpp, spec.sigma, size, margin, to_dict(config.tissue), params, mpp,
+                           *([spec.tta] if spec.tta != "none" else []))
     run_hash = config_hash(map_hash, to_dict(config), __version__)
     plan = SlidePlan(
         key, str(path), str(out_dir), "todo", slide_mpp=mpp, mpp=spec.mpp, level0_scale=spec.mpp / slide_mpp,
