@@ -115,7 +115,7 @@ class UNetPredictor:
             return self._once(x)
         views = [(k, flip) for k in ((0, 1, 2, 3) if self.tta == "dihedral" and x.shape[-1] == x.shape[-2] else (0, 2))
                  for flip in (False, True)]
-        total = None
+        total: Any = None
         for k, flip in views:
             view = self._torch.rot90(x, k, dims=(-2, -1))
             view = view.flip(-1) if flip else view
