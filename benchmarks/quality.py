@@ -40,7 +40,13 @@ from nucflow.evaluation._truth import pair_files, read_image, read_truth  # noqa
 from nucflow.evaluation._validation import VALIDATION_METRICS, _set_row  # noqa: E402
 from nucflow.evaluation.metrics import count_instances, count_points  # noqa: E402
 from nucflow.pipeline import load_segment_config  # noqa: E402
-from nucflow.pipeline.image import method_spec, positive_calls, resample_labels, segment_image  # noqa: E402
+from nucflow.pipeline.image import (  # noqa: E402
+    mask_shrink_um,
+    method_spec,
+    positive_calls,
+    resample_labels,
+    segment_image,
+)
 from nucflow.postprocess import label_nuclei, load_stain_profile  # noqa: E402
 
 __all__ = ["main"]
@@ -89,24 +95,27 @@ def _probabilities(run: dict[str, Any], vset: Any, cache: Path) -> list[dict[str
         if path.is_file():
             data = np.load(path)
             prob, work, mpp = data["prob"], data["rgb"], float(data["mpp"])
+            shrink = float(data["shrink"]) if "shrink" in data else 0.0
         else:
             if spec is None:
                 spec = method_spec(config)
                 predictor = spec.build(amp=config.inference.amp, channels_last=config.inference.channels_last)
             seg = segment_image(rgb, mpp=vset.mpp, spec=spec, config=config, predictor=predictor)
             prob, work, mpp = seg.probability, seg.rgb, seg.mpp
+            shrink = mask_shrink_um(spec)
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(path, prob=np.rint(prob * 255).astype(np.uint8), rgb=work, mpp=mpp)
+            np.savez_compressed(path, prob=np.rint(prob * 255).astype(np.uint8), rgb=work, mpp=mpp, shrink=shrink)
             prob = np.rint(prob * 255).astype(np.uint8)
         out.append({"name": image.stem, "rgb": rgb, "truth": read_truth(truth, format=vset.truth_format),
-                    "prob": prob, "work": work, "mpp": mpp})
+                    "prob": prob, "work": work, "mpp": mpp, "shrink": shrink})
     return out
 
 
 def _score(images: list[dict[str, Any]], vset: Any, profile: Any, method: str) -> EvaluationReport:
     scores = []
     for im in images:
-        labels = label_nuclei(im["prob"], mpp=im["mpp"], config=profile)
+        grown = replace(profile, expand_um=im["shrink"]) if im["shrink"] else profile
+        labels = label_nuclei(im["prob"], mpp=im["mpp"], config=grown)
         positive = positive_calls(im["work"], labels, profile)
         full = resample_labels(labels, im["rgb"].shape[:2], scale=vset.mpp / im["mpp"])
         gt = im["truth"]

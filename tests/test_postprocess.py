@@ -271,3 +271,19 @@ def test_a_map_without_nuclei_gives_an_empty_table():
     assert stats.sums.shape == (1, 6) and stats.start.shape == (1, 2)
     faint = np.full((200, 200), 140, np.uint8)  # foreground everywhere, but one huge blob: dropped
     assert len(nuclei_table(faint, config=KI67, mpp=MPP, block_size=64)) == 0
+
+
+def test_expansion_grows_each_nucleus_into_background_only():
+    from dataclasses import replace
+
+    prob = np.zeros((40, 60), np.uint8)
+    prob[10:20, 10:20] = 255  # two 10 px squares 4 px apart: a shrunk-mask model's output
+    prob[10:20, 24:34] = 255
+    plain = PostprocessConfig(median_size=1, opening_radius=0, closing_radius=0, min_area_um2=1.0)
+    config = replace(plain, expand_um=3.0)
+    labels = label_nuclei(prob, mpp=1.0, config=config)
+    assert labels.max() == 2
+    # each grew by 3 px where free, and the 4 px gap was shared, not crossed
+    assert labels[15, 7] == labels[15, 12] and labels[15, 36] == labels[15, 30]
+    assert labels[15, 21] == labels[15, 12] and labels[15, 22] == labels[15, 30]
+    assert labels[15, 5] == 0 and labels[15, 38] == 0

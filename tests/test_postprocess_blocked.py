@@ -254,3 +254,21 @@ def test_an_object_wider_than_a_nucleus_is_not_kept_in_pieces_by_blocks():
     blocked = nuclei_table(prob, config=CONFIG, mpp=MPP, block_size=64)
     assert len(whole) == len(blocked) == 1
     assert blocked.centroid_x.iloc[0] == pytest.approx(whole.centroid_x.iloc[0])
+
+
+def test_grown_labels_blocked_equal_the_whole_map(tmp_path: Path):
+    """A model trained on shrunk masks: labels grown back by ``expand_um``, block by block as whole."""
+    from dataclasses import replace
+
+    grown = replace(CONFIG, expand_um=2.0)
+    prob = synthetic_map(seed=3)
+    plain, expanded = label_nuclei(prob, mpp=MPP, config=CONFIG), label_nuclei(prob, mpp=MPP, config=grown)
+    assert expanded.max() == plain.max() and (expanded > 0).sum() > (plain > 0).sum()
+    assert grown.in_pixels(MPP).halo == CONFIG.in_pixels(MPP).halo + 4
+    path = as_zarr(prob, tmp_path / "probability.zarr", chunks=(64, 48), mpp=MPP)
+    rgb = np.full((*prob.shape, 3), 200, np.uint8)
+    blocked = nuclei_table(path, config=grown, read_rgb=read_rgb_from_array(rgb), block_size=70)
+    rows_cols = np.array(ndi.center_of_mass(expanded > 0, expanded, range(1, expanded.max() + 1)))
+    expected = np.array(sorted(map(tuple, rows_cols[:, ::-1] + 0.5)))
+    assert len(blocked) == len(expected) > 40
+    assert np.allclose(sorted_centroids(blocked), expected, atol=1e-9)

@@ -45,10 +45,23 @@ def test_a_tile_that_is_all_tissue_is_kept(lung1: Path) -> None:
     assert not mask[10:14, 10:14].any() and mask[150:250, 150:250].all()
 
 
+@pytest.fixture(scope="module")
+def shrunk_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled weights under a card saying they outline nuclei 1 µm inside their edge."""
+    from nucflow.models import default_model_path, load_model, save_model
+
+    loaded = load_model(default_model_path())
+    path = tmp_path_factory.mktemp("shrunk") / "model.safetensors"
+    save_model(path, loaded.build().unet, replace(loaded.card, mask_shrink_um=1.0, model_id=""))
+    return path
+
+
 @pytest.mark.usefixtures("ray_local")
-@pytest.mark.parametrize("method", ["unet", "threshold"])
-def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, method: str) -> None:
+@pytest.mark.parametrize("method", ["unet", "threshold", "shrunk"])
+def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, method: str, shrunk_model) -> None:
     config = replace(load_segment_config(), method=method)  # the default configuration
+    if method == "shrunk":  # a model trained on shrunk masks: its labels are grown back the same way
+        config = replace(config, method="unet", model=str(shrunk_model))
     result = segment([lung1 / "images/Lung1.png"], tmp_path / "out", config=config, mpp=0.25)
     assert [s.status for s in result.slides] == ["ok"], result.slides
     table = gpd.read_parquet(tmp_path / "out" / result.slides[0].slide / "nuclei.parquet")
@@ -72,6 +85,10 @@ def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, 
     calls = mine.positive(load_stain_profile(config.stain_profile))
     assert sum(calls.values()) == int(table["dab_positive"].sum())
 
-    report = evaluate(lung1 / "images", lung1 / "groundtruth", methods=[method], mpp=0.25)
+    report = evaluate(lung1 / "images", lung1 / "groundtruth", methods=[config.method], mpp=0.25,
+                      model=config.model)
     row = next(r for r in report.rows() if r["image"] == "Lung1")
+    if method == "shrunk":  # grown by 1 µm: larger than the same weights' plain nuclei
+        plain = segment_image(rgb, mpp=0.25, spec=method_spec(replace(config, model=None)), config=config)
+        assert (mine.labels > 0).sum() > (plain.labels > 0).sum()
     assert row["n_pred"] == len(table) and row["n_true"] == LUNG1_NUCLEI

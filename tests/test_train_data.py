@@ -90,3 +90,27 @@ def test_cli_reports_errors_without_a_traceback(tmp_path) -> None:
     bad.write_text("optim:\n  lrr: 1\n")
     result = CliRunner().invoke(main, ["train", "--config", str(bad), "--masks", "x", "-o", "o"])
     assert result.exit_code == 1 and "unknown config key 'lrr'" in result.output
+
+
+def test_shrunk_masks_keep_touching_nuclei_apart(tmp_path) -> None:
+    labels = np.zeros((40, 40), np.uint16)
+    labels[5:15, 5:15], labels[5:15, 15:25] = 1, 2  # two touching squares
+    io.imsave(tmp_path / "a.png", labels, check_contrast=False)
+    plain = load_masks([tmp_path / "a.png"], config=CONFIG)[0]
+    shrunk = load_masks([tmp_path / "a.png"], config=DataConfig(mpp=0.5, mask_mpp=0.5, mask_shrink_um=1.0))[0]
+    from scipy import ndimage
+
+    assert ndimage.label(plain)[1] == 1 and ndimage.label(shrunk)[1] == 2
+    # eroded by a 2 px disk: 6x6 squares, 4 px apart
+    assert shrunk.sum() == 2 * 36 and not shrunk[:, 13:17].any()
+
+
+def test_shrunk_pseudo_masks_split_touching_blobs() -> None:
+    rgb = np.full((60, 60, 3), 225, np.uint8)
+    rr, cc = np.mgrid[:60, :60]
+    for c in (22, 36):
+        rgb[(rr - 30) ** 2 + (cc - c) ** 2 <= 64] = (70, 55, 130)  # two overlapping discs
+    from scipy import ndimage
+
+    assert ndimage.label(pseudo_mask(rgb, "deconvolution"))[1] == 1
+    assert ndimage.label(pseudo_mask(rgb, "deconvolution", shrink_px=2, mpp=0.5))[1] == 2

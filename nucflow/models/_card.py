@@ -49,6 +49,9 @@ class ModelCard:
         nucflow version that wrote the card.
     model_id : str
         First 16 hex digits of the SHA-256 of the weights file.
+    mask_shrink_um : float
+        The model outlines every nucleus this many µm inside its edge (it was trained on
+        masks shrunk so touching nuclei are apart); post-processing grows the labels back.
     """
 
     architecture: str = "unet"
@@ -68,6 +71,7 @@ class ModelCard:
     losses: Mapping[str, float] = field(default_factory=dict)
     software_version: str = ""
     model_id: str = ""
+    mask_shrink_um: float = 0.0
     format: str = CARD_FORMAT
     format_version: int = CARD_VERSION
 
@@ -118,6 +122,7 @@ class ModelCard:
             (self.stain_profile in STAIN_PROFILES, f"stain_profile {self.stain_profile!r}"),
             (self.depth >= 2 and self.ngf >= 1, f"depth {self.depth} / ngf {self.ngf}"),
             (self.mpp > 0 and self.r > 0, f"mpp {self.mpp} / r {self.r}"),
+            (0 <= self.mask_shrink_um < 5, f"mask_shrink_um {self.mask_shrink_um}"),
             (self.tile_size % self.input_multiple == 0, f"tile_size {self.tile_size}"),
         ]
         for ok, what in checks:

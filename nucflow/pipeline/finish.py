@@ -16,14 +16,13 @@ from nucflow import __version__
 from nucflow.atomic import write_json
 from nucflow.inference.store import ProbabilityMap
 from nucflow.pipeline.config import SegmentConfig
-from nucflow.pipeline.image import find_tissue
+from nucflow.pipeline.image import find_tissue, postprocess_profile
 from nucflow.pipeline.plan import SlidePlan
 from nucflow.postprocess import (
     Block,
     NucleusTableWriter,
     OverlayNuclei,
     iter_nuclei_parts,
-    load_stain_profile,
     render_overlay,
 )
 from nucflow.slide import open_slide
@@ -50,7 +49,7 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool, poll_
     started = time.perf_counter()
     waiter = _TileWaiter(plan, poll_s=poll_s)
     out_dir = Path(plan.out_dir)
-    profile = load_stain_profile(config.stain_profile)
+    profile = postprocess_profile(config, shrink_um=plan.mask_shrink_um)
     level0_mpp = plan.mpp / plan.level0_scale
     with open_slide(plan.path, mpp=plan.slide_mpp) as slide:
         thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)

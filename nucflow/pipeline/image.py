@@ -27,7 +27,8 @@ from nucflow.slide import Slide, tile_grid, tissue_mask
 from nucflow.slide.reader import array_slide
 
 __all__ = [
-    "ImageSegmentation", "find_tissue", "fit_params", "input_multiple", "method_spec", "positive_calls",
+    "ImageSegmentation", "find_tissue", "fit_params", "input_multiple", "mask_shrink_um", "method_spec",
+    "positive_calls", "postprocess_profile",
     "resample_labels", "segment_image",
 ]
 
@@ -43,6 +44,21 @@ def method_spec(config: SegmentConfig) -> MethodSpec:
         raise ModelError("no model given and no bundled default model; pass --model PATH or --method threshold")
     loaded = load_model(path)
     return MethodSpec("unet", mpp=config.model_mpp or loaded.card.mpp, model=loaded, tta=config.inference.tta)
+
+
+def mask_shrink_um(spec: MethodSpec) -> float:
+    """How far inside each nucleus' edge the model outlines it (its card's ``mask_shrink_um``; 0 otherwise)."""
+    return float(spec.model.card.mask_shrink_um) if spec.model is not None else 0.0
+
+
+def postprocess_profile(config: SegmentConfig, *, shrink_um: float = 0.0) -> Any:
+    """The stain profile of ``config``, growing labels back by ``shrink_um`` (see :func:`mask_shrink_um`)."""
+    from dataclasses import replace
+
+    from nucflow.postprocess import load_stain_profile
+
+    profile = load_stain_profile(config.stain_profile)
+    return replace(profile, expand_um=shrink_um) if shrink_um else profile
 
 
 def input_multiple(spec: MethodSpec) -> int:
@@ -95,7 +111,7 @@ def segment_image(
 
     ``predictor`` (built from ``spec`` when None) may be passed to reuse one across images.
     """
-    from nucflow.postprocess import label_nuclei, load_stain_profile
+    from nucflow.postprocess import label_nuclei
 
     slide = array_slide(rgb, mpp=mpp)
     _, _, tissue = thumb_tissue = find_tissue(slide, config.tissue)
@@ -114,7 +130,7 @@ def segment_image(
     prob = np.zeros(shape, np.float32)
     for tile, core in predict_tiles(read, grid.tiles, predictor, batch_size=batch_size, params=params):
         prob[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols] = core
-    labels = label_nuclei(prob, mpp=spec.mpp, config=load_stain_profile(config.stain_profile))
+    labels = label_nuclei(prob, mpp=spec.mpp, config=postprocess_profile(config, shrink_um=mask_shrink_um(spec)))
     return ImageSegmentation(labels=labels, probability=prob, rgb=work, mpp=spec.mpp)
 
 

@@ -22,7 +22,7 @@ from nucflow.inference.store import create_map, open_map
 from nucflow.inference.tiled import auto_tile_size
 from nucflow.pipeline.config import SegmentConfig
 from nucflow.pipeline.failures import clear_error_log, error_line, record_failure
-from nucflow.pipeline.image import find_tissue, fit_params, input_multiple
+from nucflow.pipeline.image import find_tissue, fit_params, input_multiple, mask_shrink_um
 from nucflow.slide import TileGrid, open_slide, safe_slide_name, slide_stem, tile_grid
 
 __all__ = ["SlidePlan", "expand_slides", "output_names", "plan_slide"]
@@ -56,6 +56,7 @@ class SlidePlan:
     model_id: str = ""
     map_hash: str = ""
     run_hash: str = ""
+    mask_shrink_um: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -214,11 +215,13 @@ def _plan(
     params = fit_params(spec, thumb, tissue)
     map_hash = config_hash(spec.model_id, spec.mpp, spec.sigma, size, margin, to_dict(config.tissue), params, mpp,
                            *([spec.tta] if spec.tta != "none" else []))
-    run_hash = config_hash(map_hash, to_dict(config), __version__)
+    shrink = mask_shrink_um(spec)
+    run_hash = config_hash(map_hash, to_dict(config), __version__, *([shrink] if shrink else []))
     plan = SlidePlan(
         key, str(path), str(out_dir), "todo", slide_mpp=mpp, mpp=spec.mpp, level0_scale=spec.mpp / slide_mpp,
         grid=grid, params=params, tissue_area_mm2=float(tissue.sum()) * (thumb_mpp / 1000.0) ** 2,
-        thumbnail_mpp=thumb_mpp, model_id=spec.model_id, map_hash=map_hash, run_hash=run_hash, identity=identity,
+        thumbnail_mpp=thumb_mpp, model_id=spec.model_id, map_hash=map_hash, run_hash=run_hash,
+        mask_shrink_um=shrink, identity=identity,
     )
     return _reconcile(plan, slide_mpp=slide_mpp, overwrite=overwrite)
 

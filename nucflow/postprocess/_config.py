@@ -25,6 +25,7 @@ class PixelSizes:
     max_diameter: int
     max_hole_area: int
     erosion: int
+    expansion: int
     halo: int
 
 
@@ -36,7 +37,9 @@ class PostprocessConfig:
     probability map's resolution; physical ones (µm, µm²) are converted with its µm/px.
     A nucleus is DAB-positive when its mean DAB optical density is at least ``dab_threshold``
     and at least ``dab_min_fraction`` of its hematoxylin + DAB density (dark hematoxylin
-    leaks into the DAB channel of the standard stain vectors).
+    leaks into the DAB channel of the standard stain vectors). ``expand_um`` grows every
+    label by that many µm after the watershed (into background only): it is set from the
+    model card of a model trained on shrunk masks (``mask_shrink_um``), never in a profile.
     """
 
     stain_profile: str = "ki67"
@@ -49,6 +52,7 @@ class PostprocessConfig:
     min_area_um2: float = 10.0
     max_diameter_um: float = 30.0
     erosion_um: float = 0.0
+    expand_um: float = 0.0
     dab_threshold: float = 0.18
     dab_min_fraction: float = 0.4
 
@@ -59,7 +63,7 @@ class PostprocessConfig:
             raise ConfigError(f"median_size must be an odd number >= 1, got {self.median_size}")
         if not 0.0 <= self.dab_min_fraction <= 1.0:
             raise ConfigError(f"dab_min_fraction must lie in [0, 1], got {self.dab_min_fraction}")
-        for name in ("opening_radius", "closing_radius", "erosion_um", "min_area_um2"):
+        for name in ("opening_radius", "closing_radius", "erosion_um", "expand_um", "min_area_um2"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("min_distance_um", "max_diameter_um"):
@@ -77,6 +81,7 @@ class PostprocessConfig:
             raise ConfigError(f"mpp must be > 0 µm/px, got {mpp}")
         diameter = math.ceil(self.max_diameter_um / mpp)
         erosion = round(self.erosion_um / mpp)
+        expansion = round(self.expand_um / mpp)
         min_distance = max(1, round(self.min_distance_um / mpp))
         # Each filter reaches this far beyond a nucleus; the halo must cover a whole nucleus
         # plus every footprint so a block sees what the whole map would.
@@ -85,6 +90,7 @@ class PostprocessConfig:
             + 2 * (self.opening_radius + self.closing_radius)
             + min_distance
             + erosion
+            + 2 * expansion
         )
         return PixelSizes(
             min_distance=min_distance,
@@ -92,6 +98,7 @@ class PostprocessConfig:
             max_diameter=diameter,
             max_hole_area=math.ceil(math.pi * diameter**2 / 4),
             erosion=erosion,
+            expansion=expansion,
             halo=diameter + reach + 2,
         )
 

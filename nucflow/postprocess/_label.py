@@ -8,7 +8,7 @@ import edt
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import disk
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
 from nucflow.errors import InputError
 from nucflow.postprocess._config import PixelSizes, PostprocessConfig
@@ -45,7 +45,8 @@ def label_nuclei(prob: np.ndarray, *, mpp: float, config: PostprocessConfig) -> 
     """Label nuclei in a probability map with the paper's post-processing.
 
     Threshold, median filter, opening and closing, optional filling of nucleus-sized holes,
-    distance transform, markers at its local maxima, watershed; objects smaller than
+    distance transform, markers at its local maxima, watershed; labels grown by
+    ``expand_um`` (models trained on shrunk masks); objects smaller than
     ``min_area_um2`` or wider than ``max_diameter_um`` are dropped; then the optional
     per-nucleus erosion (HER2), and labels renumbered 1..N.
 
@@ -63,7 +64,10 @@ def label_nuclei(prob: np.ndarray, *, mpp: float, config: PostprocessConfig) -> 
     """
     px = config.in_pixels(mpp)
     mask = foreground_mask(as_uint8_probability(prob), config=config, px=px)
-    labels = drop_implausible(split_touching(mask, px=px), px=px)
+    labels = split_touching(mask, px=px)
+    if px.expansion:
+        labels = expand_labels(labels, px.expansion)
+    labels = drop_implausible(labels, px=px)
     if px.erosion:
         labels = erode_labels(labels, px.erosion)
     return relabel_sequential(labels)[0].astype(np.int32)

@@ -64,6 +64,9 @@ class DataConfig:
     ``scale_jitter`` rescales crops by a random factor in [1/(1+j), 1+j] (20x/40x variety).
     ``pseudo_method`` makes the warm start's pseudo-masks: "threshold" (Otsu on smoothed
     luminance) or "deconvolution" (Otsu on the log hematoxylin + DAB optical density).
+    ``mask_shrink_um`` shrinks every nucleus of the prior masks and of the pseudo-masks by
+    this many µm (touching nuclei then stand apart, so S learns to separate them); the model
+    card records it and post-processing grows the labels back.
     ``balance_sources`` draws each source (a tile folder, a slide, scikit-image's image)
     equally often instead of by area, so one large collection does not dominate.
     """
@@ -78,6 +81,7 @@ class DataConfig:
     skimage_ihc: bool = False
     pseudo_method: str = "threshold"
     balance_sources: bool = False
+    mask_shrink_um: float = 0.0
 
 
 @dataclass(frozen=True)

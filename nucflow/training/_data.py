@@ -89,12 +89,32 @@ def find_images(paths: Sequence[str | Path], *, what: str) -> list[Path]:
     return found
 
 
-def pseudo_mask(rgb: np.ndarray, method: str = "threshold") -> np.ndarray:
+def pseudo_mask(rgb: np.ndarray, method: str = "threshold", *, shrink_px: int = 0, mpp: float = 0.5) -> np.ndarray:
     """Label-free nuclei guess, holes filled: ``rgb`` (rows, cols, 3) uint8 -> (rows, cols) bool.
 
     "threshold": Otsu on the Gaussian-smoothed luminance (dark = nucleus); "deconvolution":
     the paper's deconvolution baseline (Otsu on the log hematoxylin + DAB optical density).
+    With ``shrink_px``, touching blobs are split as post-processing splits them (watershed of
+    the distance transform at ``mpp``) and every piece is shrunk by that many pixels.
     """
+    fg = _pseudo_foreground(rgb, method)
+    if shrink_px <= 0:
+        return fg
+    from nucflow.postprocess import load_stain_profile
+    from nucflow.postprocess._label import split_touching
+
+    labels = split_touching(fg, px=load_stain_profile("ki67").in_pixels(mpp))
+    return shrink_labels(labels, shrink_px) > 0
+
+
+def shrink_labels(labels: np.ndarray, shrink_px: int) -> np.ndarray:
+    """Every label eroded by a disk of ``shrink_px`` px, also where two labels touch."""
+    from nucflow.postprocess._label import erode_labels
+
+    return erode_labels(labels, shrink_px) if shrink_px > 0 else labels
+
+
+def _pseudo_foreground(rgb: np.ndarray, method: str) -> np.ndarray:
     if method == "deconvolution":
         from nucflow.inference.baselines import baseline_probability
 
@@ -112,9 +132,13 @@ def _rescale_rgb(rgb: np.ndarray, scale: float) -> np.ndarray:
     return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
 
-def _image(rgb: np.ndarray, source: str, method: str, group: str = "") -> IhcImage:
-    return IhcImage(rgb=np.ascontiguousarray(rgb), pseudo=pseudo_mask(rgb, method), source=source,
-                    group=group or source)
+def _image(rgb: np.ndarray, source: str, config: DataConfig, group: str = "") -> IhcImage:
+    pseudo = pseudo_mask(rgb, config.pseudo_method, shrink_px=_shrink_px(config), mpp=config.mpp)
+    return IhcImage(rgb=np.ascontiguousarray(rgb), pseudo=pseudo, source=source, group=group or source)
+
+
+def _shrink_px(config: DataConfig) -> int:
+    return round(config.mask_shrink_um / config.mpp)
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -135,7 +159,7 @@ def _slide_images(path: Path, config: DataConfig, rng: np.random.Generator) -> l
         rows, cols = slide.shape_at(config.mpp)
         if rows * cols <= _WHOLE_SLIDE_MAX:
             rgb = slide.read(mpp=config.mpp, row=0, col=0, rows=rows, cols=cols)
-            return [_image(rgb, path.name, config.pseudo_method, group=path.name)]
+            return [_image(rgb, path.name, config, group=path.name)]
         thumb, thumb_mpp = slide.thumbnail()
         tissue = np.argwhere(tissue_mask(thumb, mpp=thumb_mpp))
         if len(tissue) == 0:
@@ -146,7 +170,7 @@ def _slide_images(path: Path, config: DataConfig, rng: np.random.Generator) -> l
         return [
             _image(slide.read(mpp=config.mpp, row=int(r) - side // 2, col=int(c) - side // 2,
                               rows=side, cols=side), f"{path.name}@{int(r)},{int(c)}",
-                   config.pseudo_method, group=path.name)
+                   config, group=path.name)
             for r, c in centres
         ]
 
@@ -173,38 +197,49 @@ def load_ihc(
     for given in tiles:
         path, mpp = split_mpp(given)
         scale = (mpp or config.tile_mpp) / config.mpp
-        images.append(_image(_rescale_rgb(_read_rgb(path), scale), path.name, config.pseudo_method,
-                             group=path.parent.name))
+        images.append(_image(_rescale_rgb(_read_rgb(path), scale), path.name, config, group=path.parent.name))
     if config.skimage_ihc:
         from skimage.data import immunohistochemistry
 
         rgb = _rescale_rgb(immunohistochemistry(), config.tile_mpp / config.mpp)
-        images.append(_image(rgb, "skimage-ihc", config.pseudo_method))
+        images.append(_image(rgb, "skimage-ihc", config))
     return images
 
 
-def _binary_masks(path: Path) -> list[np.ndarray]:
+def _instance_masks(path: Path) -> list[np.ndarray]:
+    """Instance label images (0 = background) of a mask file; binary masks get one label per component."""
     if path.suffix == ".npy":  # PanNuke layout: (N, H, W, 6), last channel = background
         stack = np.load(path, mmap_mode="r")
         if stack.ndim != 4:
             raise TrainingError(f"mask array {path} must be (N, H, W, C) like PanNuke's masks.npy")
-        return [np.asarray(np.any(m[..., :-1] > 0, axis=-1)) for m in stack]
+        return [np.asarray(m[..., :-1]).max(axis=-1).astype(np.int32) for m in stack]
     try:
         labels = io.imread(path)
     except (OSError, ValueError) as exc:
         raise TrainingError(f"cannot read mask {path}: {exc}") from None
-    return [labels.reshape(labels.shape[:2] + (-1,)).max(axis=-1) > 0]
+    labels = labels.reshape(labels.shape[:2] + (-1,)).max(axis=-1)
+    if labels.max() <= 1 or labels.dtype == np.bool_:
+        return [ndimage.label(labels > 0)[0]]
+    return [labels.astype(np.int32)]
 
 
 def load_masks(paths: Sequence[Path], *, config: DataConfig) -> list[np.ndarray]:
-    """Binary masks (rows, cols) bool at ``config.mpp`` from instance/binary images or ``.npy``."""
+    """Binary masks (rows, cols) bool at ``config.mpp`` from instance/binary images or ``.npy``.
+
+    With ``config.mask_shrink_um``, every nucleus is shrunk by that much first (at ``mpp``).
+    """
     scale = config.mask_mpp / config.mpp
+    shrink = _shrink_px(config)
     masks: list[np.ndarray] = []
     for path in paths:
-        for mask in _binary_masks(path):
+        for labels in _instance_masks(path):
             if abs(scale - 1.0) > 1e-3:
-                mask = transform.rescale(mask.astype(np.float32), scale, order=1) > 0.5
-            masks.append(mask)
+                if shrink:
+                    labels = transform.rescale(labels, scale, order=0, preserve_range=True,
+                                               anti_aliasing=False).astype(np.int32)
+                else:
+                    labels = (transform.rescale((labels > 0).astype(np.float32), scale, order=1) > 0.5).astype(np.int32)
+            masks.append(shrink_labels(labels, shrink) > 0)
     return masks
 
 

@@ -45,6 +45,7 @@ def export_checkpoint(
         ngf=n.ngf, depth=n.depth, norm=n.norm, dropout=n.dropout, dropout_blocks=n.dropout_blocks,
         max_mult=n.max_mult, r=config.loss.r, mpp=config.data.mpp, tile_size=config.data.crop,
         stain_profile=config.stain_profile, training=dict(training), steps=steps,
+        mask_shrink_um=config.data.mask_shrink_um,
         losses={k: float(v) for k, v in losses.items() if k != "step"},
     )
     unet = _unet(config, 3, 1)
