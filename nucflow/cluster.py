@@ -127,7 +127,7 @@ class ClusterInfo:
         return len(self.node_ids)
 
     def describe(self) -> str:
-        where = "local Ray" if self.started_here else f"Ray cluster at {self.address}"
+        where = f"a local Ray at {self.address}" if self.started_here else f"Ray cluster at {self.address}"
         return f"{where}: {self.nodes} node(s), {self.cpus:g} CPU(s), {self.gpus:g} GPU(s)"
 
 
@@ -138,10 +138,12 @@ def connect(address: str | None = None, *, config: ClusterConfig) -> ClusterInfo
     ----------
     address
         A Ray (GCS) address ``host:port``, ``auto`` or ``ray://host:10001``; None reads
-        ``RAY_ADDRESS``; when neither is set, a local Ray starts with every local CPU and GPU,
-        its dashboard (if any) on 127.0.0.1, and without token authentication unless
-        ``RAY_AUTH_MODE=token`` is set (then Ray creates or reuses ``~/.ray/auth_token``).
-        Inside a job sent with ``nucflow submit``, Ray sets ``RAY_ADDRESS`` itself.
+        ``RAY_ADDRESS``; when neither is set, a local Ray of this process's own starts
+        (``ray.init(address="local")``: never a cluster that ``ray start`` left in Ray's temp
+        folder) with every local CPU and GPU, its dashboard (if any) on 127.0.0.1, and without
+        token authentication unless ``RAY_AUTH_MODE=token`` is set (then Ray creates or reuses
+        ``~/.ray/auth_token``). Inside a job sent with ``nucflow submit``, Ray sets
+        ``RAY_ADDRESS`` itself. The log (INFO) says which it did.
     config
         ``object_store_gb`` and ``include_dashboard`` apply to a local Ray only.
 
@@ -162,7 +164,9 @@ def connect(address: str | None = None, *, config: ClusterConfig) -> ClusterInfo
     if address is not None:
         _check_ray_address(address)
     if ray.is_initialized():
-        return cluster_info(started_here=False)
+        info = cluster_info(started_here=False)
+        log.info("using the Ray already initialised in this process: %s", info.describe())
+        return info
     if address is None:
         return _start_local(config)
     try:
@@ -180,7 +184,10 @@ def _start_local(config: ClusterConfig) -> ClusterInfo:
     for key, value in _LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
     store = None if config.object_store_gb is None else int(config.object_store_gb * 2**30)
+    # address=None would join the cluster recorded in Ray's temp folder by a `ray start` (Ray
+    # 2.60: services.get_ray_address_from_environment); "local" always starts a new one.
     ray.init(
+        address="local",
         object_store_memory=store,
         include_dashboard=config.include_dashboard,
         dashboard_host="127.0.0.1",
