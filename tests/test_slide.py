@@ -139,3 +139,23 @@ def test_safe_names() -> None:
     assert safe_slide_name("/a/b/My Slide (1).svs") == "My_Slide_1"
     assert safe_slide_name("x/OS-2-ndpi.ome.tif") == "OS-2-ndpi"
     assert safe_slide_name("../..svs") == "slide"
+
+
+def test_tissue_per_core_equals_marking_each_tissue_pixel_span() -> None:
+    """The matrix-product marking equals marking, pixel by pixel, every core a tissue pixel's span meets."""
+    import math
+
+    from nucflow.slide.tiles import _tissue_per_core
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        tissue = rng.random(tuple(rng.integers(3, 60, 2))) < rng.uniform(0.0, 0.1)
+        shape, core = (int(rng.integers(10, 2000)), int(rng.integers(10, 2000))), int(rng.integers(5, 400))
+        n_rows, n_cols = math.ceil(shape[0] / core), math.ceil(shape[1] / core)
+        scale_r, scale_c = shape[0] / tissue.shape[0], shape[1] / tissue.shape[1]
+        expected = np.zeros((n_rows, n_cols), bool)
+        for r, c in zip(*np.nonzero(tissue), strict=True):
+            r0, r1 = int(r * scale_r // core), int(np.nextafter((r + 1) * scale_r, 0) // core)
+            c0, c1 = int(c * scale_c // core), int(np.nextafter((c + 1) * scale_c, 0) // core)
+            expected[r0 : min(r1, n_rows - 1) + 1, c0 : min(c1, n_cols - 1) + 1] = True
+        assert np.array_equal(_tissue_per_core(tissue, shape, core), expected)

@@ -80,16 +80,23 @@ def tile_grid(
 
 
 def _tissue_per_core(tissue: np.ndarray, shape: tuple[int, int], core: int) -> np.ndarray:
-    """(n_row_tiles, n_col_tiles) bool: does any tissue pixel fall inside each core?"""
+    """(n_row_tiles, n_col_tiles) bool: does any tissue pixel fall inside each core?
+
+    A tissue pixel (r, c) covers [r * scale, (r + 1) * scale) of the map and marks every core
+    it touches; rows and columns are independent, so the marks are ``rows @ tissue @ cols``
+    with ``rows[i, r]`` = "mask row r touches core row i" (one matrix product, not a loop
+    over tissue pixels: 2 s -> milliseconds on a 1024 px thumbnail).
+    """
     n_rows, n_cols = math.ceil(shape[0] / core), math.ceil(shape[1] / core)
-    rr, cc = np.nonzero(tissue)
-    scale_r, scale_c = shape[0] / tissue.shape[0], shape[1] / tissue.shape[1]
-    keep = np.zeros((n_rows, n_cols), bool)
-    # A tissue pixel covers [r * scale, (r + 1) * scale) of the map: mark every core it touches.
-    r0 = np.floor(rr * scale_r / core).astype(int)
-    r1 = np.floor(np.nextafter((rr + 1) * scale_r, 0) / core).astype(int)
-    c0 = np.floor(cc * scale_c / core).astype(int)
-    c1 = np.floor(np.nextafter((cc + 1) * scale_c, 0) / core).astype(int)
-    for a, b, c, d in zip(r0, r1, c0, c1, strict=True):
-        keep[a : min(b, n_rows - 1) + 1, c : min(d, n_cols - 1) + 1] = True
-    return keep
+    rows = _touches(tissue.shape[0], shape[0] / tissue.shape[0], core, n_rows)
+    cols = _touches(tissue.shape[1], shape[1] / tissue.shape[1], core, n_cols)
+    return (rows @ np.asarray(tissue, np.float32) @ cols.T) > 0
+
+
+def _touches(n_pixels: int, scale: float, core: int, n_cores: int) -> np.ndarray:
+    """(n_cores, n_pixels) float32: 1 where mask pixel p's span [p * scale, (p + 1) * scale) meets core i."""
+    pixel = np.arange(n_pixels)
+    first = np.floor(pixel * scale / core).astype(int)
+    last = np.minimum(np.floor(np.nextafter((pixel + 1) * scale, 0) / core).astype(int), n_cores - 1)
+    index = np.arange(n_cores)[:, None]
+    return ((index >= first[None, :]) & (index <= last[None, :])).astype(np.float32)
