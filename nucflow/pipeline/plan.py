@@ -91,18 +91,20 @@ def output_names(paths: Sequence[Path], out: Path | None = None) -> list[str]:
 
     A slide keeps its plain name (its file stem) when that is already safe (nothing to
     replace) and no other slide of the run shares it, ignoring case. Otherwise it gets its
-    safe name plus 8 hex digits of the hash of its full resolved path (``my_slide-1a2b3c4d``),
-    unless ``out/<safe name>`` already holds this same file's results from an earlier run,
-    which it then keeps. Any collision left (say, a slide literally named like another's
-    hashed name) is an :class:`InputError`.
+    safe name plus 8 hex digits of the hash of its full resolved path (``my_slide-1a2b3c4d``).
+    Either way, a folder of ``out`` that already holds this same file's results from an earlier
+    run (under the plain or the hashed name) keeps serving it, so a slide's folder does not
+    change with the other slides of a run. Any collision left (say, a slide literally named
+    like another's hashed name) is an :class:`InputError`.
     """
     safe = [safe_slide_name(p) for p in paths]
     shared = Counter(name.lower() for name in safe)
     names = []
     for path, name in zip(paths, safe, strict=True):
         plain = name == slide_stem(path) and shared[name.lower()] == 1
-        ours = out is not None and _recorded_path(out / name) == str(path)
-        names.append(name if plain or ours else f"{name}-{_path_hash(path)}")
+        hashed = f"{name}-{_path_hash(path)}"
+        earlier = [n for n in (name, hashed) if out is not None and _recorded_path(out / n) == str(path)]
+        names.append(earlier[0] if earlier else name if plain else hashed)
     owner: dict[str, Path] = {}
     for path, name in zip(paths, names, strict=True):
         other = owner.setdefault(name.lower(), path)
