@@ -3,7 +3,9 @@
 Three parts, used by the commands:
 
 - :func:`connect` / :func:`ray_session` join the cluster named by ``--address`` or
-  ``RAY_ADDRESS`` (or start a local Ray with every local CPU and GPU) and report its nodes.
+  ``RAY_ADDRESS`` (or start a local Ray of their own with every local CPU and GPU) and report
+  its nodes. Inside :func:`ray_session`, SIGTERM stops the run like Ctrl-C does
+  (:class:`Interrupted`), so Ray shuts down cleanly instead of crashing.
 - :func:`check_shared_path` refuses an output location that some node of a multi-node cluster
   cannot see: every node reads a marker the driver wrote and writes one back.
 - :class:`JobClient` sends ``nucflow`` commands through Ray's Job Submission API (the
@@ -19,8 +21,10 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +39,7 @@ __all__ = [
     "DEFAULT_JOBS_ADDRESS",
     "ClusterConfig",
     "ClusterInfo",
+    "Interrupted",
     "JobClient",
     "JobInfo",
     "check_shared_path",
@@ -235,18 +240,64 @@ def cluster_info(*, started_here: bool, address: str | None = None) -> ClusterIn
     return ClusterInfo(gcs, tuple(n["NodeID"] for n in alive), cpus, gpus, started_here)
 
 
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal: SIGTERM (what SLURM and Kubernetes send) or SIGINT.
+
+    A :class:`KeyboardInterrupt`, so every ``finally`` that Ctrl-C runs (finished tiles
+    recorded, actors and Ray shut down) runs for SIGTERM too. ``exit_status`` is the shell's
+    convention for a process stopped by that signal: 128 + its number (143, 130).
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.signal_name = signal.Signals(self.signum).name
+        super().__init__(self.signal_name)
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    # A second SIGTERM while shutting down kills at once (the default action), as a second
+    # Ctrl-C would be expected to; the first one lets Ray shut down and results be kept.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Interrupted(signum)
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None, *, config: ClusterConfig) -> Iterator[ClusterInfo]:
-    """:func:`connect` for the duration of a ``with`` block; disconnects only what it opened."""
+    """:func:`connect` for the duration of a ``with`` block; disconnects only what it opened.
+
+    Within the block (when entered on the main thread) SIGTERM raises :class:`Interrupted`
+    on the main thread, like Ctrl-C raises KeyboardInterrupt: without this, Ray's own handlers
+    (its driver's ``sys.exit`` and its C++ failure-signal handler, installed by ``ray.init``)
+    end the process in SIGABRT with a crash dump. The previous handler is restored on exit.
+    """
     import ray
 
+    on_main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if on_main else None
     opened = not ray.is_initialized()
-    info = connect(address, config=config)
     try:
-        yield info
+        if on_main:
+            signal.signal(signal.SIGTERM, _raise_interrupted)
+        try:
+            info = connect(address, config=config)
+        except SystemExit as exc:  # Ray's handler during ray.init: sys.exit(SIGTERM)
+            if exc.code == signal.SIGTERM:
+                raise Interrupted(signal.SIGTERM) from None
+            raise
+        if on_main:  # again: ray.init replaced it with Ray's own handlers
+            signal.signal(signal.SIGTERM, _raise_interrupted)
+        try:
+            yield info
+        finally:
+            if opened:
+                ray.shutdown()
     finally:
-        if opened:
-            ray.shutdown()
+        if on_main:
+            signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
 
 # --------------------------------------------------------------------------- shared outputs

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -57,7 +58,17 @@ def segment(slides: tuple[str, ...], out: Path, config_path: Path | None, cluste
             )
     except NucflowError as exc:
         raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM in the Ray session (cluster.Interrupted)
+        _stopped(exc, out)
     _report(result)
+
+
+def _stopped(exc: KeyboardInterrupt, out: Path) -> NoReturn:
+    """One line, and the shell's status for a process stopped by a signal: 128 + its number."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    click.echo(f"nucflow segment: stopped by {signal.Signals(signum).name}; finished tiles are kept in {out}, "
+               "rerun the same command to resume", err=True)
+    raise SystemExit(128 + signum)
 
 
 def _demo_slide(out: Path) -> Path:
