@@ -22,7 +22,7 @@ import zarr
 from click.testing import CliRunner
 
 from nucflow.cli import main
-from nucflow.errors import ConfigError, InputError, ModelError
+from nucflow.errors import ConfigError, InputError, PreflightError
 from nucflow.inference import predict_image, predict_whole
 from nucflow.inference.actors import ACTOR_PREFIX
 from nucflow.inference.predictors import UNetPredictor
@@ -170,7 +170,7 @@ def test_input_errors_name_the_input(tmp_path: Path, small_svs: Path) -> None:
         segment([str(tmp_path / "*.svs")], tmp_path / "out", method="threshold")
     bad_model = tmp_path / "bad.safetensors"
     bad_model.write_bytes(b"not weights")
-    with pytest.raises(ModelError, match="bad"):
+    with pytest.raises(PreflightError, match="bad"):  # a ModelError, reported before Ray starts
         segment([small_svs], tmp_path / "out", model=bad_model)
     config = tmp_path / "segment.yaml"
     config.write_text("method: threshold\ntile_szie: 256\n")
