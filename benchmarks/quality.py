@@ -72,13 +72,20 @@ def _value(text: str) -> Any:
 def _runs(models: list[str], model_mpps: list[float | None], baselines: list[str],
           ttas: list[str]) -> list[dict[str, Any]]:
     runs = [{"name": b, "method": b, "model": None, "model_mpp": None, "tta": "none", "group": b} for b in baselines]
+    labels = [_label(m, depth=1) for m in models]
+    if len(set(labels)) < len(labels):  # e.g. runs/s0/at/1500 and runs/s1/at/1500
+        labels = [_label(m, depth=3) for m in models]
     for mpp, tta in itertools.product(model_mpps, ttas):
         tag = ("" if mpp is None else f"@{mpp:g}") + ("" if tta == "none" else f"+{tta}")
-        for model in models:
-            label = Path(model).parent.name if model.endswith(".safetensors") else Path(model).name
+        for model, label in zip(models, labels, strict=True):
             runs.append({"name": f"unet[{label}]{tag}", "method": "unet", "model": model, "model_mpp": mpp,
                          "tta": tta, "group": f"unet{tag}"})
     return runs
+
+
+def _label(model: str, *, depth: int) -> str:
+    folder = Path(model).parent if model.endswith(".safetensors") else Path(model)
+    return "/".join(folder.parts[-depth:])
 
 
 def _probabilities(run: dict[str, Any], vset: Any, cache: Path) -> list[dict[str, Any]]:
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", default=[], help="model to score (repeat: seeds)")
     parser.add_argument("--model-mpp", action="append", type=float, default=[], help="working µm/px (repeat)")
-    parser.add_argument("--baseline", action="append", default=None, help="baselines (default both)")
+    parser.add_argument("--baseline", action="append", default=None, help="baselines (default both; 'none')")
     parser.add_argument("--tta", action="append", default=[], help="model test-time augmentation (repeat)")
     parser.add_argument("--vary", action="append", default=[], help="stain-profile KEY=V1,V2,... (repeat)")
     parser.add_argument("--stain", default="ki67")
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sets = load_validation_sets(data=args.data, only=args.set)
-    baselines = ["threshold", "deconvolution"] if args.baseline is None else args.baseline
+    baselines = ["threshold", "deconvolution"] if args.baseline is None else [b for b in args.baseline if b != "none"]
     runs = _runs(args.model, args.model_mpp or [None], baselines, args.tta or ["none"])
     grid = _parse_vary(args.vary)
     base = load_stain_profile(args.stain)
