@@ -118,12 +118,15 @@ def segment(
     ready = preflight(slides, out, config=config, mpp=mpp, force_mpp=force_mpp, load_spec=_method_spec)
     paths, spec = ready.paths, ready.spec
     cluster = cluster_config or load_cluster_config()
-    # Slides are planned (thumbnail, tissue, Zarr map) while Ray and the model actors start.
+    # Slides are planned (thumbnail, tissue, Zarr map) while the model actors start, but only
+    # once ray.init has returned: it forks Ray's processes, and a fork while the planning thread
+    # is inside a multi-threaded OpenBLAS call (numpy's matmul) deadlocks in OpenBLAS's fork
+    # handler (seen: the driver hung in blas_thread_shutdown_ under ray.init).
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        planned = pool.submit(
-            _plan_all, paths, ready.names, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite
-        )
         with ray_session(address, config=cluster) as info:
+            planned = pool.submit(
+                _plan_all, paths, ready.names, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite
+            )
             scheduler = _start_actors(spec, config, cluster)
             try:
                 if info.nodes > 1 and cluster.check_shared_output:
