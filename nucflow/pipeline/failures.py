@@ -49,8 +49,8 @@ def error_line(exc: BaseException) -> str:
 def _traceback(exc: BaseException) -> str:
     import ray
 
-    if isinstance(exc, ray.exceptions.RayTaskError):
-        return _ANSI.sub("", str(exc))  # the remote traceback, as Ray recorded it
+    if isinstance(exc, ray.exceptions.RayTaskError):  # the remote traceback, as Ray recorded it
+        return "Traceback (in the Ray worker, internal frames left out by Ray):\n" + _ANSI.sub("", str(exc))
     return "".join(traceback.format_exception(exc))
 
 
