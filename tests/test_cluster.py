@@ -119,7 +119,7 @@ def test_connect_starts_a_local_ray_on_loopback(tmp_path: Path) -> None:
     env.update(RAY_TMPDIR=ray_tmp, HOME=str(tmp_path))
     try:
         done = subprocess.run([sys.executable, "-c", _LOCAL], env=env, capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=600)  # generous: Ray starts slowly on a loaded machine
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert done.returncode == 0, done.stderr
