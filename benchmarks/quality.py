@@ -94,7 +94,9 @@ def _probabilities(run: dict[str, Any], vset: Any, cache: Path) -> list[dict[str
                                      run["model_mpp"], vset.name, run["tta"]]).encode()).hexdigest()[:16]
     config = replace(load_segment_config(), method=run["method"], model=run["model"], model_mpp=run["model_mpp"])
     config = replace(config, inference=replace(config.inference, tta=run["tta"]))
-    spec = predictor = None
+    spec = method_spec(config)
+    shrink = mask_shrink_um(spec)  # from the card, at the working resolution (never cached)
+    predictor = None
     out = []
     for image, truth in pair_files(vset.images, vset.truth, what="truth", suffixes=(".png", ".tif", ".csv")):
         path = cache / key / f"{image.stem}.npz"
@@ -102,17 +104,13 @@ def _probabilities(run: dict[str, Any], vset: Any, cache: Path) -> list[dict[str
         if path.is_file():
             data = np.load(path)
             prob, work, mpp = data["prob"], data["rgb"], float(data["mpp"])
-            shrink = float(data["shrink"]) if "shrink" in data else 0.0
         else:
-            if spec is None:
-                spec = method_spec(config)
+            if predictor is None:
                 predictor = spec.build(amp=config.inference.amp, channels_last=config.inference.channels_last)
             seg = segment_image(rgb, mpp=vset.mpp, spec=spec, config=config, predictor=predictor)
-            prob, work, mpp = seg.probability, seg.rgb, seg.mpp
-            shrink = mask_shrink_um(spec)
+            prob, work, mpp = np.rint(seg.probability * 255).astype(np.uint8), seg.rgb, seg.mpp
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(path, prob=np.rint(prob * 255).astype(np.uint8), rgb=work, mpp=mpp, shrink=shrink)
-            prob = np.rint(prob * 255).astype(np.uint8)
+            np.savez_compressed(path, prob=prob, rgb=work, mpp=mpp)
         out.append({"name": image.stem, "rgb": rgb, "truth": read_truth(truth, format=vset.truth_format),
                     "prob": prob, "work": work, "mpp": mpp, "shrink": shrink})
     return out

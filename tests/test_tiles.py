@@ -92,3 +92,14 @@ def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, 
         plain = segment_image(rgb, mpp=0.25, spec=method_spec(replace(config, model=None)), config=config)
         assert (mine.labels > 0).sum() > (plain.labels > 0).sum()
     assert row["n_pred"] == len(table) and row["n_true"] == LUNG1_NUCLEI
+
+
+def test_shrink_scales_with_the_working_resolution(shrunk_model: Path) -> None:
+    """The model shrinks nuclei by a number of its own pixels: run at 0.25 instead of its card's 0.5
+    µm/px, that is half as many µm, and the labels are grown back by as much."""
+    from nucflow.pipeline.image import mask_shrink_um
+
+    config = replace(load_segment_config(), method="unet", model=str(shrunk_model))
+    assert mask_shrink_um(method_spec(config)) == pytest.approx(1.0)
+    assert mask_shrink_um(method_spec(replace(config, model_mpp=0.25))) == pytest.approx(0.5)
+    assert mask_shrink_um(method_spec(replace(config, method="threshold"))) == 0.0

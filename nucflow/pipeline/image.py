@@ -47,8 +47,16 @@ def method_spec(config: SegmentConfig) -> MethodSpec:
 
 
 def mask_shrink_um(spec: MethodSpec) -> float:
-    """How far inside each nucleus' edge the model outlines it (its card's ``mask_shrink_um``; 0 otherwise)."""
-    return float(spec.model.card.mask_shrink_um) if spec.model is not None else 0.0
+    """How far (µm) inside each nucleus' edge the model outlines it at the working resolution.
+
+    The card's ``mask_shrink_um`` holds at the card's µm/px: the model learned to shrink
+    nuclei by a number of its own pixels, so run at another resolution (``model_mpp``) it
+    shrinks them by that many pixels of the new resolution. 0 for the baselines.
+    """
+    if spec.model is None:
+        return 0.0
+    card = spec.model.card
+    return float(card.mask_shrink_um) * spec.mpp / card.mpp
 
 
 def postprocess_profile(config: SegmentConfig, *, shrink_um: float = 0.0) -> Any:
