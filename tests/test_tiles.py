@@ -95,11 +95,12 @@ def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, 
 
 
 def test_shrink_scales_with_the_working_resolution(shrunk_model: Path) -> None:
-    """The model shrinks nuclei by a number of its own pixels: run at 0.25 instead of its card's 0.5
-    µm/px, that is half as many µm, and the labels are grown back by as much."""
+    """The model shrinks nuclei by a number of its own pixels: run at half its card's µm/px, that
+    is half as many µm, and the labels are grown back by as much."""
     from nucflow.pipeline.image import mask_shrink_um
 
     config = replace(load_segment_config(), method="unet", model=str(shrunk_model))
-    assert mask_shrink_um(method_spec(config)) == pytest.approx(1.0)
-    assert mask_shrink_um(method_spec(replace(config, model_mpp=0.25))) == pytest.approx(0.5)
+    spec = method_spec(config)
+    assert mask_shrink_um(spec) == pytest.approx(1.0)
+    assert mask_shrink_um(method_spec(replace(config, model_mpp=spec.mpp / 2))) == pytest.approx(0.5)
     assert mask_shrink_um(method_spec(replace(config, method="threshold"))) == 0.0
