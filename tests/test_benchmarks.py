@@ -49,7 +49,8 @@ def test_mirrored_field_equals_symmetric_padding() -> None:
 def test_run_pipeline_raises_the_childs_error(tmp_path: Path) -> None:
     from nucflow.cluster import load_cluster_config
 
-    with pytest.raises(RuntimeError, match=r"(?s)exited with code 1.*PreflightError.*no slide matches .*missing\.svs"):
+    expected = r"(?s)exited with code 1.*PreflightError.*no slide matches .*missing\.svs"
+    with pytest.raises(RuntimeError, match=expected):
         pipeline.run_pipeline(tmp_path / "missing.svs", tmp_path / "model.safetensors", tmp_path / "out",
                               cluster=load_cluster_config(), config=pipeline.segment_config(), actors=1)
 
