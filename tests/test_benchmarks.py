@@ -85,7 +85,7 @@ def test_suite_runs_on_a_tiny_slide(shared_data: Path, tmp_path: Path) -> None:
         written["read_limit"]["tiles_per_s"], written["compute_limit"]["tiles_per_s"]
     )
     assert written["pipeline"]["import_s"] > 0 and written["pipeline"]["wall_s"] > written["pipeline"]["import_s"]
-    assert written["pipeline"]["tiles"] == written["slide"]["tiles"] == 4
+    assert written["pipeline"]["tiles"] == written["slide"]["tiles"] >= 4  # 4 at 0.5 µm/px, 12 at 0.25
     assert written["pipeline_4x"]["tiles"] == written["slide"]["tiles_4x"] > written["pipeline"]["tiles"]
     assert written["memory"]["peak_rss_gb_1x"] > 0.1
     assert written["read_limit"]["tiles_per_s"] > 0 and written["compute_limit"]["tiles_per_s"] > 0
