@@ -258,10 +258,15 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+#: Signals :func:`_raise_interrupted` received in the current :func:`ray_session`.
+_received: list[int] = []
+
+
 def _raise_interrupted(signum: int, frame: object) -> None:
     # A second SIGTERM while shutting down kills at once (the default action), as a second
     # Ctrl-C would be expected to; the first one lets Ray shut down and results be kept.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _received.append(signum)
     raise Interrupted(signum)
 
 
@@ -279,6 +284,7 @@ def ray_session(address: str | None = None, *, config: ClusterConfig) -> Iterato
     on_main = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGTERM) if on_main else None
     opened = not ray.is_initialized()
+    _received.clear()
     try:
         if on_main:
             signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -295,6 +301,12 @@ def ray_session(address: str | None = None, *, config: ClusterConfig) -> Iterato
         finally:
             if opened:
                 ray.shutdown()
+    except KeyboardInterrupt as exc:
+        # Raised inside ray.get/ray.wait, the handler's exception reaches here as a new, plain
+        # KeyboardInterrupt (Ray's C++ signal check re-raises one): say which signal it was.
+        if _received and not isinstance(exc, Interrupted):
+            raise Interrupted(_received[-1]) from None
+        raise
     finally:
         if on_main:
             signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
