@@ -16,13 +16,13 @@ import ray
 
 from nucflow.atomic import remove_partials, write_json, write_text
 from nucflow.cluster import ClusterConfig, check_shared_path, load_cluster_config, ray_session
-from nucflow.errors import ModelError
 from nucflow.inference.actors import TileScheduler, WorkItem, actor_options_for_cluster
 from nucflow.inference.predictors import MethodSpec, parse_method
 from nucflow.inference.store import ProbabilityMap
 from nucflow.pipeline.config import SegmentConfig
 from nucflow.pipeline.failures import record_failure
 from nucflow.pipeline.finish import finish_slide
+from nucflow.pipeline.image import method_spec
 from nucflow.pipeline.plan import SlidePlan, plan_slide
 from nucflow.pipeline.preflight import preflight
 
@@ -115,7 +115,7 @@ def segment(
     config = config or load_segment_config()
     config = replace(config, method=parse_method(method or config.method), model=str(model) if model else config.model)
     out = Path(out).resolve()
-    ready = preflight(slides, out, config=config, mpp=mpp, force_mpp=force_mpp, load_spec=_method_spec)
+    ready = preflight(slides, out, config=config, mpp=mpp, force_mpp=force_mpp, load_spec=method_spec)
     paths, spec = ready.paths, ready.spec
     cluster = cluster_config or load_cluster_config()
     # Slides are planned (thumbnail, tissue, Zarr map) while the model actors start, but only
@@ -165,18 +165,6 @@ def _start_actors(spec: MethodSpec, config: SegmentConfig, cluster: ClusterConfi
         ray.cluster_resources(), cluster=cluster, amp=config.inference.amp, channels_last=config.inference.channels_last
     )
     return TileScheduler(ray.put(spec), options, max_retries=config.inference.max_retries)
-
-
-def _method_spec(config: SegmentConfig) -> MethodSpec:
-    if config.method != "unet":
-        return MethodSpec(config.method, mpp=config.baseline_mpp, sigma=config.baseline_sigma)
-    from nucflow.models import default_model_path, load_model
-
-    path = config.model or default_model_path()
-    if path is None:
-        raise ModelError("no model given and no bundled default model; pass --model PATH or --method threshold")
-    loaded = load_model(path)
-    return MethodSpec("unet", mpp=loaded.card.mpp, model=loaded)
 
 
 def _run(
