@@ -181,7 +181,7 @@ def foreign_head(ray_tmp: str) -> Iterator[str]:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(proc.pid, sig)
-                proc.wait(timeout=30)
+                proc.wait(timeout=5)
                 break
             except ProcessLookupError:
                 break
