@@ -366,7 +366,7 @@ def test_submit_train_runs_ddp_over_both_nodes(
     out = tmp_path / "run"
     done = _nucflow(
         "submit", "--address", two_nodes.jobs_url, "--", "train",
-        "--tiles", str(shared_data / "ihc/deepliif/images"),
+        "--tiles", str(shared_data / "ihc/regions"),
         "--masks", str(shared_data / "masks/monuseg"), "-o", str(out), "--config", str(config),
         "--workers", "2", "--cpus-per-worker", "1", env=two_nodes.env,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -57,10 +59,11 @@ def test_unknown_pseudo_method_is_refused(tmp_path) -> None:
 
 def test_ihc_pool_and_sampling(shared_data) -> None:
     rng = np.random.default_rng(0)
-    tiles = find_images([shared_data / "ihc/deepliif/images"], what="tile")
+    tiles = find_images([shared_data / "ihc/regions"], what="tile")  # 40x: 0.25 µm/px, the default tile_mpp
     images = load_ihc(slides=[shared_data / "slides/OS-2-vsi.ome.tif"], tiles=tiles,
                       config=DataConfig(mpp=1.0, crop=32, skimage_ihc=True), rng=rng)
-    assert [im.rgb.shape[:2] for im in images] == [(501, 501), (128, 128), (128, 128), (128, 128)]
+    assert [im.rgb.shape[:2] for im in images] == [(501, 501), (237, 345), (295, 351), (249, 312), (128, 128)]
+    assert [im.group for im in images] == ["OS-2-vsi.ome.tif", "regions", "regions", "regions", "skimage-ihc"]
     rgb, pseudo = sample_ihc(images, n=3, crop=32, scale_jitter=0.5, rng=rng)
     assert rgb.shape == (3, 32, 32, 3) and rgb.dtype == np.float32 and pseudo.dtype == bool
     assert 0 <= rgb.min() and rgb.max() <= 1
@@ -114,3 +117,27 @@ def test_shrunk_pseudo_masks_split_touching_blobs() -> None:
 
     assert ndimage.label(pseudo_mask(rgb, "deconvolution"))[1] == 1
     assert ndimage.label(pseudo_mask(rgb, "deconvolution", shrink_px=2, mpp=0.5))[1] == 2
+
+
+def test_tile_folders_with_their_resolution_and_balanced_sources(shared_data, tmp_path) -> None:
+    from nucflow.training._data import IhcImage, sampling_weights, split_mpp
+
+    assert split_mpp("a/b@0.55") == (Path("a/b"), 0.55) and split_mpp("a/b") == (Path("a/b"), None)
+    with pytest.raises(TrainingError, match="positive µm/px"):
+        split_mpp("a/b@-1")
+    found = find_images([f"{shared_data / 'ihc/unlabelled/mist_ki67_demo'}@0.55"], what="tile")
+    assert len(found) == 1 and str(found[0]).endswith("@0.55")
+    at_05 = load_ihc(slides=[], tiles=found, config=DataConfig(mpp=0.55, crop=32), rng=np.random.default_rng(0))
+    assumed = load_ihc(slides=[], tiles=[p.with_name(p.name.split("@")[0]) for p in found],
+                       config=DataConfig(mpp=0.55, crop=32, tile_mpp=0.275), rng=np.random.default_rng(0))
+    # at 0.55 µm/px (its @ suffix) the file is used as it is; taken as 0.275 (tile_mpp), at half its size
+    native = io.imread(str(found[0]).split("@")[0]).shape[:2]
+    assert at_05[0].rgb.shape[:2] == native
+    assert abs(at_05[0].rgb.shape[0] - 2 * assumed[0].rgb.shape[0]) <= 1
+    # balanced: each group equally likely whatever its area; by area otherwise
+    def image(side: int, group: str) -> IhcImage:
+        return IhcImage(np.zeros((side, side, 3), np.uint8), np.zeros((side, side), bool), "x", group)
+
+    pool = [image(100, "big"), image(100, "big"), image(10, "small")]
+    assert sampling_weights(pool, balance_groups=True) == pytest.approx([0.25, 0.25, 0.5])
+    assert sampling_weights(pool) == pytest.approx(np.array([1e4, 1e4, 1e2]) / 20100)

@@ -26,7 +26,7 @@ TINY = TrainConfig(
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, shared_data, ray_local):
     out = tmp_path_factory.mktemp("run")
-    kwargs = dict(tiles=[shared_data / "ihc/deepliif/images"], masks=[shared_data / "masks/monuseg"],
+    kwargs = dict(tiles=[shared_data / "ihc/regions"], masks=[shared_data / "masks/monuseg"],
                   out=out, workers=2)
     first = train(config=TINY, **kwargs)
     return out, kwargs, first

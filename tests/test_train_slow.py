@@ -21,7 +21,8 @@ def test_cpu_config_lowers_the_cycle_loss(shared_data) -> None:
     config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, pseudo=0.0))
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    tiles = find_images([shared_data / "ihc/regions", shared_data / "ihc/deepliif/images"],
+    # real unlabelled IHC only: validation tiles (DeepLIIF, glioma, EndoNuke) are never trained on
+    tiles = find_images([shared_data / "ihc/regions", f"{shared_data / 'ihc/unlabelled/mist_ki67_demo'}@0.55"],
                         what="tile")
     images = load_ihc(slides=[], tiles=tiles, config=config.data, rng=rng)
     masks = load_masks(find_images([shared_data / "masks/consep"], what="mask"),
