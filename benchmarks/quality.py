@@ -37,10 +37,11 @@ from nucflow.evaluation import load_validation_sets  # noqa: E402
 from nucflow.evaluation._evaluate import POINT_MATCH_UM  # noqa: E402
 from nucflow.evaluation._report import EvaluationReport, ImageScore  # noqa: E402
 from nucflow.evaluation._truth import pair_files, read_image, read_truth  # noqa: E402
-from nucflow.evaluation._validation import VALIDATION_METRICS, _set_row  # noqa: E402
+from nucflow.evaluation._validation import VALIDATION_METRICS, _nanmean, _set_row, model_labels  # noqa: E402
 from nucflow.evaluation.metrics import count_instances, count_points  # noqa: E402
 from nucflow.pipeline import load_segment_config  # noqa: E402
 from nucflow.pipeline.image import (  # noqa: E402
+    build_predictor,
     mask_shrink_um,
     method_spec,
     positive_calls,
@@ -72,20 +73,13 @@ def _value(text: str) -> Any:
 def _runs(models: list[str], model_mpps: list[float | None], baselines: list[str],
           ttas: list[str]) -> list[dict[str, Any]]:
     runs = [{"name": b, "method": b, "model": None, "model_mpp": None, "tta": "none", "group": b} for b in baselines]
-    labels = [_label(m, depth=1) for m in models]
-    if len(set(labels)) < len(labels):  # e.g. runs/s0/at/1500 and runs/s1/at/1500
-        labels = [_label(m, depth=3) for m in models]
+    labels = model_labels(models)
     for mpp, tta in itertools.product(model_mpps, ttas):
         tag = ("" if mpp is None else f"@{mpp:g}") + ("" if tta == "none" else f"+{tta}")
         for model, label in zip(models, labels, strict=True):
             runs.append({"name": f"unet[{label}]{tag}", "method": "unet", "model": model, "model_mpp": mpp,
                          "tta": tta, "group": f"unet{tag}"})
     return runs
-
-
-def _label(model: str, *, depth: int) -> str:
-    folder = Path(model).parent if model.endswith(".safetensors") else Path(model)
-    return "/".join(folder.parts[-depth:])
 
 
 def _probabilities(run: dict[str, Any], vset: Any, cache: Path) -> list[dict[str, Any]]:
@@ -106,7 +100,7 @@ def _probabilities(run: dict[str, Any], vset: Any, cache: Path) -> list[dict[str
             prob, work, mpp = data["prob"], data["rgb"], float(data["mpp"])
         else:
             if predictor is None:
-                predictor = spec.build(amp=config.inference.amp, channels_last=config.inference.channels_last)
+                predictor = build_predictor(spec, config)
             seg = segment_image(rgb, mpp=vset.mpp, spec=spec, config=config, predictor=predictor)
             prob, work, mpp = np.rint(seg.probability * 255).astype(np.uint8), seg.rgb, seg.mpp
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,11 +192,6 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     if not kept:
         return (math.nan, math.nan)
     return (statistics.fmean(kept), statistics.stdev(kept) if len(kept) > 1 else math.nan)
-
-
-def _nanmean(values: list[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return statistics.fmean(kept) if kept else math.nan
 
 
 def _markdown(table: list[dict[str, Any]], sets: list[str]) -> str:

@@ -80,3 +80,12 @@ def test_validate_cli(data_root: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "does not exist; point --data at the data root" in bad.output
     with pytest.raises(EvaluationError, match="unknown validation set"):
         load_validation_sets(data_root / "sets.yaml", data=data_root, only=["nope"])
+
+
+def test_model_labels_stay_apart_for_checkpoints_of_several_runs() -> None:
+    from nucflow.evaluation import model_labels
+
+    assert model_labels(["runs/s0/model.safetensors", "runs/s1/model.safetensors"]) == ["s0", "s1"]
+    # the same step of two runs: one folder name would merge two seeds into one row
+    assert model_labels(["runs/s0/at/850/model.safetensors", "runs/s1/at/850/model.safetensors"]) == [
+        "s0/at/850", "s1/at/850"]

@@ -16,6 +16,7 @@ from nucflow.evaluation._validation import (
     ValidationReport,
     ValidationSet,
     load_validation_sets,
+    model_labels,
     validate,
     write_validation,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "read_truth",
     "recall",
     "load_validation_sets",
+    "model_labels",
     "validate",
     "write_report",
     "write_validation",

@@ -246,7 +246,7 @@ def _runner(method: str, *, model: str | Path | None, mpp: float | None, stain_p
 
     from nucflow.errors import ConfigError, ModelError
     from nucflow.pipeline import load_segment_config
-    from nucflow.pipeline.image import method_spec, segment_image
+    from nucflow.pipeline.image import build_predictor, method_spec, segment_image
     from nucflow.postprocess import load_stain_profile
 
     try:
@@ -269,7 +269,7 @@ def _runner(method: str, *, model: str | Path | None, mpp: float | None, stain_p
         spec = method_spec(config)
     except ModelError as exc:
         raise EvaluationError(f"cannot evaluate {method}: {exc}") from None
-    predictor = spec.build(amp=config.inference.amp, channels_last=config.inference.channels_last)
+    predictor = build_predictor(spec, config)
 
     def segment(rgb: np.ndarray, case: _Case) -> tuple[np.ndarray, dict[int, bool]]:
         result = segment_image(rgb, mpp=mpp, spec=spec, config=config, predictor=predictor)

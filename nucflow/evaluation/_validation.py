@@ -30,6 +30,7 @@ __all__ = [
     "ValidationReport",
     "ValidationSet",
     "load_validation_sets",
+    "model_labels",
     "validate",
     "write_validation",
 ]
@@ -150,7 +151,7 @@ def validate(
         raise EvaluationError("no validation sets to score")
     runs: list[tuple[str, str, str | Path | None]] = [(m, m, None) for m in methods if m != "unet"]
     if models:
-        runs += [(f"unet[{_label(p)}]", "unet", p) for p in models]
+        runs += [(f"unet[{label}]", "unet", p) for label, p in zip(model_labels(models), models, strict=True)]
     elif "unet" in methods:
         runs.append(("unet", "unet", None))
     rows: list[dict[str, Any]] = []
@@ -162,7 +163,7 @@ def validate(
                               truth_format=vset.truth_format, stain_profile=stain_profile, model_mpp=model_mpp)
             rows.append(_set_row(vset.name, name, method, report))
     if len(models) > 1:
-        model_names = [f"unet[{_label(p)}]" for p in models]
+        model_names = [f"unet[{label}]" for label in model_labels(models)]
         for vset in sets:
             rows.append(_spread(vset.name, "unet[mean]", [r for r in rows if r["set"] == vset.name
                                                            and r["method"] in model_names]))
@@ -184,9 +185,19 @@ def validate(
     return ValidationReport(rows=tuple(rows), settings=settings)
 
 
-def _label(path: str | Path) -> str:
-    path = Path(path)
-    return path.parent.name if path.suffix == ".safetensors" else path.name
+def model_labels(models: Sequence[str | Path]) -> list[str]:
+    """A short name per model: its run folder (``runs/s0/model.safetensors`` -> ``s0``), or, when
+    two would share it (``runs/s0/at/850`` and ``runs/s1/at/850``), its last three folders."""
+    labels = [_label(m, depth=1) for m in models]
+    if len(set(labels)) < len(labels):
+        labels = [_label(m, depth=3) for m in models]
+    return labels
+
+
+def _label(model: str | Path, *, depth: int) -> str:
+    path = Path(model)
+    folder = path.parent if path.suffix == ".safetensors" else path
+    return "/".join(folder.parts[-depth:])
 
 
 def _set_row(set_name: str, name: str, method: str, report: Any) -> dict[str, Any]:

@@ -119,7 +119,7 @@ class UNetPredictor:
         for k, flip in views:
             view = self._torch.rot90(x, k, dims=(-2, -1))
             view = view.flip(-1) if flip else view
-            prob = self._once(view.contiguous(memory_format=self._torch.channels_last) if self.channels_last else view)
+            prob = self._once(self.prepare(view))
             prob = prob.flip(-1) if flip else prob
             prob = self._torch.rot90(prob, -k, dims=(-2, -1))
             total = prob if total is None else total + prob

@@ -27,9 +27,8 @@ from nucflow.slide import Slide, tile_grid, tissue_mask
 from nucflow.slide.reader import array_slide
 
 __all__ = [
-    "ImageSegmentation", "find_tissue", "fit_params", "input_multiple", "mask_shrink_um", "method_spec",
-    "positive_calls", "postprocess_profile",
-    "resample_labels", "segment_image",
+    "ImageSegmentation", "build_predictor", "find_tissue", "fit_params", "input_multiple", "mask_shrink_um",
+    "method_spec", "positive_calls", "postprocess_profile", "resample_labels", "segment_image",
 ]
 
 
@@ -67,6 +66,11 @@ def postprocess_profile(config: SegmentConfig, *, shrink_um: float = 0.0) -> Any
 
     profile = load_stain_profile(config.stain_profile)
     return replace(profile, expand_um=shrink_um) if shrink_um else profile
+
+
+def build_predictor(spec: MethodSpec, config: SegmentConfig, *, device: str = "cpu") -> Any:
+    """The predictor of ``spec`` with ``config``'s inference numerics (autocast, memory format)."""
+    return spec.build(device=device, amp=config.inference.amp, channels_last=config.inference.channels_last)
 
 
 def input_multiple(spec: MethodSpec) -> int:
@@ -122,15 +126,15 @@ def segment_image(
     from nucflow.postprocess import label_nuclei
 
     slide = array_slide(rgb, mpp=mpp)
-    _, _, tissue = thumb_tissue = find_tissue(slide, config.tissue)
-    params = fit_params(spec, thumb_tissue[0], tissue)
+    thumb, _, tissue = find_tissue(slide, config.tissue)
+    params = fit_params(spec, thumb, tissue)
     shape = slide.shape_at(spec.mpp)
     work = slide.read(mpp=spec.mpp, row=0, col=0, rows=shape[0], cols=shape[1])
     margin = config.inference.margin
     size = config.inference.tile_size or auto_tile_size(input_multiple(spec), margin=margin)
     grid = tile_grid(shape, tile_size=size, margin=margin, tissue=tissue)
     if predictor is None:
-        predictor = spec.build(amp=config.inference.amp, channels_last=config.inference.channels_last)
+        predictor = build_predictor(spec, config)
 
     def read(row: int, col: int, rows: int, cols: int) -> np.ndarray:
         return slide.read(mpp=spec.mpp, row=row, col=col, rows=rows, cols=cols)
