@@ -25,6 +25,7 @@ from nucflow.postprocess import (
     iter_nuclei_parts,
     render_overlay,
 )
+from nucflow.scoring import ScoreAccumulator
 from nucflow.slide import open_slide
 
 __all__ = ["finish_slide", "slide_summary"]
@@ -64,20 +65,22 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool, poll_
             ProbabilityMap(plan.map_path).array(), config=profile, read_rgb=read_rgb,
             block_size=config.postprocess_block, num_workers=_threads(config), before_part=waiter,
         )
-        positive = 0
+        scores = ScoreAccumulator(profile)
         geojson_path = out_dir / "nuclei.geojson" if geojson else None
         with NucleusTableWriter(out_dir / "nuclei.parquet", geojson=geojson_path) as writer:
             for part in parts:
                 writer.write(part)
                 overlay.add(part)
-                positive += int(part["dab_positive"].sum())
+                scores.add(part)
+    scoring = scores.summary(um_per_level0_px=level0_mpp)
     seconds_post = time.perf_counter() - started - waiter.seconds
     render_overlay(thumb, level0_scale=thumb_mpp / level0_mpp, tissue_mask=tissue, nuclei=overlay,
                    path=out_dir / "overlay.png")
     seconds_write = time.perf_counter() - started - waiter.seconds - seconds_post
     seconds = {**plan.seconds, "postprocess": round(seconds_post, 3), "write": round(seconds_write, 3),
                "waiting_for_tiles": round(waiter.seconds, 3)}
-    summary = slide_summary(plan, nuclei=writer.rows, positive=positive, seconds=seconds)
+    summary = slide_summary(plan, nuclei=writer.rows, positive=scoring["positive"], seconds=seconds,
+                            scoring=scoring)
     write_json(out_dir / "summary.json", summary)
     return summary
 
@@ -117,10 +120,14 @@ def _threads(config: SegmentConfig) -> int:
     return config.postprocess_threads or max(1, os.cpu_count() or 1)
 
 
-def slide_summary(plan: SlidePlan, *, nuclei: int, positive: int, seconds: dict[str, float]) -> dict[str, Any]:
-    """The slide-level figures: counts, Ki67 labelling index, density, timings."""
+def slide_summary(
+    plan: SlidePlan, *, nuclei: int, positive: int, seconds: dict[str, float], scoring: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The slide-level figures: counts, Ki67 labelling index (global and hot spot), H-score,
+    density, timings, and the full ``scoring`` (:mod:`nucflow.scoring`)."""
     count = nuclei
     area = plan.tissue_area_mm2
+    spot = (scoring or {}).get("hot_spot") or {}
     return {
         "slide": plan.key,
         "path": plan.path,
@@ -131,6 +138,9 @@ def slide_summary(plan: SlidePlan, *, nuclei: int, positive: int, seconds: dict[
         "labelling_index_percent": round(100.0 * positive / count, 3) if count else 0.0,
         "tissue_area_mm2": round(area, 4),
         "nuclei_per_mm2": round(count / area, 2) if area > 0 else 0.0,
+        "hotspot_labelling_index_percent": spot.get("labelling_index_percent"),
+        "h_score": (scoring or {}).get("h_score"),
+        "scoring": scoring,
         "tiles": len(plan.grid.tiles) if plan.grid else 0,
         "mpp": plan.mpp,
         "model_id": plan.model_id,

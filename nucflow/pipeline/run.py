@@ -336,7 +336,7 @@ def _largest_node_cpus() -> float:
 
 _CSV_FIELDS = (
     "slide", "path", "status", "error", "error_log", "nuclei", "positive", "labelling_index_percent",
-    "tissue_area_mm2", "nuclei_per_mm2", "tiles", "seconds_total",
+    "hotspot_labelling_index_percent", "h_score", "tissue_area_mm2", "nuclei_per_mm2", "tiles", "seconds_total",
 )
 
 

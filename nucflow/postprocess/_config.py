@@ -11,7 +11,9 @@ import numpy as np
 from nucflow.config import CONFIG_DIR, load_config
 from nucflow.errors import ConfigError
 
-__all__ = ["PixelSizes", "PostprocessConfig", "dab_positive", "load_stain_profile", "stain_profiles"]
+__all__ = [
+    "PixelSizes", "PostprocessConfig", "dab_intensity", "dab_positive", "load_stain_profile", "stain_profiles",
+]
 
 STAIN_DIR = CONFIG_DIR / "stains"
 
@@ -40,6 +42,12 @@ class PostprocessConfig:
     leaks into the DAB channel of the standard stain vectors). ``expand_um`` grows every
     label by that many µm after the watershed (into background only): it is set from the
     model card of a model trained on shrunk masks (``mask_shrink_um``), never in a profile.
+
+    Scoring (see :mod:`nucflow.scoring`): a positive nucleus is 1+, and 2+ / 3+ from the
+    mean DAB OD ``intensity_thresholds`` (two increasing values above ``dab_threshold``;
+    empty: positive/negative only, no H-score). The Ki67 hot spot is the field of
+    ``hotspot_area_mm2`` (a ``hotspot_shape`` "circle" or "square") holding the most
+    positive nuclei.
     """
 
     stain_profile: str = "ki67"
@@ -55,8 +63,12 @@ class PostprocessConfig:
     expand_um: float = 0.0
     dab_threshold: float = 0.18
     dab_min_fraction: float = 0.4
+    intensity_thresholds: tuple[float, ...] = (0.4, 0.6)
+    hotspot_area_mm2: float = 0.2
+    hotspot_shape: str = "circle"
 
     def __post_init__(self) -> None:
+        self._check_scoring()
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold must lie in (0, 1), got {self.threshold}")
         if self.median_size < 1 or self.median_size % 2 == 0:
@@ -69,6 +81,25 @@ class PostprocessConfig:
         for name in ("min_distance_um", "max_diameter_um"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    def _check_scoring(self) -> None:
+        bounds = (self.dab_threshold, *self.intensity_thresholds)
+        if len(self.intensity_thresholds) not in (0, 2) or any(
+            not (low < high) for low, high in zip(bounds, bounds[1:], strict=False)
+        ):
+            raise ConfigError(
+                f"intensity_thresholds must be two increasing mean DAB ODs above dab_threshold "
+                f"(2+ and 3+ lower bounds; dab_threshold {self.dab_threshold} is 1+), or [] for "
+                f"positive/negative only; got {list(self.intensity_thresholds)}"
+            )
+        if not self.hotspot_area_mm2 > 0:
+            raise ConfigError(f"hotspot_area_mm2 must be > 0, got {self.hotspot_area_mm2}")
+        if self.hotspot_shape not in ("circle", "square"):
+            raise ConfigError(f"hotspot_shape must be 'circle' or 'square', got {self.hotspot_shape!r}")
+
+    def intensity(self, dab_od: np.ndarray, hematoxylin_od: np.ndarray) -> np.ndarray:
+        """DAB intensity class (0, 1, 2, 3 for negative, 1+, 2+, 3+) of nuclei (see :func:`dab_intensity`)."""
+        return dab_intensity(dab_od, self.positive(dab_od, hematoxylin_od), self.intensity_thresholds)
 
     def positive(self, dab_od: np.ndarray, hematoxylin_od: np.ndarray) -> np.ndarray:
         """The positivity call of nuclei with these mean DAB and hematoxylin ODs (see :func:`dab_positive`)."""
@@ -115,6 +146,16 @@ def dab_positive(
     dab = np.asarray(dab_od, np.float64)
     stained = dab + np.asarray(hematoxylin_od, np.float64)
     return (dab >= dab_threshold) & (dab >= dab_min_fraction * stained)
+
+
+def dab_intensity(dab_od: np.ndarray, positive: np.ndarray, thresholds: tuple[float, ...]) -> np.ndarray:
+    """DAB intensity class of nuclei, int8: 0 when not ``positive``, else 1 (1+), plus one for
+    each of ``thresholds`` (the 2+ and 3+ lower bounds of the mean DAB OD) reached."""
+    dab = np.asarray(dab_od, np.float64)
+    grade = np.ones(dab.shape, np.int8)
+    for bound in thresholds:
+        grade += dab >= bound
+    return np.where(np.asarray(positive, bool), grade, 0).astype(np.int8)
 
 
 def stain_profiles() -> list[str]:

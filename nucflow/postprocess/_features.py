@@ -13,7 +13,7 @@ from scipy import ndimage as ndi
 from skimage.color import hed_from_rgb
 
 from nucflow.errors import InputError
-from nucflow.postprocess._config import dab_positive
+from nucflow.postprocess._config import dab_intensity, dab_positive
 
 __all__ = [
     "COLUMNS",
@@ -42,6 +42,7 @@ COLUMNS: dict[str, str] = {
     "hematoxylin_od": "float64",
     "dab_od": "float64",
     "dab_positive": "bool",
+    "dab_intensity": "int8",
     "mean_probability": "float64",
 }
 
@@ -156,6 +157,7 @@ def region_measures(
     origin: tuple[int, int],
     dab_threshold: float,
     dab_min_fraction: float,
+    intensity_thresholds: tuple[float, ...] = (),
 ) -> tuple[dict[str, np.ndarray], list[shapely.Polygon]]:
     """Measure the nuclei ``indices`` of ``labels`` (a region of the map at ``origin``).
 
@@ -173,6 +175,7 @@ def region_measures(
     columns["dab_od"] = means["dab"][indices]
     columns["dab_positive"] = dab_positive(columns["dab_od"], columns["hematoxylin_od"],
                                            dab_threshold=dab_threshold, dab_min_fraction=dab_min_fraction)
+    columns["dab_intensity"] = dab_intensity(columns["dab_od"], columns["dab_positive"], intensity_thresholds)
     return columns, list(outlines)
 
 
