@@ -1,8 +1,10 @@
 """One small class that reads any slide at any resolution.
 
-OpenSlide reads the whole-slide formats (.svs .ndpi .mrxs .scn .tiff .vms .bif DICOM ...);
-plain images (PNG, JPEG, TIFF including single-level OME-TIFF) are decoded into memory with
-tifffile or imageio. Both sit behind :class:`Slide`, whose :meth:`Slide.read` returns a
+OpenSlide reads the whole-slide formats (.svs .ndpi .mrxs .scn .tiff .vms .bif DICOM ...).
+TIFFs OpenSlide refuses, or sees only as one level without a resolution (OME-TIFF pyramids
+in SubIFDs), are read lazily by tifffile (:mod:`nucflow.slide._tiff`: every level, only the
+tiles a region touches). PNG, JPEG and BMP are decoded into memory with imageio. All sit
+behind :class:`Slide`, whose :meth:`Slide.read` returns a
 region at a requested resolution in that resolution's pixel grid.
 
 Resampling is defined per output pixel (its centre maps to a fixed position of the source
@@ -21,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from nucflow.errors import InputError, SlideError
+from nucflow.slide._tiff import is_tiff, open_tiff, tiff_mpp
 
 __all__ = ["Slide", "check_mpp", "metadata_mpp", "open_slide", "safe_slide_name", "slide_stem"]
 
@@ -240,6 +243,12 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
 
 
 def _open_openslide(path: Path) -> _Opened | None:
+    """OpenSlide's reading of ``path``, or None where another reader does better.
+
+    None when OpenSlide does not know the format, and when it sees a TIFF only as a one-level
+    ``generic-tiff`` without a resolution (an OME-TIFF with its pyramid in SubIFDs, say): the
+    tifffile reader then gets every level and the OME-XML resolution.
+    """
     import openslide
 
     try:
@@ -247,9 +256,17 @@ def _open_openslide(path: Path) -> _Opened | None:
     except openslide.OpenSlideUnsupportedFormatError:
         return None
     except openslide.OpenSlideError as exc:
+        if path.is_file() and is_tiff(path):
+            return None  # tifffile may still read it; if not, it says why
         raise SlideError(f"OpenSlide cannot open slide {path}: {exc}; the file may be truncated") from exc
     vendor = handle.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
-    return _Opened(_OpenSlideBackend(handle), _openslide_mpp(handle), vendor)
+    mpp = _openslide_mpp(handle)
+    if vendor == "generic-tiff" and handle.level_count == 1 and mpp is None:
+        handle.close()
+        return None
+    if mpp is None and path.is_file() and is_tiff(path):
+        mpp = metadata_mpp(path)  # OME-XML or resolution tags OpenSlide does not read
+    return _Opened(_OpenSlideBackend(handle), mpp, vendor)
 
 
 def _openslide_mpp(handle: object) -> float | None:
@@ -260,18 +277,22 @@ def _openslide_mpp(handle: object) -> float | None:
 
 
 def _open_plain(path: Path) -> _Opened:
+    """A TIFF through the lazy tifffile reader; PNG/JPEG/BMP decoded into memory."""
+    if path.is_file() and is_tiff(path):
+        try:
+            backend, mpp = open_tiff(path)
+        except Exception as exc:
+            raise SlideError(_not_a_slide(path, f"tifffile: {exc}")) from exc
+        return _Opened(backend, mpp, "tifffile")
     if path.suffix.lower() not in _PLAIN_SUFFIXES:
         raise SlideError(_not_a_slide(path))
     try:
-        if path.suffix.lower() in {".tif", ".tiff"}:
-            rgb, mpp = _read_tiff(path)
-        else:
-            import imageio.v3 as iio
+        import imageio.v3 as iio
 
-            rgb, mpp = iio.imread(path), None
+        rgb = iio.imread(path)
     except Exception as exc:
         raise SlideError(f"cannot decode image {path}: {exc}; the file may be truncated or corrupt") from exc
-    return _Opened(_ArrayBackend(_as_rgb(rgb, path)), mpp, "plain-image")
+    return _Opened(_ArrayBackend(_as_rgb(rgb, path)), None, "plain-image")
 
 
 #: Leading bytes of image formats a slide may really be when OpenSlide refuses it.
@@ -282,7 +303,7 @@ _MAGIC = {
 }
 
 
-def _not_a_slide(path: Path) -> str:
+def _not_a_slide(path: Path, why: str = "") -> str:
     """Why OpenSlide and the plain-image reader both refuse ``path``, from its first bytes."""
     size = path.stat().st_size if path.is_file() else 0
     with open(path, "rb") as handle:
@@ -290,8 +311,9 @@ def _not_a_slide(path: Path) -> str:
     kind = next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
     if kind in ("TIFF", "BigTIFF"):
         return (
-            f"slide {path} is a {kind} file ({size} bytes) that OpenSlide cannot open: it may be "
-            "truncated (an interrupted copy?) or not a whole-slide TIFF"
+            f"slide {path} is a {kind} file ({size} bytes) that neither OpenSlide nor tifffile can read"
+            f"{' (' + why + ')' if why else ''}: it may be truncated (an interrupted copy?) or not a "
+            "whole-slide TIFF"
         )
     if kind is not None:
         return (
@@ -315,50 +337,20 @@ def metadata_mpp(path: str | Path) -> float | None:
         import openslide
 
         with openslide.OpenSlide(str(path)) as handle:
-            return _openslide_mpp(handle)
-    except Exception:  # noqa: BLE001 - not an OpenSlide file: try the plain TIFF tags
+            own = _openslide_mpp(handle)
+        if own is not None:
+            return own
+    except Exception:  # noqa: BLE001 - not an OpenSlide file: try the TIFF metadata
         pass
-    if path.suffix.lower() not in {".tif", ".tiff"}:
-        return None
     try:
+        if not (path.is_file() and is_tiff(path)):
+            return None
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
-            return _tiff_mpp(tif)
+            return tiff_mpp(tif)
     except Exception:  # noqa: BLE001 - unreadable: opening the slide reports it
         return None
-
-
-def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        return tif.pages[0].asarray(), _tiff_mpp(tif)
-
-
-def _tiff_mpp(tif: object) -> float | None:
-    mpp = _ome_mpp(tif.ome_metadata) if tif.is_ome else None  # type: ignore[attr-defined]
-    return mpp if mpp is not None else _tag_mpp(tif.pages[0])  # type: ignore[attr-defined]
-
-
-def _ome_mpp(ome_xml: str | None) -> float | None:
-    match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', ome_xml or "")
-    if match is None:
-        return None
-    unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', ome_xml or "")
-    factor = {"nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(unit.group(1) if unit else "µm", 1.0)
-    return float(match.group(1)) * factor
-
-
-def _tag_mpp(page: object) -> float | None:
-    tags = page.tags  # type: ignore[attr-defined]
-    res, unit = tags.get("XResolution"), tags.get("ResolutionUnit")
-    if res is None or unit is None:
-        return None
-    numerator, denominator = res.value
-    pixels_per_unit = numerator / denominator if denominator else 0
-    microns = {2: 25400.0, 3: 10000.0}.get(int(unit.value))
-    return microns / pixels_per_unit if microns and pixels_per_unit > 1 else None
 
 
 def _as_rgb(image: np.ndarray, path: Path) -> np.ndarray:
