@@ -2,7 +2,7 @@
 
 The slide mirrors the DeepLIIF Ki67 regions (40x, downscaled to 0.5 µm/px) into a square
 tissue field with a white border, written as a pyramidal Aperio SVS. The model is the
-default model when one ships, else a UNet of the shape ``configs/train/cpu.yaml`` trains,
+default model when one ships, else a UNet of the shape ``nucflow/configs/train/cpu.yaml`` trains,
 given a short supervised warm start on label-free Otsu pseudo-masks so that its maps hold
 nucleus-like objects (post-processing cost depends on them; a random network finds none).
 """
@@ -120,7 +120,7 @@ def _half(level: np.ndarray) -> np.ndarray:
 
 
 def _cpu_card_fields() -> dict:
-    """The network shape of ``configs/train/cpu.yaml`` (the small CPU model)."""
+    """The network shape of ``nucflow/configs/train/cpu.yaml`` (the small CPU model)."""
     config = yaml.safe_load((CONFIG_DIR / "train" / "cpu.yaml").read_text())
     net = config.get("network", {})
     keys = ("ngf", "depth", "norm", "dropout", "dropout_blocks", "max_mult")
@@ -146,7 +146,7 @@ def benchmark_model(cache: Path, rgb: np.ndarray, *, steps: int, seed: int = 0) 
     if not (path / "model.safetensors").is_file():
         _warm_start(path, rgb, fields=fields, steps=steps, seed=seed)
     about = {
-        "source": f"UNet shaped like configs/train/cpu.yaml, {steps} supervised steps on Otsu pseudo-masks "
+        "source": f"UNet shaped like nucflow/configs/train/cpu.yaml, {steps} supervised steps on Otsu pseudo-masks "
         "(no trained model ships yet)",
         **fields,
     }

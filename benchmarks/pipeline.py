@@ -297,7 +297,7 @@ def _naive_measures(labels: np.ndarray, prob: np.ndarray, rgb: np.ndarray, tile:
 
 
 def segment_config(*, postprocess_cpus: float | None = None) -> Any:
-    """``configs/segment.yaml``, optionally with another ``postprocess_cpus``."""
+    """``nucflow/configs/segment.yaml``, optionally with another ``postprocess_cpus``."""
     from nucflow.pipeline.config import load_segment_config
 
     config = load_segment_config()

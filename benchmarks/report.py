@@ -147,7 +147,7 @@ def write_report(results: dict, path: Path) -> None:
         "(the machine is shared; ratios are measured in the same run)",
         "- GPU: none lent to this run. The GPU path is code-ready only (bf16/fp16 autocast, pinned "
         "host memory, `inflight_per_actor` batches queued per actor, `actors_per_gpu` and "
-        "`batch_size_per_gpu` in configs/cluster.yaml); it has not been measured.",
+        "`batch_size_per_gpu` in nucflow/configs/cluster.yaml); it has not been measured.",
         "",
         *_headline(results),
         METHOD,

@@ -66,7 +66,7 @@ _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Cluster-side defaults (``configs/cluster.yaml``); see that file for each key's meaning."""
+    """Cluster-side defaults (``nucflow/configs/cluster.yaml``); see that file for each key's meaning."""
 
     actors_per_gpu: int = 1
     cpus_per_actor: int = 1
@@ -101,14 +101,11 @@ def _require_positive(name: str, value: Any, *, integer: bool) -> None:
 
 
 def load_cluster_config(path: str | Path | None = None, **overrides: Any) -> ClusterConfig:
-    """Load a :class:`ClusterConfig` from ``path``, else from ``configs/cluster.yaml``.
+    """Load a :class:`ClusterConfig` from ``path``, else from the shipped ``nucflow/configs/cluster.yaml``.
 
-    Without a path and without the repository's ``configs/`` folder (a wheel install), the
-    dataclass defaults apply. Overrides whose value is None are ignored.
+    Overrides whose value is None are ignored.
     """
-    if path is None and (CONFIG_DIR / "cluster.yaml").is_file():
-        path = CONFIG_DIR / "cluster.yaml"
-    return load_config(ClusterConfig, path, **overrides)
+    return load_config(ClusterConfig, path if path is not None else CONFIG_DIR / "cluster.yaml", **overrides)
 
 
 # --------------------------------------------------------------------------- connecting
@@ -538,7 +535,7 @@ class JobClient:
     ) -> str:
         """Start ``nucflow <args>`` on the cluster; returns the submission id.
 
-        The job's runtime environment carries this nucflow (package and ``configs/``) as its
+        The job's runtime environment carries this nucflow (package and its configs) as its
         working directory, so it runs the submitting checkout's code on every node; ``python``
         is the cluster's interpreter, which must have nucflow's dependencies.
         """
@@ -644,7 +641,7 @@ def _entrypoint(args: Sequence[str], *, python: str) -> str:
 
 
 def _stage_runtime_env(stage: Path, env: Mapping[str, str]) -> dict[str, Any]:
-    """Copy the nucflow package and ``configs/`` into ``stage``: the job's working directory.
+    """Copy the nucflow package (its configs included) into ``stage``: the job's working directory.
 
     Ray uploads it once and puts it first on the import path of the driver and every worker,
     so the cluster runs the submitting checkout's code with its configs.
@@ -653,8 +650,6 @@ def _stage_runtime_env(stage: Path, env: Mapping[str, str]) -> dict[str, Any]:
 
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(Path(nucflow.__file__).parent, stage / "nucflow", ignore=ignore)
-    if CONFIG_DIR.is_dir():
-        shutil.copytree(CONFIG_DIR, stage / "configs", ignore=ignore)
     env_vars = {"PYTHONUNBUFFERED": "1", **env}
     return {"working_dir": str(stage), "env_vars": env_vars}
 

@@ -13,6 +13,8 @@ import json
 import types
 import typing
 from collections.abc import Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,21 +22,43 @@ import yaml
 
 from nucflow.errors import ConfigError
 
-__all__ = ["CONFIG_DIR", "config_hash", "from_mapping", "load_config", "read_yaml", "to_dict"]
+__all__ = ["CONFIG_DIR", "config_hash", "config_file", "from_mapping", "load_config", "read_yaml", "to_dict"]
 
 T = TypeVar("T")
 
-#: The repository's ``configs/`` folder (present in a source checkout / editable install).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: The shipped configuration files (``nucflow/configs/``), package data read with importlib.resources,
+#: so a normal (non-editable) install finds them as a source checkout does.
+CONFIG_DIR: Traversable = resources.files("nucflow") / "configs"
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def config_file(name_or_path: str | Path, folder: str = "", *, what: str = "configuration") -> Traversable:
+    """A YAML file given by path (``*.yaml``/``*.yml``, or any existing file), or by the name of one
+    shipped in ``nucflow/configs/<folder>/`` (``"ki67"``, ``"cpu"``).
+
+    Raises ConfigError naming the shipped names when neither exists.
+    """
+    shipped = CONFIG_DIR / folder if folder else CONFIG_DIR
+    names = sorted(p.name.rsplit(".", 1)[0] for p in shipped.iterdir() if p.name.endswith(".yaml"))
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"{what} file {path} does not exist; shipped: {', '.join(names)}")
+        return path
+    found = shipped / f"{name_or_path}.yaml"
+    if not found.is_file():
+        raise ConfigError(f"unknown {what} {str(name_or_path)!r}; known: {', '.join(names)}, or pass a .yaml file")
+    return found
+
+
+def read_yaml(path: str | Path | Traversable) -> dict[str, Any]:
     """Read a YAML mapping; an unreadable file or a non-mapping document is a ConfigError."""
-    path = Path(path)
+    path = Path(path) if isinstance(path, str) else path
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; check the --config path") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -90,7 +114,7 @@ def _dataclass_in(hint: Any) -> type | None:
     return None
 
 
-def load_config(cls: type[T], path: str | Path | None = None, **overrides: Any) -> T:
+def load_config(cls: type[T], path: str | Path | Traversable | None = None, **overrides: Any) -> T:
     """Load ``cls`` from YAML ``path`` (or its defaults when None), then apply ``overrides``.
 
     Overrides whose value is None are ignored, so CLI options left unset keep the file's value.

@@ -128,9 +128,9 @@ def test_d_r_handicap_skips_odd_steps() -> None:
 
 def test_config_files_load_and_typos_are_refused(tmp_path) -> None:
     for name in ("paper", "cpu"):
-        config = load_train_config(f"configs/train/{name}.yaml")
+        config = load_train_config(name)
         assert config.data.crop % 2**config.network.depth == 0
-    paper = load_train_config("configs/train/paper.yaml")
+    paper = load_train_config("paper")
     assert (paper.network.depth, paper.network.ngf, paper.data.batch_size, paper.epochs) == (
         8, 64, 30, 600)
     bad = tmp_path / "bad.yaml"

@@ -17,7 +17,7 @@ from nucflow.training._loop import _batch
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_cpu_config_lowers_the_cycle_loss(shared_data) -> None:
-    config = load_train_config("configs/train/cpu.yaml")
+    config = load_train_config("cpu")
     config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, pseudo=0.0))
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

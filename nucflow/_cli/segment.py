@@ -19,9 +19,9 @@ __all__ = ["segment"]
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder: OUT/<slide>/ per slide and OUT/summary.csv.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Segment settings YAML (default: configs/segment.yaml).")
+              help="Segment settings YAML (default: the shipped nucflow/configs/segment.yaml).")
 @click.option("--cluster-config", type=click.Path(dir_okay=False, path_type=Path),
-              help="Actors, batch sizes and local Ray settings (default: configs/cluster.yaml).")
+              help="Actors, batch sizes and local Ray settings (default: the shipped nucflow/configs/cluster.yaml).")
 @click.option("--method", type=click.Choice(["unet", "threshold", "deconvolution"]),
               help="unet (trained model, default) or one of the paper's baselines.")
 @click.option("--model", type=click.Path(path_type=Path), help="Model .safetensors (card beside it) or folder.")

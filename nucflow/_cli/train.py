@@ -32,7 +32,7 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder: losses.csv, losses.png, model.safetensors + model.json.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Training YAML, e.g. configs/train/cpu.yaml (default: paper values).")
+              help="Training YAML, or a shipped one by name: cpu, paper (default: paper values).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Ray Train workers.")
 @click.option("--gpus-per-worker", type=float, default=0.0, show_default=True)
 @click.option("--cpus-per-worker", type=float, default=1.0, show_default=True,

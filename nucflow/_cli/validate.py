@@ -19,7 +19,7 @@ __all__ = ["validate"]
 @click.option("--method", "methods", multiple=True, type=click.Choice(["unet", "threshold", "deconvolution"]),
               help="Methods to score (default: unet, threshold and deconvolution).")
 @click.option("--sets", "manifest", type=click.Path(dir_okay=False, path_type=Path),
-              help="Validation manifest (default: configs/validation.yaml).")
+              help="Validation manifest (default: the shipped nucflow/configs/validation.yaml).")
 @click.option("--set", "only", multiple=True, help="Score only this set of the manifest (repeatable).")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path),
               default=lambda: os.environ.get("NUCFLOW_DATA", "../shared/data"), show_default="../shared/data",

@@ -1,6 +1,6 @@
 """Score models and baselines over every validation set in one run, into one table.
 
-The sets are listed in ``configs/validation.yaml`` (images, truth, µm/px, truth format,
+The sets are listed in ``nucflow/configs/validation.yaml`` (images, truth, µm/px, truth format,
 relative to a data root). Each method, and each model given (e.g. one per training seed),
 is scored on every image of every set with :func:`nucflow.evaluation.evaluate`; the table
 has one row per (set, method) with the mean over the set's images (the paper's
@@ -57,7 +57,7 @@ class ValidationSet:
 def load_validation_sets(
     path: str | Path | None = None, *, data: str | Path = "../shared/data", only: Sequence[str] = ()
 ) -> list[ValidationSet]:
-    """The sets of a manifest (default ``configs/validation.yaml``), paths resolved under ``data``."""
+    """The sets of a manifest (default ``nucflow/configs/validation.yaml``), paths resolved under ``data``."""
     manifest = Path(path) if path is not None else DEFAULT_VALIDATION_SETS
     raw = read_yaml(manifest).get("sets")
     if not isinstance(raw, dict) or not raw:

@@ -1,4 +1,4 @@
-"""Settings of ``nucflow segment`` (``configs/segment.yaml``)."""
+"""Settings of ``nucflow segment`` (``nucflow/configs/segment.yaml``)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class InferenceConfig:
 
     ``tile_size`` None picks the smallest valid size with a core of at least 512 px. How
     many actors run, and their batch sizes, are cluster-side settings
-    (:class:`nucflow.cluster.ClusterConfig`, ``configs/cluster.yaml``).
+    (:class:`nucflow.cluster.ClusterConfig`, ``nucflow/configs/cluster.yaml``).
     """
 
     margin: int = 32
@@ -57,7 +57,7 @@ class SegmentConfig:
     ``method`` is ``unet`` (the trained model), ``threshold`` or ``deconvolution`` (the
     paper's baselines, run at ``baseline_mpp`` µm/px). ``model_mpp`` runs the model at another
     working resolution than its card's (None: the card's). ``stain_profile`` names a file of
-    ``configs/stains/`` (or is a path to one) with the post-processing settings.
+    ``nucflow/configs/stains/`` (or is a path to one) with the post-processing settings.
     """
 
     method: str = "unet"
@@ -84,5 +84,5 @@ class SegmentConfig:
 
 
 def load_segment_config(path: str | Path | None = None) -> SegmentConfig:
-    """``configs/segment.yaml`` (or ``path``), strictly checked."""
+    """``nucflow/configs/segment.yaml`` (or ``path``), strictly checked."""
     return load_config(SegmentConfig, path if path is not None else DEFAULT_SEGMENT_CONFIG)

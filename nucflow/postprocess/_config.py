@@ -1,4 +1,4 @@
-"""Post-processing settings per stain profile (``configs/stains/<name>.yaml``)."""
+"""Post-processing settings per stain profile (``nucflow/configs/stains/<name>.yaml``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nucflow.config import CONFIG_DIR, load_config
+from nucflow.config import CONFIG_DIR, config_file, load_config
 from nucflow.errors import ConfigError
 
 __all__ = [
@@ -159,8 +159,8 @@ def dab_intensity(dab_od: np.ndarray, positive: np.ndarray, thresholds: tuple[fl
 
 
 def stain_profiles() -> list[str]:
-    """Names of the stain profiles shipped in ``configs/stains``."""
-    return sorted(p.stem for p in STAIN_DIR.glob("*.yaml"))
+    """Names of the stain profiles shipped in ``nucflow/configs/stains``."""
+    return sorted(p.name.removesuffix(".yaml") for p in STAIN_DIR.iterdir() if p.name.endswith(".yaml"))
 
 
 def load_stain_profile(name_or_path: str | Path) -> PostprocessConfig:
@@ -171,16 +171,4 @@ def load_stain_profile(name_or_path: str | Path) -> PostprocessConfig:
     ConfigError
         If the name is unknown, the file is missing, or it holds an unknown key.
     """
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = STAIN_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise ConfigError(
-                f"unknown stain profile {str(name_or_path)!r}; "
-                f"known: {', '.join(stain_profiles())}, or pass a .yaml file"
-            )
-    elif not path.is_file():
-        raise ConfigError(
-            f"stain profile file {path} does not exist; known profiles: {', '.join(stain_profiles())}"
-        )
-    return load_config(PostprocessConfig, path)
+    return load_config(PostprocessConfig, config_file(name_or_path, "stains", what="stain profile"))

@@ -1,6 +1,6 @@
 """The unsupervised adversarial training of the method on Ray Train, and model export.
 
-``train(...)`` runs the job; the configuration dataclasses load from ``configs/train/*.yaml``.
+``train(...)`` runs the job; the configuration dataclasses load from ``nucflow/configs/train/*.yaml``.
 """
 
 from nucflow.training._config import (

@@ -1,11 +1,11 @@
-"""Training configuration: frozen dataclasses loaded from ``configs/train/*.yaml``."""
+"""Training configuration: frozen dataclasses loaded from ``nucflow/configs/train/*.yaml``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nucflow.config import load_config
+from nucflow.config import config_file, load_config
 from nucflow.errors import ConfigError
 
 __all__ = [
@@ -142,8 +142,12 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path | None = None, **overrides: object) -> TrainConfig:
-    """Load a :class:`TrainConfig` from YAML (defaults = paper values), then ``overrides``."""
-    config = load_config(TrainConfig, path, **overrides)
+    """Load a :class:`TrainConfig` from YAML (defaults = paper values), then ``overrides``.
+
+    ``path`` is a file, or the name of a shipped one (``"cpu"``, ``"paper"``: ``nucflow/configs/train/``).
+    """
+    source = config_file(path, "train", what="training configuration") if path is not None else None
+    config = load_config(TrainConfig, source, **overrides)
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"{path} did not yield a training configuration")
     return config
