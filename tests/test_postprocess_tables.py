@@ -24,6 +24,7 @@ from nucflow.postprocess import (
     write_geojson_qupath,
     write_geoparquet,
 )
+from nucflow.postprocess._writers import LEGEND_STRIP_PX
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +103,11 @@ def test_overlay_shows_thumbnail_tissue_outline_and_coloured_nuclei(table, tmp_p
         thumbnail, level0_scale=4.0, tissue_mask=tissue, nuclei=table, path=tmp_path / "o.png"
     )
     picture = imread(path)[..., :3].astype(int)
-    assert picture.shape == (48, 80, 3)
+    assert picture.shape == (48 + LEGEND_STRIP_PX, 560, 3)  # the legend strip under the picture
+    picture = picture[:48, :80]
 
     red, green, blue = picture[..., 0], picture[..., 1], picture[..., 2]
-    positive, negative = red > blue + 50, blue > red + 50  # QuPath's colours, 60% opaque
+    positive, negative = red > blue + 50, blue > red + 50  # QuPath's colours, as outlines
     assert positive[:, :40].sum() > 20 and positive[:, 40:].sum() == 0
     assert negative[:, 40:].sum() > 20 and negative[:, :40].sum() == 0
     outline = (green > red + 60) & (green > blue + 60)
@@ -117,7 +119,8 @@ def test_overlay_shows_thumbnail_tissue_outline_and_coloured_nuclei(table, tmp_p
 def test_overlay_without_nuclei_or_tissue_is_the_thumbnail(tmp_path: Path):
     thumbnail = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
     path = render_overlay(
-        thumbnail, level0_scale=1.0, tissue_mask=None, nuclei=empty_table(), path=tmp_path / "o.png"
+        thumbnail, level0_scale=1.0, tissue_mask=None, nuclei=empty_table(), path=tmp_path / "o.png",
+        legend=False,
     )
     assert np.array_equal(imread(path)[..., :3], thumbnail)
 
@@ -180,7 +183,7 @@ def test_overlay_of_a_large_slide_counts_nuclei_per_thumbnail_pixel(tmp_path: Pa
         overlay.add(part)
     path = render_overlay(
         np.full((20, 30, 3), 240, np.uint8), level0_scale=10.0, tissue_mask=None, nuclei=overlay,
-        path=tmp_path / "o.png",
+        path=tmp_path / "o.png", legend=False,
     )
     picture = imread(path)[..., :3].astype(int)
     red, blue = picture[..., 0], picture[..., 2]
@@ -190,3 +193,42 @@ def test_overlay_of_a_large_slide_counts_nuclei_per_thumbnail_pixel(tmp_path: Pa
     assert positive.sum() == sum(centres.values()) and negative.sum() == len(centres) - sum(centres.values())
     for (row, col), is_positive in centres.items():
         assert (positive if is_positive else negative)[row, col]
+
+
+def test_overlay_outlines_keep_the_stain_visible_inside_nuclei(table, tmp_path: Path):
+    thumbnail = np.full((96, 160, 3), 240, np.uint8)  # 1 thumbnail px = 2 level-0 px
+    render_overlay(thumbnail, level0_scale=2.0, tissue_mask=None, nuclei=table, path=tmp_path / "o.png")
+    picture = imread(tmp_path / "o.png")[:96, :160, :3].astype(int)
+    for row in table.itertuples():
+        r, c = int(row.centroid_y / 2), int(row.centroid_x / 2)
+        assert (picture[r - 1 : r + 2, c - 1 : c + 2] == 240).all()  # the inside is the thumbnail
+    classes = table["dab_intensity"].to_numpy()
+    assert (classes == 0).sum() == 3 and (classes > 0).sum() == 3
+    for name in {("Negative", "1+", "2+", "3+")[k] for k in classes}:  # each class drawn in its colour
+        distance = {other: np.abs(picture - np.array(c)).max(axis=2) for other, c in CLASS_COLOURS.items()
+                    if other != "Positive"}
+        near = (distance[name] < 60) & (distance[name] == np.min(list(distance.values()), axis=0))
+        assert near.sum() > 10, name
+
+
+def test_overlay_has_a_scale_bar_a_legend_and_the_hot_spot(table, tmp_path: Path):
+    thumbnail = np.full((300, 600, 3), 240, np.uint8)
+    hot_spot = {"centre_x": 400.0, "centre_y": 300.0, "size_px": 200.0, "shape": "circle",
+                "labelling_index_percent": 42.0}
+    render_overlay(thumbnail, level0_scale=2.0, tissue_mask=None, nuclei=table, path=tmp_path / "o.png",
+                   mpp=0.5, hot_spot=hot_spot)
+    picture = imread(tmp_path / "o.png")[..., :3].astype(int)
+    assert picture.shape == (300 + LEGEND_STRIP_PX, 600, 3)
+    strip = picture[300:]
+    black = strip[:, 400:].max(axis=2) < 60  # the right end of the strip (the legend is on the left)
+    bar_rows = np.flatnonzero(black.sum(axis=1) > 80)
+    assert bar_rows.size  # a bar of 50 µm at 0.5 µm/px: 100 px (the picture spans 300 µm)
+    length = black[bar_rows[0]].sum()
+    assert 95 <= length <= 105
+    magenta = (picture[:300, :, 0] > 180) & (picture[:300, :, 2] > 180) & (picture[:300, :, 1] < 80)
+    rows, cols = np.nonzero(magenta)  # the circle: centre (200, 150), radius 100 thumbnail px
+    distance = np.hypot(cols - 200, rows - 150)
+    ring = distance > 20  # leave out the centre's cross
+    assert ring.sum() > 100 and np.abs(distance[ring] - 100).max() < 3
+    colourful = (strip.max(axis=2) - strip.min(axis=2)) > 80
+    assert colourful[:, :300].sum() > 50  # the legend's coloured keys on the left

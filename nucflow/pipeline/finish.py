@@ -55,7 +55,8 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool, poll_
     with open_slide(plan.path, mpp=plan.slide_mpp) as slide:
         thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)
         overlay = OverlayNuclei(
-            thumb.shape[:2], level0_scale=thumb_mpp / level0_mpp, outlines=thumb_mpp <= OUTLINE_MAX_MPP
+            thumb.shape[:2], level0_scale=thumb_mpp / level0_mpp, outlines=thumb_mpp <= OUTLINE_MAX_MPP,
+            graded=bool(profile.intensity_thresholds),
         )
 
         def read_rgb(row: int, col: int, rows: int, cols: int) -> Any:
@@ -75,7 +76,7 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool, poll_
     scoring = scores.summary(um_per_level0_px=level0_mpp)
     seconds_post = time.perf_counter() - started - waiter.seconds
     render_overlay(thumb, level0_scale=thumb_mpp / level0_mpp, tissue_mask=tissue, nuclei=overlay,
-                   path=out_dir / "overlay.png")
+                   path=out_dir / "overlay.png", mpp=thumb_mpp, hot_spot=scoring["hot_spot"])
     seconds_write = time.perf_counter() - started - waiter.seconds - seconds_post
     seconds = {**plan.seconds, "postprocess": round(seconds_post, 3), "write": round(seconds_write, 3),
                "waiting_for_tiles": round(waiter.seconds, 3)}

@@ -18,18 +18,19 @@ import shapely
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Circle, Rectangle
 
 from nucflow import __version__
 from nucflow.atomic import atomic_path
 from nucflow.postprocess._blocked import empty_table
+from nucflow.scoring import CLASS_COLOURS, INTENSITY_CLASSES
 
 __all__ = [
     "CLASS_COLOURS", "NucleusTableWriter", "OverlayNuclei", "render_overlay", "write_geojson_qupath",
     "write_geoparquet",
 ]
 
-#: QuPath's default colours of its Positive and Negative classes (RGB 0-255).
-CLASS_COLOURS = {"Positive": (200, 50, 50), "Negative": (112, 112, 225)}
 
 _MEASUREMENTS = {
     "Area µm^2": "area_um2",
@@ -169,26 +170,32 @@ def _number(value: float) -> float | None:
 class OverlayNuclei:
     """The nuclei a QC picture shows, gathered part by part in memory that does not grow
     with the slide: outlines when a nucleus spans a few thumbnail pixels (small slides),
-    else a per-pixel count of positive and negative nuclei (centroids).
+    else a per-pixel count of nuclei of each class (centroids), the pixel coloured by the
+    class with most nuclei there.
 
     Parameters
     ----------
     shape : (rows, cols) of the thumbnail.
     level0_scale : level-0 pixels per thumbnail pixel.
     outlines : draw outlines (True) or the count raster (False).
+    graded : classes Negative/1+/2+/3+ from ``dab_intensity`` (True) or Negative/Positive.
     """
 
-    def __init__(self, shape: tuple[int, int], *, level0_scale: float, outlines: bool) -> None:
-        self.shape, self.level0_scale, self.outlines = shape, level0_scale, outlines
-        self._rings: dict[str, list[np.ndarray]] = {name: [] for name in CLASS_COLOURS}
-        self._counts = {name: np.zeros(shape, np.int32) for name in CLASS_COLOURS} if not outlines else {}
+    def __init__(self, shape: tuple[int, int], *, level0_scale: float, outlines: bool, graded: bool = True) -> None:
+        self.shape, self.level0_scale, self.outlines, self.graded = shape, level0_scale, outlines, graded
+        self.names = list(INTENSITY_CLASSES) if graded else ["Negative", "Positive"]
+        self.counts = dict.fromkeys(self.names, 0)
+        self._rings: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
+        self._raster = {name: np.zeros(shape, np.int32) for name in self.names} if not outlines else {}
 
     def add(self, part: gpd.GeoDataFrame) -> None:
         """Add the nuclei of one part of a nucleus table."""
-        positive = part["dab_positive"].to_numpy(bool)
-        for name, chosen in (("Negative", ~positive), ("Positive", positive)):
+        classes = _classes(part, graded=self.graded)
+        for index, name in enumerate(self.names):
+            chosen = classes == index
             if not chosen.any():
                 continue
+            self.counts[name] += int(chosen.sum())
             if self.outlines:
                 rings = shapely.get_exterior_ring(part.geometry.to_numpy()[chosen])
                 x_y, owner = shapely.get_coordinates(rings, return_index=True)
@@ -199,7 +206,7 @@ class OverlayNuclei:
                 rows = part["centroid_y"].to_numpy()[chosen] / self.level0_scale
                 r = np.clip(rows.astype(np.int64), 0, self.shape[0] - 1)
                 c = np.clip(cols.astype(np.int64), 0, self.shape[1] - 1)
-                np.add.at(self._counts[name], (r, c), 1)
+                np.add.at(self._raster[name], (r, c), 1)
 
     def draw(self, axes: Any) -> None:
         """Draw onto matplotlib ``axes`` whose data coordinates are thumbnail pixels."""
@@ -208,17 +215,31 @@ class OverlayNuclei:
                 if outlines:
                     colour = np.array(CLASS_COLOURS[name]) / 255
                     axes.add_collection(PolyCollection(
-                        outlines, facecolors=[(*colour, 0.6)], edgecolors=[colour], linewidths=0.4
+                        outlines, facecolors="none", edgecolors=[colour], linewidths=1.0
                     ))
             return
-        positive, negative = self._counts["Positive"], self._counts["Negative"]
-        total = positive + negative
+        stack = np.stack([self._raster[name] for name in self.names])
+        total = stack.sum(axis=0)
+        winner = np.argmax(stack[::-1], axis=0)  # ties go to the higher class
+        winner = len(self.names) - 1 - winner
         rgba = np.zeros((*self.shape, 4), np.float32)
-        for name, wins in (("Negative", negative >= positive), ("Positive", positive > negative)):
-            rgba[wins & (total > 0), :3] = np.array(CLASS_COLOURS[name]) / 255
+        for index, name in enumerate(self.names):
+            rgba[(winner == index) & (total > 0), :3] = np.array(CLASS_COLOURS[name]) / 255
         rgba[..., 3] = np.where(total > 0, 0.45 + 0.45 * np.minimum(total, 4) / 4, 0.0)
         rows, cols = self.shape
         axes.imshow(rgba, extent=(0, cols, rows, 0), interpolation="nearest")
+
+
+def _classes(table: gpd.GeoDataFrame, *, graded: bool) -> np.ndarray:
+    """Class index of each nucleus: its ``dab_intensity`` (graded), else 0/1 from ``dab_positive``."""
+    if graded and "dab_intensity" in table:
+        return table["dab_intensity"].to_numpy(np.int64)
+    return table["dab_positive"].to_numpy(bool).astype(np.int64)
+
+
+#: Height (px) of the strip under the picture holding the legend and the scale bar.
+LEGEND_STRIP_PX = 44
+_HOT_SPOT_COLOUR = "#e000e0"
 
 
 def render_overlay(
@@ -228,29 +249,43 @@ def render_overlay(
     tissue_mask: np.ndarray | None,
     nuclei: gpd.GeoDataFrame | OverlayNuclei,
     path: str | Path,
+    mpp: float | None = None,
+    hot_spot: dict[str, Any] | None = None,
+    legend: bool = True,
 ) -> Path:
-    """Save a QC picture: the thumbnail, the tissue outline, nuclei coloured by positivity.
+    """Save a QC picture: the thumbnail, the tissue outline, nuclei outlined in their class's
+    colour, the hot spot, and under it a strip with the legend and a scale bar.
 
     Parameters
     ----------
     thumbnail : np.ndarray, shape (rows, cols, 3), uint8
+        Drawn at one picture pixel per thumbnail pixel, in the picture's top-left corner.
     level0_scale : float
         Level-0 pixels per thumbnail pixel (thumbnail µm/px divided by the slide's).
     tissue_mask : np.ndarray, shape (mask_rows, mask_cols), bool, or None
         Stretched over the thumbnail if its shape differs.
     nuclei : geopandas.GeoDataFrame or OverlayNuclei
-        A nucleus table (level-0 ``geometry`` and ``dab_positive``; drawn as outlines), or
-        the nuclei gathered from its parts.
+        A nucleus table (level-0 ``geometry``, ``dab_intensity`` or ``dab_positive``; drawn
+        as outlines), or the nuclei gathered from its parts.
     path : where the PNG goes (written atomically).
+    mpp : µm per thumbnail pixel, for the scale bar (None: no scale bar).
+    hot_spot : the ``hot_spot`` of :func:`nucflow.scoring.score_nuclei` (level-0 ``centre_x``,
+        ``centre_y``, ``size_px``, ``shape``), outlined with its labelling index.
+    legend : add the strip under the picture (classes with their counts, hot spot, scale bar).
     """
     rows, cols = thumbnail.shape[:2]
     if isinstance(nuclei, gpd.GeoDataFrame):
-        table, nuclei = nuclei, OverlayNuclei((rows, cols), level0_scale=level0_scale, outlines=True)
+        graded = "dab_intensity" in nuclei
+        table, nuclei = nuclei, OverlayNuclei((rows, cols), level0_scale=level0_scale, outlines=True, graded=graded)
         if len(table):
             nuclei.add(table)
-    figure = Figure(figsize=(cols / 100, rows / 100), dpi=100)
+    strip = LEGEND_STRIP_PX if legend else 0
+    width = max(cols, 560) if legend else cols
+    height = rows + strip
+    figure = Figure(figsize=(width / 100, height / 100), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.add_axes((0, 0, 1, 1))
+    figure.patch.set_facecolor("white")
+    axes = figure.add_axes((0, strip / height, cols / width, rows / height))
     axes.imshow(thumbnail, extent=(0, cols, rows, 0), interpolation="nearest")
     if tissue_mask is not None and tissue_mask.any():
         mask_rows, mask_cols = tissue_mask.shape
@@ -259,15 +294,74 @@ def render_overlay(
             linewidths=1.0, extent=_padded_extent(mask_rows, mask_cols, rows, cols),
         )
     nuclei.draw(axes)
+    if hot_spot:
+        _draw_hot_spot(axes, hot_spot, level0_scale)
     axes.set_xlim(0, cols)
     axes.set_ylim(rows, 0)
     axes.set_axis_off()
+    if legend:
+        _draw_legend(figure, (0, 0, 1, strip / height), nuclei, hot_spot=hot_spot,
+                     mpp=mpp, px_per_axes=cols / width)
     with atomic_path(path) as temp:
-        figure.savefig(temp, format="png", dpi=100)
+        figure.savefig(temp, format="png", dpi=100, facecolor="white")
     return Path(path)
+
+
+def _draw_hot_spot(axes: Any, hot_spot: dict[str, Any], level0_scale: float) -> None:
+    x, y = hot_spot["centre_x"] / level0_scale, hot_spot["centre_y"] / level0_scale
+    size = hot_spot["size_px"] / level0_scale
+    if hot_spot["shape"] == "circle":
+        patch: Any = Circle((x, y), size)
+    else:
+        patch = Rectangle((x - size, y - size), 2 * size, 2 * size)
+    patch.set(fill=False, edgecolor=_HOT_SPOT_COLOUR, linewidth=2.0, linestyle="--")
+    axes.add_patch(patch)
+    axes.plot([x], [y], marker="+", markersize=14, markeredgewidth=2.0, color=_HOT_SPOT_COLOUR)
+
+
+def _draw_legend(
+    figure: Figure, box: tuple[float, float, float, float], nuclei: OverlayNuclei, *,
+    hot_spot: dict[str, Any] | None, mpp: float | None, px_per_axes: float,
+) -> None:
+    """Classes (outline colours, counts), tissue, hot spot on the left; the scale bar on the right."""
+    strip = figure.add_axes(box)
+    strip.set_axis_off()
+    strip.set_xlim(0, 1)
+    strip.set_ylim(0, 1)
+    handles = [Line2D([], [], color=_rgb(CLASS_COLOURS[name]), linewidth=2,
+                      label=f"{name} ({nuclei.counts[name]})") for name in nuclei.names]
+    handles.append(Line2D([], [], color="#00a000", linewidth=1.5, label="tissue"))
+    if hot_spot:
+        handles.append(Line2D([], [], color=_HOT_SPOT_COLOUR, linewidth=2, linestyle="--",
+                              label=f"hot spot {hot_spot['labelling_index_percent']:.1f}%"))
+    strip.legend(handles=handles, loc="center left", ncol=min(len(handles), 4), fontsize=7,
+                 frameon=False, handlelength=1.5, columnspacing=1.0, borderaxespad=0.2)
+    if mpp:
+        # the picture spans px_per_axes of the figure's width; bar of about a fifth of it
+        picture_um = mpp * figure.get_figwidth() * 100 * px_per_axes
+        length = _nice_length(picture_um / 5)
+        fraction = length / (mpp * figure.get_figwidth() * 100)
+        right = 0.98
+        strip.plot([right - fraction, right], [0.3, 0.3], color="black", linewidth=3, solid_capstyle="butt")
+        label = f"{length / 1000:g} mm" if length >= 1000 else f"{length:g} µm"
+        strip.text(right - fraction / 2, 0.45, label, ha="center", va="bottom", fontsize=7)
+
+
+def _nice_length(um: float) -> float:
+    """The largest 1, 2 or 5 x 10^k µm not above ``um`` (at least 1 µm)."""
+    if um <= 1:
+        return 1.0
+    power = 10 ** math.floor(math.log10(um))
+    return max(step * power for step in (1, 2, 5) if step * power <= um)
 
 
 def _padded_extent(mask_rows: int, mask_cols: int, rows: int, cols: int) -> tuple:
     """Contour extent: positions of the first and last pixel centres of a 1-px padded mask."""
     step_r, step_c = rows / mask_rows, cols / mask_cols
     return (-step_c / 2, cols + step_c / 2, -step_r / 2, rows + step_r / 2)
+
+
+def _rgb(colour: tuple[int, int, int]) -> tuple[float, float, float]:
+    """A 0-255 RGB colour as matplotlib's 0-1 floats."""
+    red, green, blue = colour
+    return red / 255, green / 255, blue / 255
