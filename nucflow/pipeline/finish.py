@@ -68,7 +68,8 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool, poll_
         )
         scores = ScoreAccumulator(profile)
         geojson_path = out_dir / "nuclei.geojson" if geojson else None
-        with NucleusTableWriter(out_dir / "nuclei.parquet", geojson=geojson_path) as writer:
+        with NucleusTableWriter(out_dir / "nuclei.parquet", geojson=geojson_path,
+                                geojson_offset=plan.qupath_offset) as writer:
             for part in parts:
                 writer.write(part)
                 overlay.add(part)

@@ -58,6 +58,13 @@ class SlidePlan:
     run_hash: str = ""
     mask_shrink_um: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
+    #: The slide's scanned area (x, y, width, height; level-0 px) where its format records one.
+    bounds: tuple[int, int, int, int] | None = None
+
+    @property
+    def qupath_offset(self) -> tuple[int, int]:
+        """Level-0 (x, y) of QuPath's origin: GeoJSON coordinates are level-0 minus this."""
+        return (self.bounds[0], self.bounds[1]) if self.bounds else (0, 0)
 
     @property
     def map_path(self) -> str:
@@ -211,6 +218,7 @@ def _plan(
         thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)
         shape = slide.shape_at(spec.mpp)
         slide_mpp = slide.mpp
+        bounds = slide.bounds
     margin = config.inference.margin
     size = config.inference.tile_size or auto_tile_size(input_multiple(spec), margin=margin)
     grid = tile_grid(shape, tile_size=size, margin=margin, tissue=tissue)
@@ -223,7 +231,7 @@ def _plan(
         key, str(path), str(out_dir), "todo", slide_mpp=mpp, mpp=spec.mpp, level0_scale=spec.mpp / slide_mpp,
         grid=grid, params=params, tissue_area_mm2=float(tissue.sum()) * (thumb_mpp / 1000.0) ** 2,
         thumbnail_mpp=thumb_mpp, model_id=spec.model_id, map_hash=map_hash, run_hash=run_hash,
-        mask_shrink_um=shrink, identity=identity,
+        mask_shrink_um=shrink, identity=identity, bounds=bounds,
     )
     return _reconcile(plan, slide_mpp=slide_mpp, overwrite=overwrite)
 
@@ -265,6 +273,9 @@ def _map_attrs(plan: SlidePlan, slide_mpp: float) -> dict[str, Any]:
         "slide_mpp": slide_mpp,
         "level0_offset": [0, 0],
         "level0_scale": plan.level0_scale,
+        # QuPath shows slides with openslide.bounds-* cropped to them: its (0, 0) is this level-0 (x, y)
+        "slide_bounds": list(plan.bounds) if plan.bounds else None,
+        "qupath_offset": list(plan.qupath_offset),
         "slide_path": plan.path,
         "slide_identity": plan.identity,
         "model_id": plan.model_id,

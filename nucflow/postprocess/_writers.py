@@ -50,16 +50,20 @@ def write_geoparquet(table: gpd.GeoDataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
-def write_geojson_qupath(table: gpd.GeoDataFrame, path: str | Path) -> Path:
+def write_geojson_qupath(
+    table: gpd.GeoDataFrame, path: str | Path, *, offset: tuple[float, float] = (0.0, 0.0)
+) -> Path:
     """Write nuclei as a GeoJSON FeatureCollection that QuPath imports as detections.
 
     Each feature has ``objectType: "detection"``, a Positive/Negative ``classification``
-    with QuPath's colours, and the table's measurements; geometry is the level-0 outline.
+    with QuPath's colours, and the table's measurements; geometry is the level-0 outline
+    minus ``offset`` (x, y): QuPath's coordinates for a slide it crops to its
+    ``openslide.bounds-*`` (see :attr:`nucflow.slide.Slide.qupath_offset`).
     """
     with atomic_path(path) as temp:
         with open(temp, "w", encoding="utf-8") as out:
             out.write('{"type": "FeatureCollection", "features": [')
-            for index, feature in enumerate(_features(table)):
+            for index, feature in enumerate(_features(table, offset)):
                 out.write(",\n" if index else "\n")
                 out.write(feature)
             out.write("\n]}\n")
@@ -75,8 +79,12 @@ class NucleusTableWriter:
     files appear, complete, when the block ends, and not at all if it raises.
     """
 
-    def __init__(self, parquet: str | Path, *, geojson: str | Path | None = None) -> None:
+    def __init__(
+        self, parquet: str | Path, *, geojson: str | Path | None = None,
+        geojson_offset: tuple[float, float] = (0.0, 0.0),
+    ) -> None:
         self._paths = (Path(parquet), None if geojson is None else Path(geojson))
+        self._offset = geojson_offset  # (x, y) subtracted from GeoJSON coordinates (QuPath's origin)
         self._stack = contextlib.ExitStack()
         self._parquet: pq.ParquetWriter | None = None
         self._geojson: Any = None
@@ -101,7 +109,7 @@ class NucleusTableWriter:
             raise RuntimeError("NucleusTableWriter.write outside its with-block")
         self._parquet.write_table(_arrow(part))
         if self._geojson is not None:
-            for feature in _features(part):
+            for feature in _features(part, self._offset):
                 self._geojson.write(",\n" if self._features else "\n")
                 self._geojson.write(feature)
                 self._features += 1
@@ -141,11 +149,12 @@ def _arrow(table: gpd.GeoDataFrame) -> pa.Table:
 _WKB_FIELD = {"ARROW:extension:name": "geoarrow.wkb", "ARROW:extension:metadata": "{}"}
 
 
-def _features(table: gpd.GeoDataFrame) -> Iterator[str]:
-    """One JSON text per nucleus (geometry serialised by GEOS, coordinates to 0.01 px)."""
+def _features(table: gpd.GeoDataFrame, offset: tuple[float, float] = (0.0, 0.0)) -> Iterator[str]:
+    """One JSON text per nucleus (geometry minus ``offset`` (x, y), serialised by GEOS, to 0.01 px)."""
     columns = {name: table[column].to_numpy(float) for name, column in _MEASUREMENTS.items()}
     positive = table["dab_positive"].to_numpy(bool)
-    rounded = shapely.transform(table.geometry.to_numpy(), lambda x_y: np.round(x_y, 2))
+    shift = np.asarray(offset, float)
+    rounded = shapely.transform(table.geometry.to_numpy(), lambda x_y: np.round(x_y - shift, 2))
     geometries = shapely.to_geojson(rounded)
     for row, nucleus_id in enumerate(table["id"].to_numpy()):
         name = "Positive" if positive[row] else "Negative"

@@ -50,6 +50,7 @@ class TiffBackend:
         self.level_shapes = shapes
         base_rows, base_cols = shapes[0]
         self.level_downsamples = [(base_rows / r + base_cols / c) / 2.0 for r, c in shapes]
+        self.bounds: tuple[int, int, int, int] | None = None
 
     def read_level(self, level: int, row: int, col: int, rows: int, cols: int) -> np.ndarray:
         """RGB uint8 (rows, cols, 3) of ``level``; white past the edges."""

@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -36,6 +36,9 @@ class _Backend(Protocol):
 
     level_shapes: list[tuple[int, int]]  # (rows, cols) per level
     level_downsamples: list[float]
+    #: The scanned area (x, y, width, height) in level-0 px where the format records one
+    #: (OpenSlide's ``openslide.bounds-*``: MRXS, SCN, BIF ...), else None.
+    bounds: tuple[int, int, int, int] | None
 
     def read_level(self, level: int, row: int, col: int, rows: int, cols: int) -> np.ndarray:
         """RGB uint8 (rows, cols, 3) of ``level``; white past the edges."""
@@ -49,6 +52,7 @@ class _OpenSlideBackend:
         self._slide = handle
         self.level_shapes = [(h, w) for w, h in handle.level_dimensions]  # type: ignore[attr-defined]
         self.level_downsamples = [float(d) for d in handle.level_downsamples]  # type: ignore[attr-defined]
+        self.bounds = openslide_bounds(handle.properties, self.level_shapes[0])  # type: ignore[attr-defined]
 
     def read_level(self, level: int, row: int, col: int, rows: int, cols: int) -> np.ndarray:
         downsample = self.level_downsamples[level]
@@ -66,6 +70,7 @@ class _ArrayBackend:
         self._rgb = rgb
         self.level_shapes = [rgb.shape[:2]]
         self.level_downsamples = [1.0]
+        self.bounds: tuple[int, int, int, int] | None = None
 
     def read_level(self, level: int, row: int, col: int, rows: int, cols: int) -> np.ndarray:
         out = np.full((rows, cols, 3), _WHITE, np.uint8)
@@ -77,6 +82,24 @@ class _ArrayBackend:
 
     def close(self) -> None:
         self._rgb = np.empty((0, 0, 3), np.uint8)
+
+
+def openslide_bounds(properties: Any, size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """(x, y, width, height) of ``openslide.bounds-*`` in level-0 px; None when absent or the whole slide.
+
+    QuPath's OpenSlide server shows a slide cropped to these bounds, so its (0, 0) is level-0
+    (x, y); missing width/height mean "to the slide's edge".
+    """
+    try:
+        x = int(properties.get("openslide.bounds-x") or 0)
+        y = int(properties.get("openslide.bounds-y") or 0)
+        width = int(properties.get("openslide.bounds-width") or size[1] - x)
+        height = int(properties.get("openslide.bounds-height") or size[0] - y)
+    except (TypeError, ValueError):
+        return None
+    if (x, y, width, height) == (0, 0, size[1], size[0]):
+        return None
+    return x, y, width, height
 
 
 def _rgba_on_white(rgba: np.ndarray) -> np.ndarray:
@@ -109,6 +132,17 @@ class Slide:
         self.vendor = opened.vendor
         self._backend = opened.backend
         self.size: tuple[int, int] = opened.backend.level_shapes[0]
+        #: The scanned area (x, y, width, height, level-0 px) the format records, else None.
+        self.bounds: tuple[int, int, int, int] | None = getattr(opened.backend, "bounds", None)
+
+    @property
+    def qupath_offset(self) -> tuple[int, int]:
+        """Level-0 (x, y) of QuPath's (0, 0) for this slide: the bounds' corner, else (0, 0).
+
+        QuPath's OpenSlide server crops a slide to its ``openslide.bounds-*``; nucflow reads
+        and tabulates the full level 0, so GeoJSON for QuPath is shifted by minus this.
+        """
+        return (self.bounds[0], self.bounds[1]) if self.bounds else (0, 0)
 
     def __repr__(self) -> str:
         return f"Slide({str(self.path)!r}, mpp={self.mpp:.4g}, size={self.size}, vendor={self.vendor!r})"
