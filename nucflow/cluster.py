@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from nucflow.config import CONFIG_DIR, load_config
+from nucflow.config import CONFIG_DIR, check_fields, load_config, positive, setting
 from nucflow.errors import ClusterError
 
 __all__ = [
@@ -68,36 +68,19 @@ _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 class ClusterConfig:
     """Cluster-side defaults (``nucflow/configs/cluster.yaml``); see that file for each key's meaning."""
 
-    actors_per_gpu: int = 1
-    cpus_per_actor: int = 1
-    max_actors: int | None = None
-    inflight_per_actor: int = 2
-    batch_size_per_gpu: int = 16
-    batch_size_per_cpu: int = 2
-    object_store_gb: float | None = None
+    actors_per_gpu: int = setting(1, positive())
+    cpus_per_actor: int = setting(1, positive())
+    max_actors: int | None = setting(None, positive())
+    inflight_per_actor: int = setting(2, positive())
+    batch_size_per_gpu: int = setting(16, positive())
+    batch_size_per_cpu: int = setting(2, positive())
+    object_store_gb: float | None = setting(None, positive())
     include_dashboard: bool = False
     check_shared_output: bool = True
-    shared_check_timeout_s: float = 60.0
+    shared_check_timeout_s: float = setting(60.0, positive())
 
     def __post_init__(self) -> None:
-        for name in ("actors_per_gpu", "cpus_per_actor", "inflight_per_actor",
-                     "batch_size_per_gpu", "batch_size_per_cpu"):
-            _require_positive(name, getattr(self, name), integer=True)
-        if self.max_actors is not None:
-            _require_positive("max_actors", self.max_actors, integer=True)
-        if self.object_store_gb is not None:
-            _require_positive("object_store_gb", self.object_store_gb, integer=False)
-        _require_positive("shared_check_timeout_s", self.shared_check_timeout_s, integer=False)
-        for name in ("include_dashboard", "check_shared_output"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-
-
-def _require_positive(name: str, value: Any, *, integer: bool) -> None:
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-        what = "a positive integer" if integer else "a positive number"
-        raise ValueError(f"{name} must be {what}, got {value!r}")
+        check_fields(self)
 
 
 def load_cluster_config(path: str | Path | None = None, **overrides: Any) -> ClusterConfig:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from nucflow.errors import NucflowError
+from nucflow.methods import METHODS
 
 __all__ = ["evaluate"]
 
@@ -19,7 +20,7 @@ _DIR = click.Path(file_okay=False, path_type=Path)
               help="Folder of ground truth paired with the images by file name: instance labels, binary "
                    "masks, DeepLIIF colour code, or point CSVs.")
 @click.option("--pred", type=_DIR, help="Folder of predicted label images to score (reported as method 'pred').")
-@click.option("--method", "methods", multiple=True, type=click.Choice(["unet", "threshold", "deconvolution"]),
+@click.option("--method", "methods", multiple=True, type=click.Choice(METHODS),
               help="Segment the images with this method; repeat to compare several side by side "
                    "(default, without --pred: unet, the bundled model).")
 @click.option("--model", type=click.Path(path_type=Path), help="Model for --method unet (default: the bundled one).")

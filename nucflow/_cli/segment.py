@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 import click
 
 from nucflow.errors import NucflowError
+from nucflow.methods import METHODS
 
 __all__ = ["segment"]
 
@@ -22,7 +23,7 @@ __all__ = ["segment"]
               help="Segment settings YAML (default: the shipped nucflow/configs/segment.yaml).")
 @click.option("--cluster-config", type=click.Path(dir_okay=False, path_type=Path),
               help="Actors, batch sizes and local Ray settings (default: the shipped nucflow/configs/cluster.yaml).")
-@click.option("--method", type=click.Choice(["unet", "threshold", "deconvolution"]),
+@click.option("--method", type=click.Choice(METHODS),
               help="unet (trained model, default) or one of the paper's baselines.")
 @click.option("--model", type=click.Path(path_type=Path), help="Model .safetensors (card beside it) or folder.")
 @click.option("--mpp", type=float,

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from nucflow.errors import NucflowError
+from nucflow.methods import METHODS
 
 __all__ = ["validate"]
 
@@ -16,7 +17,7 @@ __all__ = ["validate"]
 @click.option("--model", "models", multiple=True, type=click.Path(path_type=Path),
               help="Model to score (repeat, e.g. one per training seed, for mean and spread); "
                    "default: the bundled model.")
-@click.option("--method", "methods", multiple=True, type=click.Choice(["unet", "threshold", "deconvolution"]),
+@click.option("--method", "methods", multiple=True, type=click.Choice(METHODS),
               help="Methods to score (default: unet, threshold and deconvolution).")
 @click.option("--sets", "manifest", type=click.Path(dir_okay=False, path_type=Path),
               help="Validation manifest (default: the shipped nucflow/configs/validation.yaml).")
@@ -35,7 +36,7 @@ def validate(models: tuple[Path, ...], methods: tuple[str, ...], manifest: Path 
     from nucflow.evaluation import load_validation_sets, write_validation
     from nucflow.evaluation import validate as run
 
-    chosen = methods or ("unet", "threshold", "deconvolution")
+    chosen = methods or METHODS
     try:
         sets = load_validation_sets(manifest, data=data, only=only)
         report = run(sets, methods=chosen, models=models, model_mpp=model_mpp, stain_profile=stain_profile,

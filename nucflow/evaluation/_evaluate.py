@@ -32,7 +32,7 @@ from nucflow.evaluation._truth import (
     read_truth,
 )
 from nucflow.evaluation.metrics import Counts, count_instances, count_points
-from nucflow.inference.predictors import METHODS
+from nucflow.methods import METHODS
 from nucflow.pipeline.image import positive_calls as _positive_calls
 
 __all__ = ["DEFAULT_METHODS", "EVALUATION_METHODS", "POINT_MATCH_UM", "PRED_METHOD", "evaluate", "positive_calls"]

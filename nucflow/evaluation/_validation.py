@@ -23,6 +23,7 @@ from nucflow import __version__
 from nucflow.atomic import write_json, write_text
 from nucflow.config import CONFIG_DIR, read_yaml
 from nucflow.errors import EvaluationError
+from nucflow.methods import BASELINES
 
 __all__ = [
     "DEFAULT_VALIDATION_SETS",
@@ -133,7 +134,7 @@ def _fmt(row: dict[str, Any], metric: str) -> str:
 def validate(
     sets: Sequence[ValidationSet],
     *,
-    methods: Sequence[str] = ("threshold", "deconvolution"),
+    methods: Sequence[str] = BASELINES,
     models: Sequence[str | Path] = (),
     model_mpp: float | None = None,
     stain_profile: str = "ki67",

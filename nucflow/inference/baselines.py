@@ -26,6 +26,7 @@ from skimage.color import hed_from_rgb, rgb2gray
 from skimage.filters import threshold_otsu
 
 from nucflow.errors import InputError
+from nucflow.methods import BASELINES
 
 __all__ = [
     "BASELINES",
@@ -34,9 +35,6 @@ __all__ = [
     "fit_threshold",
     "stain_optical_density",
 ]
-
-#: Names of the baseline methods.
-BASELINES = ("threshold", "deconvolution")
 
 # Optical density of a channel at intensity 0 would be infinite; clip where skimage's
 # rgb2hed does, so both give the same densities (and nucleus tables the same DAB calls).

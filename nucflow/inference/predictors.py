@@ -14,16 +14,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from nucflow.errors import InputError
+from nucflow.methods import METHODS, TTA_MODES
 
 __all__ = [
     "METHODS", "TTA_MODES", "BaselinePredictor", "MethodSpec", "Predictor", "UNetPredictor", "cpu_has_native_bf16",
     "parse_method",
 ]
-
-METHODS = ("unet", "threshold", "deconvolution")
-#: Test-time augmentation of the model: none, the 4 flips, or the 8 flips and 90° rotations
-#: (square tiles), their probabilities averaged.
-TTA_MODES = ("none", "flips", "dihedral")
 
 
 class Predictor(Protocol):

@@ -5,8 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nucflow.config import CONFIG_DIR, load_config
-from nucflow.errors import ConfigError
+from nucflow.config import (
+    CONFIG_DIR,
+    InvalidValue,
+    at_least,
+    between,
+    check_fields,
+    load_config,
+    one_of,
+    positive,
+    setting,
+)
+from nucflow.methods import METHODS, TTA_MODES
 
 __all__ = ["DEFAULT_SEGMENT_CONFIG", "InferenceConfig", "SegmentConfig", "TissueConfig", "load_segment_config"]
 
@@ -17,10 +27,13 @@ DEFAULT_SEGMENT_CONFIG = CONFIG_DIR / "segment.yaml"
 class TissueConfig:
     """Tissue detection on the slide thumbnail (see :func:`nucflow.slide.tissue_mask`)."""
 
-    thumbnail_size: int = 1024
-    min_saturation: float = 0.07
-    max_luminance: float = 0.86
-    min_area_um2: float = 20_000.0
+    thumbnail_size: int = setting(1024, at_least(16))
+    min_saturation: float = setting(0.07, between(0, 1, closed=True))
+    max_luminance: float = setting(0.86, between(0, 1, closed=True))
+    min_area_um2: float = setting(20_000.0, at_least(0))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -32,22 +45,17 @@ class InferenceConfig:
     (:class:`nucflow.cluster.ClusterConfig`, ``nucflow/configs/cluster.yaml``).
     """
 
-    margin: int = 32
-    tile_size: int | None = None
+    margin: int = setting(32, at_least(0))
+    tile_size: int | None = setting(None, positive())
     amp: bool = True
     channels_last: bool = True
-    max_retries: int = 3
-    tta: str = "none"
+    max_retries: int = setting(3, at_least(0))
+    tta: str = setting("none", one_of(*TTA_MODES))
 
     def __post_init__(self) -> None:
-        if self.margin < 0:
-            raise ConfigError(f"inference.margin must be >= 0, got {self.margin}")
-        from nucflow.inference.predictors import TTA_MODES
-
-        if self.tta not in TTA_MODES:
-            raise ConfigError(f"inference.tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
-        if self.max_retries < 0:
-            raise ConfigError(f"inference.max_retries must be >= 0, got {self.max_retries}")
+        check_fields(self)
+        if self.tile_size is not None and not 2 * self.margin < self.tile_size:
+            raise InvalidValue("margin", self.margin, f"be < tile_size/2 ({self.tile_size / 2:g}) to leave a core")
 
 
 @dataclass(frozen=True)
@@ -60,27 +68,20 @@ class SegmentConfig:
     ``nucflow/configs/stains/`` (or is a path to one) with the post-processing settings.
     """
 
-    method: str = "unet"
+    method: str = setting("unet", one_of(*METHODS))
     model: str | None = None
-    model_mpp: float | None = None
+    model_mpp: float | None = setting(None, between(0, 100))
     stain_profile: str = "ki67"
-    baseline_mpp: float = 0.5
-    baseline_sigma: float = 1.0
-    postprocess_block: int = 1024
-    postprocess_cpus: float = 0.0
-    postprocess_threads: int | None = None
+    baseline_mpp: float = setting(0.5, between(0, 100))
+    baseline_sigma: float = setting(1.0, at_least(0))
+    postprocess_block: int = setting(1024, at_least(16))
+    postprocess_cpus: float = setting(0.0, at_least(0))
+    postprocess_threads: int | None = setting(None, positive())
     tissue: TissueConfig = field(default_factory=TissueConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def __post_init__(self) -> None:
-        if self.postprocess_threads is not None and self.postprocess_threads < 1:
-            raise ConfigError(f"postprocess_threads must be >= 1 or null, got {self.postprocess_threads}")
-        for name in ("baseline_mpp", "model_mpp"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int | float) and 0 < value < 100):
-                raise ConfigError(f"{name} must be a positive number of µm per pixel, got {value!r}")
-        if self.postprocess_cpus < 0:
-            raise ConfigError(f"postprocess_cpus must be >= 0, got {self.postprocess_cpus}")
+        check_fields(self)
 
 
 def load_segment_config(path: str | Path | None = None) -> SegmentConfig:

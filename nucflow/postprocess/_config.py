@@ -8,7 +8,19 @@ from pathlib import Path
 
 import numpy as np
 
-from nucflow.config import CONFIG_DIR, config_file, load_config
+from nucflow.config import (
+    CONFIG_DIR,
+    InvalidValue,
+    at_least,
+    between,
+    check_fields,
+    config_file,
+    load_config,
+    odd,
+    one_of,
+    positive,
+    setting,
+)
 from nucflow.errors import ConfigError
 
 __all__ = [
@@ -51,51 +63,34 @@ class PostprocessConfig:
     """
 
     stain_profile: str = "ki67"
-    threshold: float = 0.5
-    median_size: int = 5
-    opening_radius: int = 1
-    closing_radius: int = 1
+    threshold: float = setting(0.5, between(0, 1))
+    median_size: int = setting(5, odd())
+    opening_radius: int = setting(1, at_least(0))
+    closing_radius: int = setting(1, at_least(0))
     fill_holes: bool = True
-    min_distance_um: float = 3.0
-    min_area_um2: float = 10.0
-    max_diameter_um: float = 30.0
-    erosion_um: float = 0.0
-    expand_um: float = 0.0
+    min_distance_um: float = setting(3.0, positive())
+    min_area_um2: float = setting(10.0, at_least(0))
+    max_diameter_um: float = setting(30.0, positive())
+    erosion_um: float = setting(0.0, at_least(0))
+    expand_um: float = setting(0.0, at_least(0))
     dab_threshold: float = 0.18
-    dab_min_fraction: float = 0.4
+    dab_min_fraction: float = setting(0.4, between(0, 1, closed=True))
     intensity_thresholds: tuple[float, ...] = (0.4, 0.6)
-    hotspot_area_mm2: float = 0.2
-    hotspot_shape: str = "circle"
+    hotspot_area_mm2: float = setting(0.2, positive())
+    hotspot_shape: str = setting("circle", one_of("circle", "square"))
 
     def __post_init__(self) -> None:
-        self._check_scoring()
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"threshold must lie in (0, 1), got {self.threshold}")
-        if self.median_size < 1 or self.median_size % 2 == 0:
-            raise ConfigError(f"median_size must be an odd number >= 1, got {self.median_size}")
-        if not 0.0 <= self.dab_min_fraction <= 1.0:
-            raise ConfigError(f"dab_min_fraction must lie in [0, 1], got {self.dab_min_fraction}")
-        for name in ("opening_radius", "closing_radius", "erosion_um", "expand_um", "min_area_um2"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("min_distance_um", "max_diameter_um"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-
-    def _check_scoring(self) -> None:
+        check_fields(self)
         bounds = (self.dab_threshold, *self.intensity_thresholds)
         if len(self.intensity_thresholds) not in (0, 2) or any(
             not (low < high) for low, high in zip(bounds, bounds[1:], strict=False)
         ):
-            raise ConfigError(
-                f"intensity_thresholds must be two increasing mean DAB ODs above dab_threshold "
-                f"(2+ and 3+ lower bounds; dab_threshold {self.dab_threshold} is 1+), or [] for "
-                f"positive/negative only; got {list(self.intensity_thresholds)}"
+            raise InvalidValue(
+                "intensity_thresholds", list(self.intensity_thresholds),
+                f"be two increasing mean DAB ODs above dab_threshold (2+ and 3+ lower bounds; "
+                f"dab_threshold {self.dab_threshold} is 1+), or [] for positive/negative only",
+                template="{key} must {requirement}; got {value!r}",
             )
-        if not self.hotspot_area_mm2 > 0:
-            raise ConfigError(f"hotspot_area_mm2 must be > 0, got {self.hotspot_area_mm2}")
-        if self.hotspot_shape not in ("circle", "square"):
-            raise ConfigError(f"hotspot_shape must be 'circle' or 'square', got {self.hotspot_shape!r}")
 
     def intensity(self, dab_od: np.ndarray, hematoxylin_od: np.ndarray) -> np.ndarray:
         """DAB intensity class (0, 1, 2, 3 for negative, 1+, 2+, 3+) of nuclei (see :func:`dab_intensity`)."""

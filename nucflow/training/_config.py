@@ -5,8 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nucflow.config import config_file, load_config
+from nucflow.config import (
+    InvalidValue,
+    at_least,
+    below,
+    between,
+    check_fields,
+    config_file,
+    load_config,
+    one_of,
+    positive,
+    setting,
+)
 from nucflow.errors import ConfigError
+from nucflow.methods import BASELINES
+from nucflow.models._card import STAIN_PROFILES
+from nucflow.models._networks import NORMS
 
 __all__ = [
     "DataConfig",
@@ -22,15 +36,18 @@ __all__ = [
 class NetworkConfig:
     """Widths and depths of S, R (UNets) and D_S, D_R (PatchGANs); paper values by default."""
 
-    ngf: int = 64
-    depth: int = 8
-    norm: str = "batch"
-    dropout: float = 0.5
-    dropout_blocks: int = 3
-    max_mult: int = 8
-    ndf: int = 64
-    d_layers: int = 3
-    d_norm: str = "batch"
+    ngf: int = setting(64, positive())
+    depth: int = setting(8, between(1, 12))
+    norm: str = setting("batch", one_of(*NORMS))
+    dropout: float = setting(0.5, at_least(0), below(1))
+    dropout_blocks: int = setting(3, at_least(0))
+    max_mult: int = setting(8, positive())
+    ndf: int = setting(64, positive())
+    d_layers: int = setting(3, positive())
+    d_norm: str = setting("batch", one_of(*NORMS))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -43,16 +60,19 @@ class LossConfig:
     ``pseudo_anchor`` keeps that cross-entropy, with this weight, in the adversarial phase.
     """
 
-    r: float = 60.0
-    r_warmup_steps: int = 0
-    gan_s: float = 1.0
-    gan_r: float = 1.0
-    cycle: float = 10.0
-    consistency: float = 1.0
-    jitter: float = 0.05
-    pseudo: float = 0.0
-    pseudo_steps: int = 0
-    pseudo_anchor: float = 0.0
+    r: float = setting(60.0, positive())
+    r_warmup_steps: int = setting(0, at_least(0))
+    gan_s: float = setting(1.0, at_least(0))
+    gan_r: float = setting(1.0, at_least(0))
+    cycle: float = setting(10.0, at_least(0))
+    consistency: float = setting(1.0, at_least(0))
+    jitter: float = setting(0.05, at_least(0))
+    pseudo: float = setting(0.0, at_least(0))
+    pseudo_steps: int = setting(0, at_least(0))
+    pseudo_anchor: float = setting(0.0, at_least(0))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -71,17 +91,20 @@ class DataConfig:
     equally often instead of by area, so one large collection does not dominate.
     """
 
-    mpp: float = 0.5
-    crop: int = 256
-    batch_size: int = 30
-    tile_mpp: float = 0.25
-    mask_mpp: float = 0.25
-    scale_jitter: float = 0.0
-    tiles_per_slide: int = 64
+    mpp: float = setting(0.5, between(0, 100))
+    crop: int = setting(256, positive())
+    batch_size: int = setting(30, at_least(1))
+    tile_mpp: float = setting(0.25, between(0, 100))
+    mask_mpp: float = setting(0.25, between(0, 100))
+    scale_jitter: float = setting(0.0, at_least(0))
+    tiles_per_slide: int = setting(64, positive())
     skimage_ihc: bool = False
-    pseudo_method: str = "threshold"
+    pseudo_method: str = setting("threshold", one_of(*BASELINES))
     balance_sources: bool = False
-    mask_shrink_um: float = 0.0
+    mask_shrink_um: float = setting(0.0, at_least(0), below(5))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -89,13 +112,16 @@ class OptimConfig:
     """Adam for S+R, and for D_S, D_R; ``*_lr_scale`` and ``*_every`` (update every k-th
     step) handicap a discriminator that wins too early."""
 
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    d_r_lr_scale: float = 1.0
-    d_r_every: int = 1
-    d_s_lr_scale: float = 1.0
-    d_s_every: int = 1
+    lr: float = setting(2e-4, positive())
+    beta1: float = setting(0.5, at_least(0), below(1))
+    beta2: float = setting(0.999, at_least(0), below(1))
+    d_r_lr_scale: float = setting(1.0, positive())
+    d_r_every: int = setting(1, positive())
+    d_s_lr_scale: float = setting(1.0, positive())
+    d_s_every: int = setting(1, positive())
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -113,32 +139,22 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    stain_profile: str = "ki67"
-    epochs: int = 600
-    max_steps: int | None = None
-    checkpoint_every: int = 500
-    log_every: int = 10
-    select: str = "total"
-    select_after: int = 0
+    stain_profile: str = setting("ki67", one_of(*STAIN_PROFILES))
+    epochs: int = setting(600, positive())
+    max_steps: int | None = setting(None, positive())
+    checkpoint_every: int = setting(500, positive())
+    log_every: int = setting(10, positive())
+    select: str = setting("total", one_of("total", "d_s"))
+    select_after: int = setting(0, at_least(0))
     seed: int = 0
-    autocast: str = "auto"
-    threads_per_worker: int | None = None
+    autocast: str = setting("auto", one_of("auto", "bf16", "off"))
+    threads_per_worker: int | None = setting(None, positive())
 
     def __post_init__(self) -> None:
-        choices = {"select": ("total", "d_s"), "autocast": ("auto", "bf16", "off"),
-                   "stain_profile": ("ki67", "her2"),
-                   "data.pseudo_method": ("threshold", "deconvolution")}
-        for name, allowed in choices.items():
-            value = getattr(self.data, name[5:]) if name.startswith("data.") else getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        check_fields(self)
         if self.data.crop % 2**self.network.depth:
-            raise ValueError(
-                f"data.crop {self.data.crop} must be a multiple of 2**network.depth "
-                f"({2**self.network.depth})"
-            )
-        if self.checkpoint_every < 1 or self.log_every < 1:
-            raise ValueError("checkpoint_every and log_every must be at least 1")
+            multiple = f"be a multiple of 2**network.depth ({2**self.network.depth})"
+            raise InvalidValue("data.crop", self.data.crop, multiple, template="{key} {value!r} must {requirement}")
 
 
 def load_train_config(path: str | Path | None = None, **overrides: object) -> TrainConfig:
