@@ -89,3 +89,11 @@ def test_map_records_the_offset_and_geojson_is_in_qupath_coordinates(
     outlines = shapely.from_geojson([json.dumps(f["geometry"]) for f in features])
     expected = shapely.transform(table.geometry.to_numpy(), lambda xy: xy - np.array([96.0, 40.0]))
     assert all(shapely.equals_exact(a, b, tolerance=0.011) for a, b in zip(outlines, expected, strict=True))
+    # the map is an OME-Zarr image napari's reader opens: full level plus a 2x level, in µm
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    image = next(iter(Reader(parse_url(planned.map_path))()))
+    assert [tuple(level.shape) for level in image.data] == [(rows, cols), ((rows + 1) // 2, (cols + 1) // 2)]
+    scales = [t[0]["scale"] for t in image.metadata["coordinateTransformations"]]
+    assert scales == [[0.5, 0.5], [1.0, 1.0]]

@@ -5,6 +5,14 @@ Layout of ``<slide>/probability.zarr``::
     probability   uint8 (rows, cols), chunks = tile core: probability * 255, 0 where no tissue
     done          uint8 (tile rows, tile cols): 1 once that core's chunk is written
 
+    probability_2x, probability_4x ...  the same, mean of 2x2 pixels per level (OME-Zarr pyramid)
+
+The group is an OME-Zarr image (NGFF 0.5, the version for Zarr 3): its ``ome`` attribute holds
+``multiscales`` metadata (axes y, x in micrometres, a scale per level), so napari's ome-zarr
+reader and QuPath open the map; nucflow's own attributes sit beside it. The full level is
+listed from the start; the reduced levels are written by :meth:`ProbabilityMap.write_pyramid`
+once every tile is, chunk by chunk, and then listed.
+
 Chunk files cannot prove a tile is finished (empty chunks are never written), hence ``done``.
 Only the driver writes ``done``; each model actor writes whole, chunk-aligned cores of
 ``probability``, so concurrent writers never share a chunk.
@@ -24,9 +32,35 @@ from zarr.codecs import BloscCodec
 
 from nucflow.slide.tiles import Tile
 
-__all__ = ["ProbabilityMap", "create_map", "open_map", "to_uint8"]
+__all__ = ["ProbabilityMap", "create_map", "ome_metadata", "open_map", "to_uint8"]
 
 _DONE_CHUNK = 256
+#: OME-Zarr (NGFF) version written: 0.5 is the one for Zarr 3 groups.
+NGFF_VERSION = "0.5"
+#: Reduced levels halve the map until its longer side is at most this many pixels.
+PYRAMID_MIN_SIDE = 512
+
+
+def _compressor() -> BloscCodec:
+    return BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
+
+
+def ome_metadata(mpp: float, paths: list[str]) -> dict[str, Any]:
+    """NGFF 0.5 ``ome`` attribute of a map whose level ``i`` is ``paths[i]`` at ``mpp * 2**i`` µm/px.
+
+    A reduced pixel is the mean of 2**i x 2**i full-level pixels, so its centre sits
+    ``(2**i - 1) / 2`` full-level pixels further on: that is its translation.
+    """
+    datasets = []
+    for level, path in enumerate(paths):
+        factor = 2**level
+        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": [mpp * factor, mpp * factor]}]
+        if level:
+            shift = mpp * (factor - 1) / 2
+            transforms.append({"type": "translation", "translation": [shift, shift]})
+        datasets.append({"path": path, "coordinateTransformations": transforms})
+    axes = [{"name": name, "type": "space", "unit": "micrometer"} for name in ("y", "x")]
+    return {"version": NGFF_VERSION, "multiscales": [{"name": "probability", "axes": axes, "datasets": datasets}]}
 
 
 @dataclass(frozen=True)
@@ -72,6 +106,47 @@ class ProbabilityMap:
         done[:] = grid
 
 
+    def write_pyramid(self, *, min_side: int = PYRAMID_MIN_SIDE) -> list[str]:
+        """Write the reduced levels (mean of 2x2, rounded) from the full level, chunk by chunk, and
+        list them in the ``ome`` multiscales metadata; returns the level paths.
+
+        Call once every tile is written. Any earlier pyramid is replaced; memory holds one
+        output chunk and its 2x2 source at a time. Empty (all-zero) chunks are not stored.
+        """
+        group = zarr.open_group(self.path, mode="r+")
+        source: zarr.Array = self.array()
+        paths = ["probability"]
+        for stale in [name for name in group.array_keys() if name.startswith("probability_")]:
+            del group[stale]
+        while max(source.shape) > min_side:
+            name = f"probability_{2 ** len(paths)}x"
+            shape = (math.ceil(source.shape[0] / 2), math.ceil(source.shape[1] / 2))
+            target = group.create_array(name, shape=shape, chunks=source.chunks, dtype="uint8", fill_value=0,
+                                        compressors=_compressor())
+            _halve_into(source, target)
+            paths.append(name)
+            source = target
+        group.attrs["ome"] = ome_metadata(float(self.attrs["mpp"]), paths)
+        return paths
+
+
+def _halve_into(source: zarr.Array, target: zarr.Array) -> None:
+    """``target`` = 2x2 means of ``source`` (edge pixels repeated for odd sizes), one target chunk at a time."""
+    rows, cols = target.shape
+    step_r, step_c = target.chunks
+    for r0 in range(0, rows, step_r):
+        for c0 in range(0, cols, step_c):
+            r1, c1 = min(r0 + step_r, rows), min(c0 + step_c, cols)
+            block = np.asarray(source[2 * r0 : 2 * r1, 2 * c0 : 2 * c1])
+            if not block.any():
+                continue  # stays the fill value, nothing stored
+            pad = ((0, 2 * (r1 - r0) - block.shape[0]), (0, 2 * (c1 - c0) - block.shape[1]))
+            if any(p for _, p in pad):
+                block = np.pad(block, pad, mode="edge")
+            sums = block.reshape(r1 - r0, 2, c1 - c0, 2).sum(axis=(1, 3), dtype=np.uint16)
+            target[r0:r1, c0:c1] = ((sums + 2) // 4).astype(np.uint8)
+
+
 def to_uint8(prob: np.ndarray) -> np.ndarray:
     """Probabilities in [0, 1] as uint8 0-255 (rounded); uint8 input passes through."""
     if prob.dtype == np.uint8:
@@ -88,13 +163,14 @@ def create_map(path: str | Path, *, shape: tuple[int, int], core: int, attrs: di
         chunks=(core, core),
         dtype="uint8",
         fill_value=0,
-        compressors=BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),
+        compressors=_compressor(),
     )
     grid = (math.ceil(shape[0] / core), math.ceil(shape[1] / core))
     group.create_array(
         "done", shape=grid, chunks=(_DONE_CHUNK, _DONE_CHUNK), dtype="uint8", fill_value=0
     )
-    group.attrs.update(attrs)
+    ome = {"ome": ome_metadata(float(attrs["mpp"]), ["probability"])} if "mpp" in attrs else {}
+    group.attrs.update({**attrs, **ome})
     group["probability"].attrs.update(attrs)
     return ProbabilityMap(str(path))
 

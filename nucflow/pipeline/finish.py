@@ -78,6 +78,7 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool, poll_
     seconds_post = time.perf_counter() - started - waiter.seconds
     render_overlay(thumb, level0_scale=thumb_mpp / level0_mpp, tissue_mask=tissue, nuclei=overlay,
                    path=out_dir / "overlay.png", mpp=thumb_mpp, hot_spot=scoring["hot_spot"])
+    ProbabilityMap(plan.map_path).write_pyramid()  # OME-Zarr levels for viewers, every tile being written
     seconds_write = time.perf_counter() - started - waiter.seconds - seconds_post
     seconds = {**plan.seconds, "postprocess": round(seconds_post, 3), "write": round(seconds_write, 3),
                "waiting_for_tiles": round(waiter.seconds, 3)}
