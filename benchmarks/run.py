@@ -24,6 +24,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,8 @@ def _fixtures(run: Run) -> None:
     run.section("fixtures")
     card = load_model(run.model).card
     run.config = pipeline.segment_config()
+    if run.config.stain_profile is None:  # the model card's, as segment resolves it
+        run.config = replace(run.config, stain_profile=card.stain_profile)
     run.tile = run.config.inference.tile_size or auto_tile_size(card.input_multiple, margin=run.config.inference.margin)
     run.mpp = card.mpp
     run.tiles = _grid(run.base.path, run)

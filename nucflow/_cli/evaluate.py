@@ -27,14 +27,15 @@ _DIR = click.Path(file_okay=False, path_type=Path)
 @click.option("--mpp", type=float, help="µm per pixel of the tiles (required to run a method; 0.25 at 40x).")
 @click.option("--truth-format", type=click.Choice(["labels", "binary", "deepliif", "points"]),
               help="Force the truth format instead of detecting it per file.")
-@click.option("--stain", "stain_profile", default="ki67", show_default=True,
-              help="Stain profile (post-processing, DAB threshold) for baselines and --pred.")
+@click.option("--stain", "stain_profile",
+              help="Stain profile (post-processing, DAB threshold): ki67, her2 or a YAML path "
+                   "(default: the model card's for unet; ki67 for the baselines and --pred).")
 @click.option("--sigma", type=float, help="Gaussian sigma (px) of the baselines (default: segment.yaml's).")
 @click.option("--model-mpp", type=float, help="Run the model at this µm/px instead of its card's.")
 @click.option("-o", "--out", type=_DIR, required=True, help="Report folder: scores.csv, scores.json, scores.md.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the score table.")
 def evaluate(images: Path, truth: Path, pred: Path | None, methods: tuple[str, ...], model: Path | None,
-             mpp: float | None, truth_format: str | None, stain_profile: str, sigma: float | None,
+             mpp: float | None, truth_format: str | None, stain_profile: str | None, sigma: float | None,
              model_mpp: float | None, out: Path, quiet: bool) -> None:
     """Score segmentations against ground truth with the paper's metrics (per image, mean, pooled)."""
     from nucflow.evaluation import evaluate as run_evaluate

@@ -26,12 +26,13 @@ __all__ = ["validate"]
               default=lambda: os.environ.get("NUCFLOW_DATA", "../shared/data"), show_default="../shared/data",
               help="Data root the manifest's paths are relative to (or NUCFLOW_DATA).")
 @click.option("--model-mpp", type=float, help="Run the model(s) at this µm/px instead of their card's.")
-@click.option("--stain", "stain_profile", default="ki67", show_default=True, help="Stain profile.")
+@click.option("--stain", "stain_profile",
+              help="Stain profile: ki67, her2, or a YAML path (default: the model card's; ki67 for baselines).")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Report folder: validation.csv, validation.json, validation.md.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but the written paths.")
 def validate(models: tuple[Path, ...], methods: tuple[str, ...], manifest: Path | None, only: tuple[str, ...],
-             data: Path, model_mpp: float | None, stain_profile: str, out: Path, quiet: bool) -> None:
+             data: Path, model_mpp: float | None, stain_profile: str | None, out: Path, quiet: bool) -> None:
     """Score the model(s) and the classical baselines on every validation set (never trained on)."""
     from nucflow.evaluation import load_validation_sets, write_validation
     from nucflow.evaluation import validate as run

@@ -70,7 +70,7 @@ def evaluate(
     model: str | Path | None = None,
     mpp: float | None = None,
     truth_format: str | None = None,
-    stain_profile: str = "ki67",
+    stain_profile: str | None = None,
     sigma: float | None = None,
     model_mpp: float | None = None,
     progress: Progress | None = None,
@@ -95,8 +95,9 @@ def evaluate(
         µm/px of the tiles; required to run a method (plain tiles carry no resolution).
     truth_format : str, optional
         Force one of :data:`TRUTH_FORMATS` instead of detecting it per file.
-    stain_profile : str
-        Post-processing and positivity rule of every method and of given predictions.
+    stain_profile : str, optional
+        Post-processing and positivity rule of every method and of given predictions; None:
+        the model card's for ``unet``, ``ki67`` for the baselines and ``pred`` (as ``segment``).
     sigma : float, optional
         Gaussian standard deviation (px) of the baselines (default: ``segment.yaml``'s).
     model_mpp : float, optional
@@ -143,6 +144,7 @@ def evaluate(
             "mpp": mpp,
             "truth_format": truth_format,
             "stain_profile": stain_profile,
+            "stain_profiles": {m: r.stain_profile for m, r in runners.items()},
             "sigma": sigma,
             "model_mpp": model_mpp,
             "point_match_um": POINT_MATCH_UM,
@@ -226,8 +228,9 @@ Segmenter = Callable[[np.ndarray, _Case], tuple[np.ndarray, dict[int, bool]]]
 class _Runner:
     """Turns an image into predicted labels (on the image's pixel grid) and their calls."""
 
-    def __init__(self, segment: Segmenter, *, model_id: str = ""):
+    def __init__(self, segment: Segmenter, *, stain_profile: str, model_id: str = ""):
         self._segment = segment
+        self.stain_profile = stain_profile
         self.model_id = model_id
 
     def __call__(self, rgb: np.ndarray, case: _Case) -> tuple[np.ndarray, dict[int, bool]]:
@@ -240,39 +243,54 @@ class _Runner:
         return labels, positive
 
 
-def _runner(method: str, *, model: str | Path | None, mpp: float | None, stain_profile: str,
+def _runner(method: str, *, model: str | Path | None, mpp: float | None, stain_profile: str | None,
             sigma: float | None, model_mpp: float | None) -> _Runner:
     from dataclasses import replace
 
     from nucflow.errors import ConfigError, ModelError
     from nucflow.pipeline import load_segment_config
-    from nucflow.pipeline.image import build_predictor, method_spec, segment_image
-    from nucflow.postprocess import load_stain_profile
+    from nucflow.pipeline.image import (
+        DEFAULT_STAIN_PROFILE,
+        build_predictor,
+        method_spec,
+        segment_image,
+        with_stain_profile,
+    )
+    from nucflow.postprocess import PostprocessConfig, load_stain_profile
 
-    try:
-        profile = load_stain_profile(stain_profile)
-    except ConfigError as exc:
-        raise EvaluationError(str(exc)) from None
+    def load_profile(name: str) -> PostprocessConfig:
+        try:
+            return load_stain_profile(name)
+        except ConfigError as exc:
+            raise EvaluationError(str(exc)) from None
+
     if method == PRED_METHOD:
+        profile = load_profile(stain_profile or DEFAULT_STAIN_PROFILE)
+
         def read_pred(rgb: np.ndarray, case: _Case) -> tuple[np.ndarray, dict[int, bool]]:
             assert case.pred is not None, "_cases pairs every image with a prediction when pred is given"
             labels = read_labels(case.pred)
             return labels, _positive_calls(rgb, labels, profile) if labels.shape == rgb.shape[:2] else {}
 
-        return _Runner(read_pred)
+        return _Runner(read_pred, stain_profile=profile.stain_profile)
     assert mpp is not None, "_check_methods requires mpp to run a method"
     config = load_segment_config()
     config = replace(config, method=method, model=str(model) if model is not None else None,
                      model_mpp=model_mpp, stain_profile=stain_profile,
                      baseline_sigma=config.baseline_sigma if sigma is None else sigma)
+    if stain_profile is not None:
+        load_profile(stain_profile)  # a bad name or file is an EvaluationError before the model loads
     try:
         spec = method_spec(config)
     except ModelError as exc:
         raise EvaluationError(f"cannot evaluate {method}: {exc}") from None
+    config = with_stain_profile(config, spec)
+    assert config.stain_profile is not None, "with_stain_profile names one"
+    profile = load_profile(config.stain_profile)
     predictor = build_predictor(spec, config)
 
     def segment(rgb: np.ndarray, case: _Case) -> tuple[np.ndarray, dict[int, bool]]:
         result = segment_image(rgb, mpp=mpp, spec=spec, config=config, predictor=predictor)
         return result.labels_at(rgb.shape[:2], mpp), result.positive(profile)
 
-    return _Runner(segment, model_id=spec.model_id if method == "unet" else "")
+    return _Runner(segment, stain_profile=profile.stain_profile, model_id=spec.model_id if method == "unet" else "")

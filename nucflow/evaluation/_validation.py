@@ -137,7 +137,7 @@ def validate(
     methods: Sequence[str] = BASELINES,
     models: Sequence[str | Path] = (),
     model_mpp: float | None = None,
-    stain_profile: str = "ki67",
+    stain_profile: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ValidationReport:
     """Score ``methods`` and each of ``models`` (as ``unet``) on every set; one table.

@@ -65,13 +65,15 @@ class SegmentConfig:
     ``method`` is ``unet`` (the trained model), ``threshold`` or ``deconvolution`` (the
     paper's baselines, run at ``baseline_mpp`` µm/px). ``model_mpp`` runs the model at another
     working resolution than its card's (None: the card's). ``stain_profile`` names a file of
-    ``nucflow/configs/stains/`` (or is a path to one) with the post-processing settings.
+    ``nucflow/configs/stains/`` (or is a path to one) with the post-processing settings; None
+    takes the model card's for ``unet`` and ``ki67`` for the baselines
+    (:func:`nucflow.pipeline.image.with_stain_profile`).
     """
 
     method: str = setting("unet", one_of(*METHODS))
     model: str | None = None
     model_mpp: float | None = setting(None, between(0, 100))
-    stain_profile: str = "ki67"
+    stain_profile: str | None = None
     baseline_mpp: float = setting(0.5, between(0, 100))
     baseline_sigma: float = setting(1.0, at_least(0))
     postprocess_block: int = setting(1024, at_least(16))

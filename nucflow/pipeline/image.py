@@ -14,7 +14,8 @@ post-processed in Dask blocks) and ``evaluate`` (annotated tiles, in memory):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,9 +28,15 @@ from nucflow.slide import Slide, tile_grid, tissue_mask
 from nucflow.slide.reader import array_slide
 
 __all__ = [
-    "ImageSegmentation", "build_predictor", "find_tissue", "fit_params", "input_multiple", "mask_shrink_um",
-    "method_spec", "positive_calls", "postprocess_profile", "resample_labels", "segment_image",
+    "DEFAULT_STAIN_PROFILE", "ImageSegmentation", "build_predictor", "find_tissue", "fit_params", "input_multiple",
+    "mask_shrink_um", "method_spec", "positive_calls", "postprocess_profile", "resample_labels", "segment_image",
+    "with_stain_profile",
 ]
+
+log = logging.getLogger(__name__)
+
+#: The stain profile of the baselines, which have no model card to name one.
+DEFAULT_STAIN_PROFILE = "ki67"
 
 
 def method_spec(config: SegmentConfig) -> MethodSpec:
@@ -43,6 +50,30 @@ def method_spec(config: SegmentConfig) -> MethodSpec:
         raise ModelError("no model given and no bundled default model; pass --model PATH or --method threshold")
     loaded = load_model(path)
     return MethodSpec("unet", mpp=config.model_mpp or loaded.card.mpp, model=loaded, tta=config.inference.tta)
+
+
+def with_stain_profile(config: SegmentConfig, spec: MethodSpec) -> SegmentConfig:
+    """``config`` with its stain profile named: the model card's unless one was given, so a HER2
+    model gets HER2 post-processing without flags; :data:`DEFAULT_STAIN_PROFILE` for the baselines.
+
+    A profile given explicitly (``--stain``, or ``stain_profile`` in a segment YAML) that names
+    another stain than the model card wins, with a warning that says so: the user chose it.
+    """
+    card = spec.model.card.stain_profile if spec.model is not None else None
+    if config.stain_profile is None:
+        return replace(config, stain_profile=card or DEFAULT_STAIN_PROFILE)
+    if card is not None:
+        from nucflow.errors import ConfigError
+        from nucflow.postprocess import load_stain_profile
+
+        try:
+            chosen = load_stain_profile(config.stain_profile).stain_profile
+        except ConfigError:
+            return config  # reported by the pre-flight check
+        if chosen != card:
+            log.warning("stain profile %r (%s) overrides the model card's %r (model %s)",
+                        chosen, config.stain_profile, card, spec.model_id)
+    return config
 
 
 def mask_shrink_um(spec: MethodSpec) -> float:
@@ -59,12 +90,11 @@ def mask_shrink_um(spec: MethodSpec) -> float:
 
 
 def postprocess_profile(config: SegmentConfig, *, shrink_um: float = 0.0) -> Any:
-    """The stain profile of ``config``, growing labels back by ``shrink_um`` (see :func:`mask_shrink_um`)."""
-    from dataclasses import replace
-
+    """The stain profile of ``config`` (see :func:`with_stain_profile`), growing labels back by
+    ``shrink_um`` (see :func:`mask_shrink_um`)."""
     from nucflow.postprocess import load_stain_profile
 
-    profile = load_stain_profile(config.stain_profile)
+    profile = load_stain_profile(config.stain_profile or DEFAULT_STAIN_PROFILE)
     return replace(profile, expand_um=shrink_um) if shrink_um else profile
 
 
@@ -125,6 +155,8 @@ def segment_image(
     """
     from nucflow.postprocess import label_nuclei
 
+    if config.stain_profile is None:
+        config = with_stain_profile(config, spec)
     slide = array_slide(rgb, mpp=mpp)
     thumb, _, tissue = find_tissue(slide, config.tissue)
     params = fit_params(spec, thumb, tissue)

@@ -19,6 +19,7 @@ from pathlib import Path
 from nucflow.errors import InputError, NucflowError, PreflightError
 from nucflow.inference.predictors import MethodSpec
 from nucflow.pipeline.config import SegmentConfig
+from nucflow.pipeline.image import with_stain_profile
 from nucflow.pipeline.plan import expand_slides, output_names
 from nucflow.slide import check_mpp, metadata_mpp
 
@@ -32,11 +33,13 @@ MPP_TOLERANCE = 2.0
 
 @dataclass(frozen=True)
 class Ready:
-    """What the checks resolved: the slides, their output folder names, the method."""
+    """What the checks resolved: the slides, their output folder names, the method, and the
+    configuration with its stain profile named (the model card's unless one was given)."""
 
     paths: list[Path]
     names: list[str]
     spec: MethodSpec
+    config: SegmentConfig
 
 
 def preflight(
@@ -75,7 +78,7 @@ def preflight(
         problems.append(str(exc))
     if problems or spec is None:
         raise PreflightError(problems)
-    return Ready(paths, names, spec)
+    return Ready(paths, names, spec, with_stain_profile(config, spec))
 
 
 def _output_problems(out: Path) -> list[str]:
@@ -93,6 +96,8 @@ def _output_problems(out: Path) -> list[str]:
 def _stain_problems(config: SegmentConfig) -> list[str]:
     from nucflow.postprocess import load_stain_profile
 
+    if config.stain_profile is None:  # the model card's (or the baselines' default): known
+        return []
     try:
         load_stain_profile(config.stain_profile)
     except NucflowError as exc:

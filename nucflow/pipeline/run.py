@@ -116,7 +116,7 @@ def segment(
     config = replace(config, method=parse_method(method or config.method), model=str(model) if model else config.model)
     out = Path(out).resolve()
     ready = preflight(slides, out, config=config, mpp=mpp, force_mpp=force_mpp, load_spec=method_spec)
-    paths, spec = ready.paths, ready.spec
+    paths, spec, config = ready.paths, ready.spec, ready.config
     cluster = cluster_config or load_cluster_config()
     # Slides are planned (thumbnail, tissue, Zarr map) while the model actors start, but only
     # once ray.init has returned: it forks Ray's processes, and a fork while the planning thread
