@@ -169,7 +169,7 @@ def region_measures(
     columns = _moment_columns(stats, indices, geometry=geometry, origin=origin)
     columns["perimeter_um"] = shapely.length(outlines) * geometry.um_per_level0_px
     columns["solidity"] = shapely.area(outlines) / shapely.area(shapely.convex_hull(outlines))
-    means = _label_means(labels, stats.sums[:, 0], prob, rgb)
+    means = _label_means(labels, stats.sums[:, 0], indices, prob, rgb)
     columns["mean_probability"] = means["probability"][indices]
     columns["hematoxylin_od"] = means["hematoxylin"][indices]
     columns["dab_od"] = means["dab"][indices]
@@ -210,11 +210,15 @@ def _eccentricity(var_r: np.ndarray, var_c: np.ndarray, cov: np.ndarray) -> np.n
 
 
 def _label_means(
-    labels: np.ndarray, sizes: np.ndarray, prob: np.ndarray, rgb: np.ndarray | None
+    labels: np.ndarray, sizes: np.ndarray, indices: np.ndarray, prob: np.ndarray, rgb: np.ndarray | None
 ) -> dict[str, np.ndarray]:
-    inside = labels.ravel() > 0
-    flat = labels.ravel()[inside]
+    """Mean probability and stain ODs of the labels ``indices`` (others' means are 0), from
+    those labels' pixels only (a block's halo nuclei are labelled, never measured)."""
     count = len(sizes) - 1
+    wanted = np.zeros(count + 1, bool)
+    wanted[indices] = True
+    inside = np.flatnonzero(wanted[labels.ravel()])
+    flat = labels.ravel()[inside]
     sizes = np.maximum(sizes, 1)
 
     def mean(values: np.ndarray) -> np.ndarray:
@@ -254,21 +258,28 @@ def _rings(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every nucleus' ring in one marching-squares pass: (k, 2) rows/cols and ring number.
 
-    The masks are laid side by side in one strip, each with a 1-px empty border so their
-    contours stay apart; one contour call traces them all, and each line goes back to its
-    nucleus by where it starts in the strip.
+    The masks are packed on shelves into one image, each in a cell with a 1-px empty border
+    so their contours stay apart; one contour call traces them all, and each line goes back
+    to its nucleus by where it starts (its cell).
     """
-    heights = np.array([box[0].stop - box[0].start for box in boxes])
-    widths = np.array([box[1].stop - box[1].start for box in boxes])
-    left = np.concatenate([[0], np.cumsum(widths + 2)])  # strip column where each cell starts
-    strip = np.zeros((int(heights.max()) + 2, int(left[-1])))
+    heights = np.array([box[0].stop - box[0].start for box in boxes]) + 2
+    widths = np.array([box[1].stop - box[1].start for box in boxes]) + 2
+    tops, lefts, shelf, shape = _shelves(heights, widths)
+    packed = np.zeros(shape)
     for cell, (box, index) in enumerate(zip(boxes, indices, strict=True)):
-        strip[1 : heights[cell] + 1, left[cell] + 1 : left[cell] + 1 + widths[cell]] = labels[box] == index
-    lines = contour_generator(z=strip, line_type=LineType.ChunkCombinedOffset).lines(0.5)
+        top, left = tops[cell] + 1, lefts[cell] + 1
+        packed[top : top + heights[cell] - 2, left : left + widths[cell] - 2] = labels[box] == index
+    lines = contour_generator(z=packed, line_type=LineType.ChunkCombinedOffset).lines(0.5)
     chunk_points, chunk_offsets = cast(tuple[list[np.ndarray], list[np.ndarray]], lines)
     points, offsets = chunk_points[0], chunk_offsets[0].astype(np.int64)
     length = np.diff(offsets)
-    owner = np.searchsorted(left, points[offsets[:-1], 0], side="right") - 1
+    # A cell by its shelf, then its left edge: one sorted key per cell, and per line start.
+    shelf_tops = np.unique(tops)
+    cell_key = shelf * shape[1] + lefts
+    by_key = np.argsort(cell_key)
+    x0, y0 = points[offsets[:-1], 0], points[offsets[:-1], 1]
+    line_key = (np.searchsorted(shelf_tops, y0, side="right") - 1) * shape[1] + x0
+    owner = by_key[np.searchsorted(cell_key[by_key], line_key, side="right") - 1]
     order = np.lexsort((-length, owner))  # longest line of each nucleus first
     chosen = order[np.r_[True, np.diff(owner[order]) != 0]]
     # Gather the chosen lines without their closing point (a repeat of the first).
@@ -277,10 +288,30 @@ def _rings(
     within = np.arange(ring_of.size) - np.repeat(np.cumsum(keep) - keep, keep)
     x_y = points[offsets[chosen][ring_of] + within]
     cell = owner[chosen][ring_of]
-    rows = x_y[:, 1] - 1 + starts[cell, 0]
-    cols = x_y[:, 0] - left[cell] - 1 + starts[cell, 1]
+    rows = x_y[:, 1] - 1 - tops[cell] + starts[cell, 0]
+    cols = x_y[:, 0] - 1 - lefts[cell] + starts[cell, 1]
     corner = _corners(np.column_stack([rows, cols]), ring_of)
     return np.column_stack([rows, cols])[corner], ring_of[corner]
+
+
+def _shelves(
+    heights: np.ndarray, widths: np.ndarray, width: int = 1024
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+    """Pack rectangles on shelves at most ``width`` wide (or the widest), tallest first.
+
+    Returns each one's top and left, its shelf number (shelves in order, tops increasing),
+    and the packed shape.
+    """
+    width = max(width, int(widths.max()))
+    tops, lefts, shelf = (np.zeros(heights.size, np.int64) for _ in range(3))
+    top = left = height = number = 0
+    for i in np.argsort(-heights, kind="stable"):
+        if left + widths[i] > width:
+            top, left, height, number = top + height, 0, 0, number + 1
+        tops[i], lefts[i], shelf[i] = top, left, number
+        left += widths[i]
+        height = max(height, int(heights[i]))
+    return tops, lefts, shelf, (top + height, width)
 
 
 def _corners(ring_points: np.ndarray, ring_of: np.ndarray) -> np.ndarray:
