@@ -21,8 +21,8 @@ Only the driver writes ``done``; each model actor writes whole, chunk-aligned co
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from zarr.codecs import BloscCodec
 
 from nucflow.slide.tiles import Tile
 
-__all__ = ["ProbabilityMap", "create_map", "ome_metadata", "open_map", "to_uint8"]
+__all__ = ["MapMetadata", "ProbabilityMap", "create_map", "ome_metadata", "open_map", "to_uint8"]
 
 _DONE_CHUNK = 256
 #: OME-Zarr (NGFF) version written: 0.5 is the one for Zarr 3 groups.
@@ -64,6 +64,51 @@ def ome_metadata(mpp: float, paths: list[str]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class MapMetadata:
+    """What a probability map records about itself, as the group's attributes: the one owner of
+    their names and defaults. :func:`create_map` writes it; :attr:`ProbabilityMap.metadata` reads it.
+
+    ``mpp`` is the map's µm/px; ``slide_mpp`` the slide's level-0 µm/px as used (its metadata,
+    or ``--mpp`` where given); a map pixel (r, c) covers level-0 pixels from
+    ``level0_offset + (r, c) * level0_scale``. ``qupath_offset`` is the level-0 (x, y) of
+    QuPath's origin (``slide_bounds``' corner where the format records one). ``map_hash``
+    identifies the method, model and tiling that made the map; ``slide_identity`` the slide.
+    """
+
+    mpp: float | None = None
+    slide_mpp: float | None = None
+    level0_offset: tuple[float, float] = (0.0, 0.0)
+    level0_scale: float = 1.0
+    slide_bounds: tuple[int, int, int, int] | None = None
+    qupath_offset: tuple[int, int] = (0, 0)
+    slide_path: str = ""
+    slide_identity: Mapping[str, Any] = field(default_factory=dict)
+    model_id: str = ""
+    map_hash: str = ""
+    tile_size: int | None = None
+    tile_core: int | None = None
+    tile_margin: int | None = None
+    nucflow_version: str = ""
+
+    def to_attrs(self) -> dict[str, Any]:
+        """JSON-ready attributes (tuples as lists)."""
+        data = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> MapMetadata:
+        """The metadata of stored attributes; absent keys (maps of earlier versions, bare arrays)
+        take the defaults, other attributes (``ome``) are not part of it."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in attrs.items() if k in known}
+        for name in ("level0_offset", "slide_bounds", "qupath_offset"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
+        values["slide_identity"] = dict(values.get("slide_identity") or {})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class ProbabilityMap:
     """Handle on a slide's ``probability.zarr`` group (cheap to pickle: only the path)."""
 
@@ -76,6 +121,11 @@ class ProbabilityMap:
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(zarr.open_group(self.path, mode="r").attrs)
+
+    @property
+    def metadata(self) -> MapMetadata:
+        """The map's :class:`MapMetadata` (read from the group's attributes)."""
+        return MapMetadata.from_attrs(self.attrs)
 
     def array(self, *, mode: str = "r") -> zarr.Array:
         return zarr.open_array(f"{self.path}/probability", mode=mode)
@@ -154,8 +204,12 @@ def to_uint8(prob: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
 
 
-def create_map(path: str | Path, *, shape: tuple[int, int], core: int, attrs: dict[str, Any]) -> ProbabilityMap:
-    """Create (replacing any) a probability map of ``shape`` with ``core``-sized chunks."""
+def create_map(path: str | Path, *, shape: tuple[int, int], core: int,
+               attrs: MapMetadata | dict[str, Any]) -> ProbabilityMap:
+    """Create (replacing any) a probability map of ``shape`` with ``core``-sized chunks, recording
+    ``attrs`` (a :class:`MapMetadata`, or a plain dict of attributes for a bare map)."""
+    if isinstance(attrs, MapMetadata):
+        attrs = attrs.to_attrs()
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     group.create_array(
         "probability",
@@ -169,7 +223,7 @@ def create_map(path: str | Path, *, shape: tuple[int, int], core: int, attrs: di
     group.create_array(
         "done", shape=grid, chunks=(_DONE_CHUNK, _DONE_CHUNK), dtype="uint8", fill_value=0
     )
-    ome = {"ome": ome_metadata(float(attrs["mpp"]), ["probability"])} if "mpp" in attrs else {}
+    ome = {"ome": ome_metadata(float(attrs["mpp"]), ["probability"])} if attrs.get("mpp") is not None else {}
     group.attrs.update({**attrs, **ome})
     group["probability"].attrs.update(attrs)
     return ProbabilityMap(str(path))
