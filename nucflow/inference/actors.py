@@ -42,7 +42,7 @@ class WorkItem:
 
     slide_key: str
     slide_path: str
-    slide_mpp: float | None
+    mpp_override: float | None  # --mpp as given; None: the slide's metadata
     map_path: str
     mpp: float
     tiles: tuple[Tile, ...]
@@ -66,7 +66,7 @@ class TileWorker:
 
     def process(self, item: WorkItem) -> tuple[str, tuple[int, ...]]:
         """Predict and write ``item``'s tiles; returns (slide key, tile indices written)."""
-        slide = self._slide(item.slide_path, item.slide_mpp)
+        slide = self._slide(item.slide_path, item.mpp_override)
 
         def read_window(row: int, col: int, rows: int, cols: int) -> Any:
             return slide.read(mpp=item.mpp, row=row, col=col, rows=rows, cols=cols)

@@ -52,7 +52,7 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool, poll_
     out_dir = Path(plan.out_dir)
     profile = postprocess_profile(config, shrink_um=plan.mask_shrink_um)
     level0_mpp = plan.mpp / plan.level0_scale
-    with open_slide(plan.path, mpp=plan.slide_mpp) as slide:
+    with open_slide(plan.path, mpp=plan.mpp_override) as slide:
         thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)
         overlay = OverlayNuclei(
             thumb.shape[:2], level0_scale=thumb_mpp / level0_mpp, outlines=thumb_mpp <= OUTLINE_MAX_MPP,

@@ -18,7 +18,7 @@ from nucflow.atomic import remove_partials
 from nucflow.config import config_hash, to_dict
 from nucflow.errors import InputError, NucflowError, SlideError
 from nucflow.inference.predictors import MethodSpec
-from nucflow.inference.store import create_map, open_map
+from nucflow.inference.store import MapMetadata, create_map, open_map
 from nucflow.inference.tiled import auto_tile_size
 from nucflow.pipeline.config import SegmentConfig
 from nucflow.pipeline.failures import clear_error_log, error_line, record_failure
@@ -45,7 +45,8 @@ class SlidePlan:
     error: str = ""
     error_log: str = ""
     identity: dict[str, Any] = field(default_factory=dict)
-    slide_mpp: float | None = None
+    #: ``--mpp`` as given (None: the slide's metadata); the map records the resolution used.
+    mpp_override: float | None = None
     mpp: float = 0.0
     level0_scale: float = 1.0
     grid: TileGrid | None = None
@@ -167,10 +168,10 @@ def recorded_identity(out_dir: Path) -> dict[str, Any] | None:
     if existing is None:
         return None
     try:
-        attrs = existing.attrs
-    except Exception:  # noqa: BLE001 - an unreadable map records nothing
+        meta = existing.metadata
+    except (OSError, ValueError, TypeError):  # an unreadable map records nothing
         return None
-    return dict(attrs.get("slide_identity") or {"path": attrs.get("slide_path")})
+    return dict(meta.slide_identity or {"path": meta.slide_path or None})
 
 
 def _recorded_path(out_dir: Path) -> str | None:
@@ -228,7 +229,7 @@ def _plan(
     shrink = mask_shrink_um(spec)
     run_hash = config_hash(map_hash, to_dict(config), __version__, *([shrink] if shrink else []))
     plan = SlidePlan(
-        key, str(path), str(out_dir), "todo", slide_mpp=mpp, mpp=spec.mpp, level0_scale=spec.mpp / slide_mpp,
+        key, str(path), str(out_dir), "todo", mpp_override=mpp, mpp=spec.mpp, level0_scale=spec.mpp / slide_mpp,
         grid=grid, params=params, tissue_area_mm2=float(tissue.sum()) * (thumb_mpp / 1000.0) ** 2,
         thumbnail_mpp=thumb_mpp, model_id=spec.model_id, map_hash=map_hash, run_hash=run_hash,
         mask_shrink_um=shrink, identity=identity, bounds=bounds,
@@ -251,7 +252,7 @@ def _reconcile(plan: SlidePlan, *, slide_mpp: float, overwrite: bool) -> SlidePl
     if _finished_with(out_dir, plan.run_hash):
         return replace(plan, status="done")
     existing = open_map(plan.map_path)
-    if existing is not None and existing.attrs.get("map_hash") == plan.map_hash:
+    if existing is not None and existing.metadata.map_hash == plan.map_hash:
         done = existing.done_chunks()
         assert plan.grid is not None
         return replace(plan, todo=tuple(t.index for t in plan.grid.tiles if t.chunk not in done))
@@ -262,29 +263,28 @@ def _reconcile(plan: SlidePlan, *, slide_mpp: float, overwrite: bool) -> SlidePl
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     assert plan.grid is not None
-    create_map(plan.map_path, shape=plan.grid.shape, core=plan.grid.core, attrs=_map_attrs(plan, slide_mpp))
+    create_map(plan.map_path, shape=plan.grid.shape, core=plan.grid.core, attrs=_map_metadata(plan, slide_mpp))
     return replace(plan, todo=tuple(t.index for t in plan.grid.tiles))
 
 
-def _map_attrs(plan: SlidePlan, slide_mpp: float) -> dict[str, Any]:
+def _map_metadata(plan: SlidePlan, slide_mpp: float) -> MapMetadata:
     assert plan.grid is not None
-    return {
-        "mpp": plan.mpp,
-        "slide_mpp": slide_mpp,
-        "level0_offset": [0, 0],
-        "level0_scale": plan.level0_scale,
+    return MapMetadata(
+        mpp=plan.mpp,
+        slide_mpp=slide_mpp,
+        level0_scale=plan.level0_scale,
         # QuPath shows slides with openslide.bounds-* cropped to them: its (0, 0) is this level-0 (x, y)
-        "slide_bounds": list(plan.bounds) if plan.bounds else None,
-        "qupath_offset": list(plan.qupath_offset),
-        "slide_path": plan.path,
-        "slide_identity": plan.identity,
-        "model_id": plan.model_id,
-        "map_hash": plan.map_hash,
-        "tile_size": plan.grid.tiles[0].size if plan.grid.tiles else None,
-        "tile_core": plan.grid.core,
-        "tile_margin": plan.grid.margin,
-        "nucflow_version": __version__,
-    }
+        slide_bounds=plan.bounds,
+        qupath_offset=plan.qupath_offset,
+        slide_path=plan.path,
+        slide_identity=plan.identity,
+        model_id=plan.model_id,
+        map_hash=plan.map_hash,
+        tile_size=plan.grid.tiles[0].size if plan.grid.tiles else None,
+        tile_core=plan.grid.core,
+        tile_margin=plan.grid.margin,
+        nucflow_version=__version__,
+    )
 
 
 def _finished_with(out_dir: Path, run_hash: str) -> bool:

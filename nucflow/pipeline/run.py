@@ -198,7 +198,7 @@ def _work_items(plan: SlidePlan, batch_size: int) -> list[WorkItem]:
     assert plan.grid is not None
     tiles = [plan.grid.tiles[i] for i in plan.todo]
     return [
-        WorkItem(plan.key, plan.path, plan.slide_mpp, plan.map_path, plan.mpp, batch, plan.params)
+        WorkItem(plan.key, plan.path, plan.mpp_override, plan.map_path, plan.mpp, batch, plan.params)
         for batch in (tuple(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size))
     ]
 

@@ -96,13 +96,13 @@ def _open_zarr(path: Path) -> tuple[zarr.Array, dict[str, Any]]:
 
 
 def map_geometry(attrs: dict[str, Any], **overrides: Any) -> MapGeometry:
-    """Geometry from probability.zarr attributes, with explicit (non-None) overrides."""
-    values = {
-        "mpp": attrs.get("mpp"),
-        "level0_offset": attrs.get("level0_offset", (0.0, 0.0)),
-        "level0_scale": attrs.get("level0_scale", 1.0),
-        "slide_mpp": attrs.get("slide_mpp"),
-    }
+    """Geometry from probability.zarr attributes (read as :class:`~nucflow.inference.store.MapMetadata`,
+    whose defaults apply), with explicit (non-None) overrides."""
+    from nucflow.inference.store import MapMetadata
+
+    meta = MapMetadata.from_attrs(attrs)
+    values: dict[str, Any] = {"mpp": meta.mpp, "level0_offset": meta.level0_offset,
+                              "level0_scale": meta.level0_scale, "slide_mpp": meta.slide_mpp}
     values.update({k: v for k, v in overrides.items() if v is not None})
     if values["mpp"] is None:
         raise InputError("the probability map's resolution is unknown: pass mpp= (µm/px)")
