@@ -214,6 +214,7 @@ class ScoreAccumulator:
                                    self.profile, um_per_level0_px=um_per_level0_px)
                 for name in names
             }
+        out["intensity_bounds"] = [self.profile.dab_threshold, *self.profile.intensity_thresholds]
         out["histograms"] = {
             "area_um2": {"edges": AREA_BINS_UM2.tolist(), "counts": self._area_hist.tolist()},
             "dab_od": {"edges": DAB_BINS.tolist(), "counts": self._dab_hist.tolist()},

@@ -64,6 +64,11 @@ def test_outputs_of_a_slide(unet_run) -> None:
     assert summary["tissue_area_mm2"] == pytest.approx(1024 * 1024 * 0.25**2 / 1e6, rel=0.1)
     csv = pd.read_csv(out / "summary.csv")
     assert list(csv["slide"]) == ["demo"] and csv.loc[0, "nuclei"] == len(table)
+    scoring = summary["scoring"]  # scores from the table's intensity classes (tests/test_scoring.py)
+    assert scoring["positive"] == summary["positive"] == int((table["dab_intensity"] > 0).sum())
+    assert sum(scoring["intensity_counts"].values()) == len(table)
+    assert csv.loc[0, "h_score"] == pytest.approx(summary["h_score"])
+    assert "<td class='name'><a href='#slide-demo'>demo</a></td>" in (out / "report.html").read_text()
     assert not list(out.rglob("*.partial*")) and not list(out.rglob(".*.tmp"))
 
 

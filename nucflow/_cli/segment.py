@@ -30,8 +30,7 @@ __all__ = ["segment"]
               help="Level-0 µm/px, for slides without it in their metadata (overrides it, with a warning).")
 @click.option("--force-mpp", is_flag=True,
               help="Use --mpp even when it is more than 2x from a slide's metadata (refused otherwise).")
-@click.option("--stain", "stain_profile",
-              help="Stain profile: ki67, her2, or a YAML path (default: the model card's; ki67 for baselines).")
+@click.option("--stain", "stain_profile", help="Stain profile: ki67, her2, or a YAML path.")
 @click.option("--geojson", is_flag=True, help="Also write nuclei.geojson for QuPath.")
 @click.option("--overwrite", is_flag=True, help="Redo slides already (partly) done instead of resuming.")
 @click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster address (HEAD:6379); default: a local Ray.")

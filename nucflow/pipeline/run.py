@@ -25,6 +25,7 @@ from nucflow.pipeline.finish import finish_slide
 from nucflow.pipeline.image import method_spec
 from nucflow.pipeline.plan import SlidePlan, plan_slide
 from nucflow.pipeline.preflight import preflight
+from nucflow.report import slides_of_folder, write_report
 
 __all__ = ["Progress", "SegmentResult", "SlideResult", "segment"]
 
@@ -136,6 +137,7 @@ def segment(
                 scheduler.shutdown()
     result = SegmentResult(out, tuple(results))
     _write_run_summary(out / "summary.csv", result)
+    write_report(out / "report.html", slides_of_folder(out, result.slides))
     return result
 
 

@@ -1,0 +1,161 @@
+"""The cohort report: its HTML content, and what a real headless browser shows of it, offline."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.io import imread
+
+from nucflow.postprocess import PostprocessConfig
+from nucflow.postprocess._writers import render_overlay
+from nucflow.report import ReportSlide, slides_of_folder, write_report
+from nucflow.scoring import ScoreAccumulator
+
+BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "chrome-headless-shell")
+
+
+def _slide_folder(out: Path, name: str, seed: int) -> dict:
+    """A finished slide's folder: summary.json from real scores, overlay.png with a green block."""
+    rng = np.random.default_rng(seed)
+    n = 400
+    part = {"centroid_x_um": rng.uniform(0, 1500, n), "centroid_y_um": rng.uniform(0, 1000, n),
+            "dab_intensity": rng.choice(4, n, p=[0.6, 0.2, 0.1, 0.1]).astype(np.int8),
+            "area_um2": rng.uniform(10, 90, n), "dab_od": rng.uniform(0, 1, n)}
+    scores = ScoreAccumulator(PostprocessConfig())
+    scores.add(part, np.where(part["centroid_x_um"] < 700, "tumour", "stroma"))
+    scoring = scores.summary(um_per_level0_px=1.0)
+    summary = {"slide": name, "status": "ok", "nuclei": n, "positive": scoring["positive"],
+               "labelling_index_percent": scoring["labelling_index_percent"],
+               "hotspot_labelling_index_percent": scoring["hot_spot"]["labelling_index_percent"],
+               "h_score": scoring["h_score"], "tissue_area_mm2": 1.5, "scoring": scoring,
+               "seconds": {"plan": 1.0, "inference": 10.0 + seed, "postprocess": 3.0}}
+    folder = out / name
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    thumbnail = np.full((100, 150, 3), 235, np.uint8)
+    thumbnail[10:40, 10:60] = (0, 200, 0)  # a block the screenshot must show
+    render_overlay(thumbnail, level0_scale=10.0, tissue_mask=None, nuclei=_no_nuclei(), path=folder / "overlay.png",
+                   mpp=10.0, hot_spot=scoring["hot_spot"])
+    return summary
+
+
+def _no_nuclei():
+    from nucflow.postprocess import empty_table
+
+    return empty_table()
+
+
+class _Page(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.references: list[str] = []
+        self.rows: list[list[str]] = []
+        self.images = 0
+        self._table = self._row = None
+        self._depth = 0
+        self._text = ""
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.references += [v for k, v in attrs.items() if k in ("src", "href", "xlink:href") and v]
+        if tag == "img":
+            self.images += 1
+        if tag == "table" and attrs.get("id") == "slides":
+            self._table = True
+        if self._table and tag == "tr":
+            self._row = []
+        if self._row is not None and tag == "td":
+            self._text = ""
+
+    def handle_data(self, data):
+        self._text += data
+
+    def handle_endtag(self, tag):
+        if self._row is not None and tag == "td":
+            self._row.append(self._text.strip())
+        if self._row is not None and tag == "tr":
+            if self._row:
+                self.rows.append(self._row)
+            self._row = None
+        if tag == "table":
+            self._table = False
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
+    out = tmp_path_factory.mktemp("cohort")
+    first, second = _slide_folder(out, "slide-a", 1), _slide_folder(out, "slide-b", 2)
+    slides = slides_of_folder(out) + [
+        ReportSlide("broken", "failed", error="SlideError: broken.svs is not a slide <b>&</b>")
+    ]
+    return write_report(out / "report.html", slides), first, second
+
+
+def test_report_content_is_a_table_of_every_slide_with_its_figures(report) -> None:
+    path, first, second = report
+    text = path.read_text()
+    page = _Page()
+    page.feed(text)
+    assert [row[:2] for row in page.rows] == [["slide-a", "ok"], ["slide-b", "ok"], ["broken", "failed"]]
+    a = page.rows[0]
+    assert a[3] == "400" and a[4] == "1.500"
+    assert a[5] == f"{first['labelling_index_percent']:.1f}"
+    assert a[6] == f"{first['hotspot_labelling_index_percent']:.1f}"
+    assert a[7] == f"{first['h_score']:.0f}" and a[8] == f"{1 + 11 + 3:.1f}"
+    assert page.rows[2][2] == "SlideError: broken.svs is not a slide <b>&</b>"  # escaped, shown as text
+    assert "<b>&</b>" not in text
+    assert page.images == 2  # one overlay per finished slide, none for the failed one
+    assert text.count("<svg") == 4  # index, area, DAB, time plots
+    assert "tumour" in text and "stroma" in text  # per-region rows
+    # self-contained: every reference is inline data or an anchor in the page
+    assert page.references and all(r.startswith(("data:", "#")) for r in page.references)
+    assert not re.search(r"<(script|link|iframe|object|embed)\b", text) and "@import" not in text
+    assert all(target.startswith("#") for target in re.findall(r"url\(([^)]*)\)", text))  # SVG clip paths
+
+
+def test_report_rewritten_for_a_resumed_run_reads_skipped_slides_summaries(report) -> None:
+    path, first, _ = report
+    from nucflow.pipeline.run import SlideResult
+
+    results = [SlideResult("slide-a", "x", "skipped"), SlideResult("broken", "y", "failed", error="boom")]
+    slides = slides_of_folder(path.parent, results)
+    assert slides[0].summary["nuclei"] == first["nuclei"] and slides[0].overlay is not None
+    assert slides[1].summary == {} and slides[1].overlay is None
+
+
+def _browser() -> str:
+    for name in BROWSERS:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("no headless Chromium here (install Debian's chromium-headless-shell to run this test)")
+
+
+def test_a_headless_browser_shows_the_report_offline(report, tmp_path: Path) -> None:
+    path, _, _ = report
+    browser = _browser()
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+              "--host-resolver-rules=MAP * ~NOTFOUND", "--no-proxy-server", "--user-data-dir=" + str(tmp_path / "u")]
+    dom = subprocess.run([*common, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    page = _Page()
+    page.feed(dom)
+    assert [row[1] for row in page.rows] == ["ok", "ok", "failed"]
+    shot = tmp_path / "shot.png"
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1280,2400", path.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    picture = imread(shot)[..., :3].astype(int)
+    red, green, blue = picture[..., 0], picture[..., 1], picture[..., 2]
+    green_block = (green > 150) & (red < 60) & (blue < 60)  # the thumbnails' block: inline JPEGs decoded
+    assert green_block.sum() > 2 * 200
+    magenta = (red > 180) & (blue > 180) & (green < 80)  # hot-spot bars of the SVG plot and the marks
+    assert magenta.sum() > 200
+    failed_row = (red > 250) & (green > 235) & (green < 245) & (blue > 235) & (blue < 245)  # #fff0f0
+    assert failed_row.sum() > 1000
