@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from skimage.color import hed_from_rgb, rgb2gray
+from skimage.color import rgb2gray
 from skimage.filters import threshold_otsu
 
 from nucflow.errors import InputError
 from nucflow.methods import BASELINES
+from nucflow.stain import stain_od, stain_optical_density
 
 __all__ = [
     "BASELINES",
@@ -36,9 +37,6 @@ __all__ = [
     "stain_optical_density",
 ]
 
-# Optical density of a channel at intensity 0 would be infinite; clip where skimage's
-# rgb2hed does, so both give the same densities (and nucleus tables the same DAB calls).
-_MIN_INTENSITY = 1e-6
 # Floor of the optical density before the logarithm (about the OD of a white pixel's noise).
 _MIN_DENSITY = 0.01
 
@@ -54,24 +52,6 @@ def _check_method(method: str) -> str:
     if method not in BASELINES:
         raise InputError(f"unknown baseline method {method!r}; choose one of {', '.join(BASELINES)}")
     return method
-
-
-def stain_optical_density(rgb: np.ndarray) -> np.ndarray:
-    """Hematoxylin, eosin and DAB optical densities (base 10) of an RGB image.
-
-    Parameters
-    ----------
-    rgb : np.ndarray uint8 (rows, cols, 3)
-
-    Returns
-    -------
-    np.ndarray float32 (rows, cols, 3)
-        Per-stain optical density (H, E, DAB), clipped at 0.
-    """
-    rgb = _check_rgb(rgb)
-    intensity = np.maximum(rgb.astype(np.float32) / 255.0, _MIN_INTENSITY)
-    od = -np.log10(intensity) @ hed_from_rgb.astype(np.float32)
-    return np.maximum(od, 0.0, out=od)
 
 
 def baseline_signal(rgb: np.ndarray, *, method: str, sigma: float = 1.0) -> np.ndarray:
@@ -92,8 +72,8 @@ def baseline_signal(rgb: np.ndarray, *, method: str, sigma: float = 1.0) -> np.n
     if _check_method(method) == "threshold":
         signal = 1.0 - rgb2gray(rgb).astype(np.float32)
     else:
-        od = stain_optical_density(rgb)
-        signal = od[..., 0] + od[..., 2]
+        hematoxylin, dab = stain_od(rgb)
+        signal = (hematoxylin + dab).astype(np.float32)
     if sigma > 0:
         signal = ndimage.gaussian_filter(signal, sigma)
     return np.log10(signal + _MIN_DENSITY) if method == "deconvolution" else signal

@@ -9,26 +9,13 @@ from typing import Any
 import numpy as np
 
 from nucflow.inference.predictors import Predictor, UNetPredictor
-from nucflow.slide.tiles import Tile, tile_grid
+from nucflow.slide.tiles import Tile, crop_padded, tile_grid
 
 __all__ = ["auto_tile_size", "crop_padded", "predict_image", "predict_tiles", "predict_whole"]
-
-_WHITE = 255
-
 
 def auto_tile_size(input_multiple: int, *, margin: int, core_target: int = 512) -> int:
     """The smallest valid tile side whose core is at least ``core_target`` pixels."""
     return math.ceil((core_target + 2 * margin) / input_multiple) * input_multiple
-
-
-def crop_padded(image: np.ndarray, row: int, col: int, rows: int, cols: int) -> np.ndarray:
-    """``image[row:row+rows, col:col+cols]`` with white outside the image, as slides read."""
-    out = np.full((rows, cols, *image.shape[2:]), _WHITE, image.dtype)
-    r0, c0 = max(row, 0), max(col, 0)
-    r1, c1 = min(row + rows, image.shape[0]), min(col + cols, image.shape[1])
-    if r1 > r0 and c1 > c0:
-        out[r0 - row : r1 - row, c0 - col : c1 - col] = image[r0:r1, c0:c1]
-    return out
 
 
 def _batches(tiles: Sequence[Tile], size: int) -> Iterator[Sequence[Tile]]:

@@ -10,10 +10,11 @@ import numpy as np
 import shapely
 from contourpy import LineType, contour_generator
 from scipy import ndimage as ndi
-from skimage.color import hed_from_rgb
 
 from nucflow.errors import InputError
 from nucflow.postprocess._config import dab_intensity, dab_positive
+from nucflow.slide.tiles import crop_padded
+from nucflow.stain import stain_od
 
 __all__ = [
     "COLUMNS",
@@ -45,14 +46,6 @@ COLUMNS: dict[str, str] = {
     "dab_intensity": "int8",
     "mean_probability": "float64",
 }
-
-# Base-10 optical density of each 8-bit intensity, floored at 1e-6 transmission as
-# skimage's separate_stains does (which works in natural log divided by ln 1e-6).
-_OD_OF_BYTE = -np.log10(np.maximum(np.arange(256) / 255.0, 1e-6))
-# Each channel's byte -> its share of hematoxylin and DAB density: _OD_TO_STAIN[channel, stain],
-# a 256-entry table, so unmixing is three lookups and two sums per stain (no E channel).
-_OD_TO_STAIN = np.stack([np.outer(_OD_OF_BYTE, hed_from_rgb[c, [0, 2]]).T for c in range(3)])
-
 
 @dataclass(frozen=True)
 class MapGeometry:
@@ -87,33 +80,9 @@ def read_rgb_from_array(rgb: np.ndarray) -> RgbReader:
         raise InputError(f"RGB image must be (rows, cols, 3) uint8, got {rgb.shape} {rgb.dtype}")
 
     def read(row: int, col: int, rows: int, cols: int) -> np.ndarray:
-        out = np.full((rows, cols, 3), 255, np.uint8)
-        r0, c0 = max(row, 0), max(col, 0)
-        r1, c1 = min(row + rows, rgb.shape[0]), min(col + cols, rgb.shape[1])
-        if r1 > r0 and c1 > c0:
-            out[r0 - row : r1 - row, c0 - col : c1 - col] = rgb[r0:r1, c0:c1]
-        return out
+        return crop_padded(rgb, row, col, rows, cols)
 
     return read
-
-
-def stain_od(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hematoxylin and DAB optical density (base 10) by colour deconvolution.
-
-    Parameters
-    ----------
-    rgb : np.ndarray, shape (..., 3), uint8
-
-    Returns
-    -------
-    (np.ndarray, np.ndarray)
-        Hematoxylin and DAB OD, each of shape (...) float64, >= 0: ``skimage.color.rgb2hed``
-        (Ruifrok-Johnston vectors) in base-10 units, i.e. 6 times its values; white is 0.
-    """
-    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    hematoxylin = _OD_TO_STAIN[0, 0][red] + _OD_TO_STAIN[1, 0][green] + _OD_TO_STAIN[2, 0][blue]
-    dab = _OD_TO_STAIN[0, 1][red] + _OD_TO_STAIN[1, 1][green] + _OD_TO_STAIN[2, 1][blue]
-    return np.maximum(hematoxylin, 0.0, out=hematoxylin), np.maximum(dab, 0.0, out=dab)
 
 
 @dataclass(frozen=True)

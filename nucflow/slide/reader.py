@@ -24,11 +24,11 @@ from scipy import ndimage
 
 from nucflow.errors import InputError, SlideError
 from nucflow.slide._tiff import is_tiff, open_tiff, tiff_mpp
+from nucflow.slide.tiles import crop_padded
 
 __all__ = ["Slide", "check_mpp", "metadata_mpp", "open_slide", "safe_slide_name", "slide_stem"]
 
 _PLAIN_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-_WHITE = 255
 
 
 class _Backend(Protocol):
@@ -73,12 +73,7 @@ class _ArrayBackend:
         self.bounds: tuple[int, int, int, int] | None = None
 
     def read_level(self, level: int, row: int, col: int, rows: int, cols: int) -> np.ndarray:
-        out = np.full((rows, cols, 3), _WHITE, np.uint8)
-        r0, c0 = max(row, 0), max(col, 0)
-        r1, c1 = min(row + rows, self._rgb.shape[0]), min(col + cols, self._rgb.shape[1])
-        if r1 > r0 and c1 > c0:
-            out[r0 - row : r1 - row, c0 - col : c1 - col] = self._rgb[r0:r1, c0:c1]
-        return out
+        return crop_padded(self._rgb, row, col, rows, cols)
 
     def close(self) -> None:
         self._rgb = np.empty((0, 0, 3), np.uint8)

@@ -7,7 +7,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Tile", "TileGrid", "tile_grid"]
+__all__ = ["Tile", "TileGrid", "crop_padded", "tile_grid"]
+
+#: Outside an image, pixels read as white (no stain, no tissue), as slides read past their edge.
+WHITE = 255
+
+
+def crop_padded(image: np.ndarray, row: int, col: int, rows: int, cols: int) -> np.ndarray:
+    """``image[row:row+rows, col:col+cols]`` with white outside the image, as slides read."""
+    out = np.full((rows, cols, *image.shape[2:]), WHITE, image.dtype)
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + rows, image.shape[0]), min(col + cols, image.shape[1])
+    if r1 > r0 and c1 > c0:
+        out[r0 - row : r1 - row, c0 - col : c1 - col] = image[r0:r1, c0:c1]
+    return out
 
 
 @dataclass(frozen=True)

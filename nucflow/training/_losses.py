@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from skimage.color import hed_from_rgb, rgb_from_hed
+from skimage.color import rgb_from_hed
+
+from nucflow.stain import HED_FROM_RGB, MIN_TRANSMISSION
 
 __all__ = [
     "HEMATOXYLIN_MAX",
@@ -21,7 +23,7 @@ __all__ = [
     "sharpen",
 ]
 
-_LOG_MIN = float(np.log(1e-6))
+_LOG_MIN = float(np.log(MIN_TRANSMISSION))
 #: Hematoxylin concentration (scikit-image's ``rgb2hed`` units) mapped to 1 by :func:`hematoxylin`.
 HEMATOXYLIN_MAX = 0.15
 
@@ -51,8 +53,8 @@ def rgb_to_hed(rgb01: torch.Tensor, *, clip: bool = True) -> torch.Tensor:
 
     ``clip=False`` keeps negative concentrations, so that :func:`hed_to_rgb` inverts it exactly.
     """
-    od = torch.log(torch.clamp(rgb01, min=1e-6)) / _LOG_MIN
-    matrix = torch.as_tensor(hed_from_rgb, dtype=rgb01.dtype, device=rgb01.device)
+    od = torch.log(torch.clamp(rgb01, min=MIN_TRANSMISSION)) / _LOG_MIN
+    matrix = torch.as_tensor(HED_FROM_RGB, dtype=rgb01.dtype, device=rgb01.device)
     hed = torch.einsum("nchw,cd->ndhw", od, matrix)
     return torch.clamp(hed, min=0.0) if clip else hed
 
