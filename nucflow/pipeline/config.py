@@ -17,6 +17,7 @@ from nucflow.config import (
     setting,
 )
 from nucflow.methods import METHODS, TTA_MODES
+from nucflow.postprocess._device import DEVICES
 
 __all__ = ["DEFAULT_SEGMENT_CONFIG", "InferenceConfig", "SegmentConfig", "TissueConfig", "load_segment_config"]
 
@@ -79,6 +80,7 @@ class SegmentConfig:
     postprocess_block: int = setting(1024, at_least(16))
     postprocess_cpus: float = setting(0.0, at_least(0))
     postprocess_threads: int | None = setting(None, positive())
+    postprocess_device: str = setting("auto", one_of(*DEVICES))
     tissue: TissueConfig = field(default_factory=TissueConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 

@@ -65,6 +65,7 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool, poll_
         parts = iter_nuclei_parts(
             ProbabilityMap(plan.map_path).array(), config=profile, read_rgb=read_rgb,
             block_size=config.postprocess_block, num_workers=_threads(config), before_part=waiter,
+            device=config.postprocess_device,
         )
         scores = ScoreAccumulator(profile)
         geojson_path = out_dir / "nuclei.geojson" if geojson else None

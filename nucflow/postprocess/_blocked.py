@@ -22,6 +22,7 @@ import zarr
 
 from nucflow.errors import InputError
 from nucflow.postprocess._config import PostprocessConfig
+from nucflow.postprocess._device import resolve_device
 from nucflow.postprocess._features import (
     COLUMNS,
     MapGeometry,
@@ -140,6 +141,7 @@ def nuclei_table(
     scheduler: str = "threads",
     num_workers: int | None = None,
     progress: Progress | None = None,
+    device: str = "auto",
 ) -> gpd.GeoDataFrame:
     """Label the nuclei of a whole probability map block by block and measure each one.
 
@@ -163,6 +165,8 @@ def nuclei_table(
     block_size : core side in map pixels.
     scheduler, num_workers : the Dask scheduler ("threads" in one process) and its threads.
     progress : called as ``progress(blocks_done, blocks_total)`` after each block.
+    device : ``auto``, ``cpu`` or ``gpu``: where the pixel-wise labelling steps run
+        (``auto``: a GPU when CuPy sees one); the table is the same.
 
     Returns
     -------
@@ -174,7 +178,7 @@ def nuclei_table(
     parts = list(iter_nuclei_parts(
         prob, config=config, read_rgb=read_rgb, mpp=mpp, level0_offset=level0_offset, level0_scale=level0_scale,
         slide_mpp=slide_mpp, block_size=block_size, blocks_per_part=sys.maxsize, scheduler=scheduler,
-        num_workers=num_workers, progress=progress,
+        num_workers=num_workers, progress=progress, device=device,
     ))  # every block in one Dask computation: one part, or none without nuclei
     table = parts[0] if parts else empty_table()
     logger.debug("%d nuclei", len(table))
@@ -196,6 +200,7 @@ def iter_nuclei_parts(
     num_workers: int | None = None,
     progress: Progress | None = None,
     before_part: Callable[[list[Block]], None] | None = None,
+    device: str = "auto",
 ) -> Iterator[gpd.GeoDataFrame]:
     """The rows of :func:`nuclei_table` (same arguments) as consecutive non-empty parts.
 
@@ -208,7 +213,7 @@ def iter_nuclei_parts(
     """
     run = _BlockedRun(prob, config=config, read_rgb=read_rgb, geometry=dict(
         mpp=mpp, level0_offset=level0_offset, level0_scale=level0_scale, slide_mpp=slide_mpp,
-    ), block_size=block_size, progress=progress)
+    ), block_size=block_size, progress=progress, device=device)
     step = blocks_per_part or 4 * (num_workers or os.cpu_count() or 1)
     if step < 1:
         raise InputError(f"blocks_per_part must be >= 1, got {blocks_per_part}")
@@ -229,12 +234,13 @@ class _BlockedRun:
 
     def __init__(
         self, prob: Any, *, config: PostprocessConfig, read_rgb: RgbReader | None, geometry: dict[str, Any],
-        block_size: int, progress: Progress | None,
+        block_size: int, progress: Progress | None, device: str = "auto",
     ) -> None:
         self.array, attrs = open_probability(prob)
         self.geometry = map_geometry(attrs, **geometry)
         self.grid = blocks(self.array.shape, block_size=block_size, halo=config.in_pixels(self.geometry.mpp).halo)
         self.config, self.read_rgb = config, read_rgb
+        self.device = resolve_device(device)
         self._task = _with_progress(_block_table, len(self.grid), progress)
 
     def compute(self, grid: list[Block], *, scheduler: str, num_workers: int | None) -> list:
@@ -242,7 +248,7 @@ class _BlockedRun:
         parts = [
             dask.delayed(self._task)(
                 self.array[b.region[0] : b.region[1], b.region[2] : b.region[3]],
-                block=b, read_rgb=self.read_rgb, geometry=self.geometry, config=self.config,
+                block=b, read_rgb=self.read_rgb, geometry=self.geometry, config=self.config, device=self.device,
             )
             for b in grid
         ]
@@ -272,12 +278,13 @@ def _block_table(
     read_rgb: RgbReader | None,
     geometry: MapGeometry,
     config: PostprocessConfig,
+    device: str = "cpu",
 ) -> tuple[dict[str, np.ndarray], list[shapely.Polygon]] | None:
     """Label one block's region and measure the nuclei whose centroid lies in its core."""
     prob = as_uint8_probability(prob)
     if prob.max(initial=0) < math.ceil(config.threshold * 255.0):
         return None  # background (the map is 0 off tissue): nothing can become foreground
-    labels = label_nuclei(prob, mpp=geometry.mpp, config=config)
+    labels = label_nuclei(prob, mpp=geometry.mpp, config=config, device=device)
     stats = region_stats(labels)
     origin = (block.region[0], block.region[2])
     indices = owned_labels(stats, origin=origin, core=block.core)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
-import edt
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import disk
@@ -12,6 +12,7 @@ from skimage.segmentation import expand_labels, watershed
 
 from nucflow.errors import InputError
 from nucflow.postprocess._config import PixelSizes, PostprocessConfig
+from nucflow.postprocess._device import ArrayBackend, backend
 
 __all__ = ["as_uint8_probability", "label_nuclei"]
 
@@ -41,7 +42,7 @@ def as_uint8_probability(prob: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def label_nuclei(prob: np.ndarray, *, mpp: float, config: PostprocessConfig) -> np.ndarray:
+def label_nuclei(prob: np.ndarray, *, mpp: float, config: PostprocessConfig, device: str = "cpu") -> np.ndarray:
     """Label nuclei in a probability map with the paper's post-processing.
 
     Threshold, median filter, opening and closing, optional filling of nucleus-sized holes,
@@ -56,6 +57,8 @@ def label_nuclei(prob: np.ndarray, *, mpp: float, config: PostprocessConfig) -> 
     mpp : float
         µm per pixel of ``prob``.
     config : PostprocessConfig
+    device : ``"cpu"`` or ``"gpu"`` (:func:`nucflow.postprocess._device.resolve_device`): where
+        the pixel-wise steps up to the distance maxima run; the labels are the same.
 
     Returns
     -------
@@ -63,8 +66,10 @@ def label_nuclei(prob: np.ndarray, *, mpp: float, config: PostprocessConfig) -> 
         0 for background, 1..N for nuclei.
     """
     px = config.in_pixels(mpp)
-    mask = foreground_mask(as_uint8_probability(prob), config=config, px=px)
-    labels = split_touching(mask, px=px)
+    on = backend(device)
+    mask = foreground_mask(on.asarray(as_uint8_probability(prob)), config=config, px=px, on=on)
+    squared, peaks = distance_maxima(mask, px=px, on=on)
+    labels = split_touching(on.to_host(mask), px=px, squared=on.to_host(squared), peaks=on.to_host(peaks))
     if px.expansion:
         labels = expand_labels(labels, px.expansion)
     keep = plausible(labels, px=px)
@@ -76,41 +81,56 @@ def label_nuclei(prob: np.ndarray, *, mpp: float, config: PostprocessConfig) -> 
     return new_id[labels]
 
 
-def foreground_mask(prob: np.ndarray, *, config: PostprocessConfig, px: PixelSizes) -> np.ndarray:
-    """Threshold, median filter, opening, closing and hole filling of a uint8 map; bool."""
+def foreground_mask(
+    prob: Any, *, config: PostprocessConfig, px: PixelSizes, on: ArrayBackend | None = None
+) -> Any:
+    """Threshold, median filter, opening, closing and hole filling of a uint8 map; bool.
+
+    ``prob`` and the result live on ``on``'s device (NumPy arrays on the CPU by default).
+    """
+    on = on or backend("cpu")
+    xp = on.xp
     mask = prob >= math.ceil(config.threshold * 255.0)
     size = config.median_size
     if size > 1:
         # The median of a binary window is its majority: count it with two 1-D box sums
         # (exact in uint8 up to 15 x 15), much cheaper than a median or a 2-D convolution.
-        box = np.ones(size, np.uint8)
-        counts = ndi.correlate1d(ndi.correlate1d(mask.view(np.uint8), box, axis=0), box, axis=1)
+        box = xp.ones(size, xp.uint8)
+        counts = on.ndi.correlate1d(on.ndi.correlate1d(mask.view(xp.uint8), box, axis=0), box, axis=1)
         mask = counts > (size * size) // 2
     if config.opening_radius:
         footprint = disk(config.opening_radius).astype(bool)
-        mask = _dilate(_erode(mask, footprint), footprint)
+        mask = _dilate(_erode(mask, footprint, xp), footprint, xp)
     if config.closing_radius:
         footprint = disk(config.closing_radius).astype(bool)
-        mask = _erode(_dilate(mask, footprint), footprint)
-    if config.fill_holes:
-        mask = fill_small_holes(mask, px.max_hole_area, px.max_diameter)
+        mask = _erode(_dilate(mask, footprint, xp), footprint, xp)
+    if config.fill_holes:  # component labelling: on the CPU
+        mask = on.asarray(fill_small_holes(on.to_host(mask), px.max_hole_area, px.max_diameter))
     return mask
 
 
-def _erode(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+def distance_maxima(mask: Any, *, px: PixelSizes, on: ArrayBackend) -> tuple[Any, Any]:
+    """The exact squared distance transform of ``mask`` and its local maxima within
+    ``px.min_distance`` (bool), on ``on``'s device."""
+    squared = on.squared_distance(mask)
+    peaks = (squared == on.ndi.maximum_filter(squared, size=2 * px.min_distance + 1)) & mask
+    return squared, peaks
+
+
+def _erode(mask: Any, footprint: np.ndarray, xp: Any = np) -> Any:
     """Binary erosion with the outside as background (``ndi.binary_erosion``'s default), as
     an AND of shifted views: a few vector passes for the small disks used here."""
-    return _combine(mask, footprint, np.logical_and)
+    return _combine(mask, footprint, xp.logical_and, xp)
 
 
-def _dilate(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+def _dilate(mask: Any, footprint: np.ndarray, xp: Any = np) -> Any:
     """Binary dilation by a symmetric footprint (``ndi.binary_dilation``), as an OR of shifts."""
-    return _combine(mask, footprint, np.logical_or)
+    return _combine(mask, footprint, xp.logical_or, xp)
 
 
-def _combine(mask: np.ndarray, footprint: np.ndarray, op: np.ufunc) -> np.ndarray:
+def _combine(mask: Any, footprint: np.ndarray, op: Any, xp: Any) -> Any:
     r_half, c_half = footprint.shape[0] // 2, footprint.shape[1] // 2
-    padded = np.pad(mask, ((r_half, r_half), (c_half, c_half)))
+    padded = xp.pad(mask, ((r_half, r_half), (c_half, c_half)))
     rows, cols = mask.shape
     out = mask.copy()
     for r, c in np.argwhere(footprint):
@@ -138,7 +158,9 @@ def fill_small_holes(mask: np.ndarray, max_area: int, max_extent: int) -> np.nda
     return mask | fill[holes]
 
 
-def split_touching(mask: np.ndarray, *, px: PixelSizes) -> np.ndarray:
+def split_touching(
+    mask: np.ndarray, *, px: PixelSizes, squared: np.ndarray | None = None, peaks: np.ndarray | None = None
+) -> np.ndarray:
     """Watershed of the negated distance transform from its local maxima; int32 labels.
 
     The flooding priority is the squared distance (descending), ties broken by raster order:
@@ -149,10 +171,10 @@ def split_touching(mask: np.ndarray, *, px: PixelSizes) -> np.ndarray:
     meet, and raster order within a crop is raster order within the map): the same labels
     as one watershed over the whole mask, at a fraction of its cost.
     """
-    # Exact squared distances (integers, exact in float32) from the edt library, several
-    # times faster than scipy's distance_transform_edt; maxima and order are the distance's.
-    squared = edt.edtsq(mask, black_border=False, parallel=1)
-    peaks = (squared == ndi.maximum_filter(squared, size=2 * px.min_distance + 1)) & mask
+    # Exact squared distances (integers) and their maxima (``distance_maxima``, given when
+    # they were computed on a GPU); maxima and flooding order are the distance's.
+    if squared is None or peaks is None:
+        squared, peaks = distance_maxima(mask, px=px, on=backend("cpu"))
     components, count = ndi.label(mask)
     _seed_unmarked_components(peaks, components, count, squared)
     markers, _ = ndi.label(peaks, structure=_EIGHT)
