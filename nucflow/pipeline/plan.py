@@ -24,6 +24,7 @@ from nucflow.pipeline.config import SegmentConfig
 from nucflow.pipeline.failures import clear_error_log, error_line, record_failure
 from nucflow.pipeline.image import find_tissue, fit_params, input_multiple, mask_shrink_um
 from nucflow.slide import TileGrid, open_slide, safe_slide_name, slide_stem, tile_grid
+from nucflow.storage import expand_uri, is_uri, remote_identity
 
 __all__ = ["SlidePlan", "expand_slides", "output_names", "plan_slide"]
 
@@ -72,15 +73,27 @@ class SlidePlan:
         return str(Path(self.out_dir) / "probability.zarr")
 
 
-def expand_slides(patterns: Sequence[str | Path]) -> list[Path]:
-    """Expand paths and globs in order, without duplicates (resolved paths).
+def expand_slides(patterns: Sequence[str | Path]) -> list[Path | str]:
+    """Expand paths and globs in order, without duplicates (resolved paths; URIs as given).
 
-    Every pattern matching nothing is an error, one line each.
+    Every pattern matching nothing is an error, one line each. A URI (``s3://``, ``gs://``,
+    ``https://``) names a remote slide (see :mod:`nucflow.storage`); its glob is expanded by
+    its store, and an unreachable store or missing credentials is an error here.
     """
-    found: list[Path] = []
+    found: list[Path | str] = []
     missing: list[str] = []
     for pattern in patterns:
         text = str(pattern)
+        if is_uri(text):
+            try:
+                uris = expand_uri(text)
+            except SlideError as exc:
+                missing.append(str(exc))
+                continue
+            if not uris:
+                missing.append(f"no slide matches {text!r}; check the bucket, key or glob")
+            found.extend(uris)
+            continue
         matches = sorted(glob.glob(text, recursive=True)) if glob.has_magic(text) else [text]
         matches = [m for m in matches if Path(m).exists()]
         if not matches:
@@ -94,7 +107,7 @@ def expand_slides(patterns: Sequence[str | Path]) -> list[Path]:
     return unique
 
 
-def output_names(paths: Sequence[Path], out: Path | None = None) -> list[str]:
+def output_names(paths: Sequence[Path | str], out: Path | None = None) -> list[str]:
     """Output folder names, unique by construction for distinct (resolved) slide paths.
 
     A slide keeps its plain name (its file stem) when that is already safe (nothing to
@@ -113,7 +126,7 @@ def output_names(paths: Sequence[Path], out: Path | None = None) -> list[str]:
         hashed = f"{name}-{_path_hash(path)}"
         earlier = [n for n in (name, hashed) if out is not None and _recorded_path(out / n) == str(path)]
         names.append(earlier[0] if earlier else name if plain else hashed)
-    owner: dict[str, Path] = {}
+    owner: dict[str, Path | str] = {}
     for path, name in zip(paths, names, strict=True):
         other = owner.setdefault(name.lower(), path)
         if other != path:
@@ -124,7 +137,7 @@ def output_names(paths: Sequence[Path], out: Path | None = None) -> list[str]:
     return names
 
 
-def _path_hash(path: Path) -> str:
+def _path_hash(path: Path | str) -> str:
     return hashlib.sha256(str(path).encode()).hexdigest()[:8]
 
 
@@ -137,8 +150,11 @@ def slide_identity(path: str | Path) -> dict[str, Any]:
     SHA-256 of the size with the first and last MiB (the content sample).
 
     Two files are the same slide when size and sample agree (a moved or copied slide still
-    resumes); the path and time are recorded for people.
+    resumes); the path and time are recorded for people. A remote slide records its URI, size,
+    version tag (ETag) and the same sample.
     """
+    if is_uri(path):
+        return remote_identity(str(path))
     path = Path(path)
     stat = path.stat()
     digest = hashlib.sha256(str(stat.st_size).encode())
@@ -190,7 +206,8 @@ class OutputFolderError(InputError):
 
 
 def plan_slide(
-    path: Path, key: str, out: Path, *, spec: MethodSpec, config: SegmentConfig, mpp: float | None, overwrite: bool
+    path: Path | str, key: str, out: Path, *, spec: MethodSpec, config: SegmentConfig, mpp: float | None,
+    overwrite: bool,
 ) -> SlidePlan:
     """Open a slide, find its tissue and tiles, and reconcile with what ``out`` already holds.
 
@@ -212,7 +229,8 @@ def plan_slide(
 
 
 def _plan(
-    path: Path, key: str, out_dir: Path, *, spec: MethodSpec, config: SegmentConfig, mpp: float | None, overwrite: bool
+    path: Path | str, key: str, out_dir: Path, *, spec: MethodSpec, config: SegmentConfig, mpp: float | None,
+    overwrite: bool,
 ) -> SlidePlan:
     identity = slide_identity(path)
     with open_slide(path, mpp=mpp) as slide:

@@ -36,7 +36,7 @@ class Ready:
     """What the checks resolved: the slides, their output folder names, the method, and the
     configuration with its stain profile named (the model card's unless one was given)."""
 
-    paths: list[Path]
+    paths: list[Path | str]  # a str is a remote slide's URI
     names: list[str]
     spec: MethodSpec
     config: SegmentConfig
@@ -58,7 +58,7 @@ def preflight(
     later, and the other slides go on.
     """
     problems: list[str] = []
-    paths: list[Path] = []
+    paths: list[Path | str] = []
     try:
         paths = expand_slides(slides)
     except InputError as exc:
@@ -105,7 +105,7 @@ def _stain_problems(config: SegmentConfig) -> list[str]:
     return []
 
 
-def _mpp_problems(paths: list[Path], mpp: float | None, *, force: bool) -> list[str]:
+def _mpp_problems(paths: list[Path | str], mpp: float | None, *, force: bool) -> list[str]:
     """``--mpp`` invalid, or too far from slides' metadata; logs which metadata it overrides."""
     if mpp is None:
         return []
@@ -125,7 +125,7 @@ def _mpp_problems(paths: list[Path], mpp: float | None, *, force: bool) -> list[
                 f"in the metadata of slide {path}; check it, or pass --force-mpp to use it anyway"
             )
         else:
-            overridden.append(f"{path.name} ({own:.4g} µm/px)")
+            overridden.append(f"{Path(path).name} ({own:.4g} µm/px)")
     if overridden and not problems:
         log.warning(
             "--mpp %g overrides the resolution in the metadata of %d slide(s): %s",

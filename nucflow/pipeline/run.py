@@ -142,7 +142,7 @@ def segment(
 
 
 def _plan_all(
-    paths: list[Path],
+    paths: list[Path | str],
     names: list[str],
     out: Path,
     *,

@@ -25,6 +25,7 @@ from scipy import ndimage
 from nucflow.errors import InputError, SlideError
 from nucflow.slide._tiff import is_tiff, open_tiff, tiff_mpp
 from nucflow.slide.tiles import crop_padded
+from nucflow.storage import is_uri, local_copy
 
 __all__ = ["Slide", "check_mpp", "metadata_mpp", "open_slide", "safe_slide_name", "slide_stem"]
 
@@ -123,6 +124,8 @@ class Slide:
     def __init__(self, path: Path, opened: _Opened, *, mpp: float) -> None:
         self.path = path
         self.name = path.name
+        #: Where the slide was opened from: its path, or its URI for a remote slide (read from a local copy).
+        self.source = str(path)
         self.mpp = mpp
         self.vendor = opened.vendor
         self._backend = opened.backend
@@ -251,6 +254,8 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
     SlideError
         The file is missing, not an image, unreadable, or has no known resolution.
     """
+    if is_uri(path):
+        return _open_remote(str(path), mpp=mpp)
     path = Path(path)
     if not path.exists():
         raise SlideError(f"slide {path} does not exist; check the path")
@@ -269,6 +274,20 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
             "(e.g. --mpp 0.25 for 40x, --mpp 0.5 for 20x)"
         )
     return Slide(path, opened, mpp=float(resolution))
+
+
+def _open_remote(uri: str, *, mpp: float | None) -> Slide:
+    """A remote slide, read from this node's cached copy (:func:`nucflow.storage.local_copy`).
+
+    Errors name the URI, not the cache; ``path`` is the copy, ``source`` the URI.
+    """
+    local = local_copy(uri)
+    try:
+        slide = open_slide(local, mpp=mpp)
+    except SlideError as exc:
+        raise SlideError(str(exc).replace(str(local), uri)) from exc
+    slide.source = uri
+    return slide
 
 
 def _open_openslide(path: Path) -> _Opened | None:
@@ -361,6 +380,11 @@ def metadata_mpp(path: str | Path) -> float | None:
 
     None too when the file cannot be opened (opening it for real reports why).
     """
+    if is_uri(path):
+        try:
+            path = local_copy(str(path))
+        except SlideError:
+            return None  # opening the slide reports it
     path = Path(path)
     try:
         import openslide
