@@ -116,3 +116,19 @@ def test_shipped_configs_load_and_numbers_are_normalised() -> None:
     names = sorted(p.name for p in (CONFIG_DIR / "train").iterdir())
     assert names == ["cpu.yaml", "paper.yaml"]
     assert config_file("her2", "stains").name == "her2.yaml"
+
+
+def test_unet_spec_is_shared_by_training_config_and_model_card() -> None:
+    """One UNetSpec: the training network section and the card are both one, with one width formula."""
+    from nucflow.models import ModelCard, UNetSpec, build_unet, default_model_path, load_model
+    from nucflow.training._config import NetworkConfig
+
+    network = load_train_config("cpu").network
+    assert isinstance(network, UNetSpec) and issubclass(ModelCard, UNetSpec) and issubclass(NetworkConfig, UNetSpec)
+    card = ModelCard(**vars(network.unet_spec()), tile_size=128)
+    assert card.unet_spec() == network.unet_spec() and card.widths == network.widths == (8, 16, 32, 64, 64, 64)
+    assert build_unet(network).input_multiple == card.input_multiple == 64
+    bundled = load_model(default_model_path())
+    assert bundled.card.unet_spec() == network.unet_spec()  # the bundled model was trained with cpu.yaml's network
+    with pytest.raises(ConfigError, match=r"network\.depth must lie in \(1, 16\), got 1"):
+        load_config(type(load_train_config()), None, network={"depth": 1})

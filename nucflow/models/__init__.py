@@ -8,12 +8,11 @@ from nucflow.models._card import CARD_FORMAT, CARD_VERSION, STAIN_PROFILES, Mode
 from nucflow.models._io import (
     LoadedModel,
     Segmentator,
-    build_unet,
     default_model_path,
     load_model,
     save_model,
 )
-from nucflow.models._networks import PatchGAN, UNet, unet_widths
+from nucflow.models._networks import PatchGAN, UNet, UNetSpec, build_unet, unet_widths
 
 __all__ = [
     "CARD_FORMAT",
@@ -24,6 +23,7 @@ __all__ = [
     "PatchGAN",
     "Segmentator",
     "UNet",
+    "UNetSpec",
     "build_unet",
     "default_model_path",
     "load_model",

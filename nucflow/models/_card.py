@@ -8,7 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nucflow.errors import ModelError
+from nucflow.config import check_fields
+from nucflow.errors import ConfigError, ModelError
+from nucflow.models._networks import UNetSpec
 
 __all__ = ["CARD_FORMAT", "CARD_VERSION", "ModelCard", "NORMALISATIONS", "STAIN_PROFILES"]
 
@@ -21,14 +23,16 @@ STAIN_PROFILES = ("ki67", "her2")
 
 
 @dataclass(frozen=True)
-class ModelCard:
+class ModelCard(UNetSpec):
     """Description of a trained segmentator S, stored as JSON beside its weights.
+
+    A :class:`~nucflow.models.UNetSpec` (its UNet hyper-parameters ``ngf``, ``depth``, ``norm``,
+    ``dropout``, ``dropout_blocks``, ``max_mult``, and ``input_multiple`` and ``widths``), plus:
 
     Attributes
     ----------
     architecture : str
         "unet" (pix2pix UNet, see :class:`nucflow.models.UNet`).
-    ngf, depth, norm, dropout, dropout_blocks, max_mult : UNet hyper-parameters.
     r : float
         Sharpening factor multiplying the logits before the sigmoid.
     mpp : float
@@ -55,12 +59,6 @@ class ModelCard:
     """
 
     architecture: str = "unet"
-    ngf: int = 64
-    depth: int = 8
-    norm: str = "batch"
-    dropout: float = 0.5
-    dropout_blocks: int = 3
-    max_mult: int = 8
     r: float = 60.0
     mpp: float = 0.5
     tile_size: int = 256
@@ -74,16 +72,6 @@ class ModelCard:
     mask_shrink_um: float = 0.0
     format: str = CARD_FORMAT
     format_version: int = CARD_VERSION
-
-    @property
-    def input_multiple(self) -> int:
-        """Image sides given to the model must be multiples of this (``2**depth``)."""
-        return 2**self.depth
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        """Channel widths of the UNet's encoder levels, outermost first."""
-        return tuple(self.ngf * min(2**level, self.max_mult) for level in range(self.depth))
 
     def to_json(self) -> str:
         """The card as JSON (derived fields ``input_multiple`` and ``widths`` included)."""
@@ -115,12 +103,14 @@ class ModelCard:
 
     def validate(self, *, source: str = "<card>") -> None:
         """Raise :class:`ModelError` if a field holds a value this version cannot apply."""
+        try:
+            check_fields(self)  # the UNet's ranges (UNetSpec) and every field's type
+        except ConfigError as exc:
+            raise ModelError(f"model card {source}: {exc}") from None
         checks = [
             (self.architecture == "unet", f"architecture {self.architecture!r} (expected 'unet')"),
-            (self.norm in ("batch", "instance", "none"), f"norm {self.norm!r}"),
             (self.normalisation in NORMALISATIONS, f"normalisation {self.normalisation!r}"),
             (self.stain_profile in STAIN_PROFILES, f"stain_profile {self.stain_profile!r}"),
-            (self.depth >= 2 and self.ngf >= 1, f"depth {self.depth} / ngf {self.ngf}"),
             (self.mpp > 0 and self.r > 0, f"mpp {self.mpp} / r {self.r}"),
             (0 <= self.mask_shrink_um < 5, f"mask_shrink_um {self.mask_shrink_um}"),
             (self.tile_size % self.input_multiple == 0, f"tile_size {self.tile_size}"),

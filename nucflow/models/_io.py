@@ -15,7 +15,7 @@ from torch import nn
 from nucflow import __version__
 from nucflow.errors import ModelError
 from nucflow.models._card import ModelCard
-from nucflow.models._networks import UNet
+from nucflow.models._networks import UNet, build_unet
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
@@ -28,14 +28,6 @@ __all__ = [
 ]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
-
-
-def build_unet(card: ModelCard) -> UNet:
-    """The segmentator's UNet (3 -> 1 channels) described by ``card``, randomly initialised."""
-    return UNet(
-        3, 1, ngf=card.ngf, depth=card.depth, norm=card.norm, dropout=card.dropout,
-        dropout_blocks=card.dropout_blocks, max_mult=card.max_mult,
-    )
 
 
 class Segmentator(nn.Module):

@@ -9,10 +9,14 @@ a CPU. Inputs must have sides that are multiples of ``2**depth``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import torch
 from torch import nn
 
-__all__ = ["PatchGAN", "UNet", "make_norm", "unet_widths"]
+from nucflow.config import at_least, below, between, one_of, positive, setting
+
+__all__ = ["NORMS", "PatchGAN", "UNet", "UNetSpec", "build_unet", "make_norm", "unet_widths"]
 
 NORMS = ("batch", "instance", "none")
 
@@ -31,6 +35,44 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 def unet_widths(*, ngf: int, depth: int, max_mult: int = 8) -> tuple[int, ...]:
     """Channel widths of the ``depth`` encoder levels, outermost first."""
     return tuple(ngf * min(2**level, max_mult) for level in range(depth))
+
+
+@dataclass(frozen=True)
+class UNetSpec:
+    """The UNet's hyper-parameters: the one owner of their names, defaults (the paper's), ranges
+    and derived sizes. The training configuration's ``network`` section
+    (:class:`nucflow.training.NetworkConfig`) and the model card (:class:`nucflow.models.ModelCard`)
+    are both UNetSpecs, so export copies nothing field by field; :func:`build_unet` builds one.
+    """
+
+    ngf: int = setting(64, positive())
+    depth: int = setting(8, between(1, 16))
+    norm: str = setting("batch", one_of(*NORMS))
+    dropout: float = setting(0.5, at_least(0), below(1))
+    dropout_blocks: int = setting(3, at_least(0))
+    max_mult: int = setting(8, positive())
+
+    @property
+    def input_multiple(self) -> int:
+        """Image sides given to the UNet must be multiples of this (``2**depth``)."""
+        return 2**self.depth
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Channel widths of the UNet's encoder levels, outermost first."""
+        return unet_widths(ngf=self.ngf, depth=self.depth, max_mult=self.max_mult)
+
+    def unet_spec(self) -> UNetSpec:
+        """Only the UNet's fields (of a training configuration or a model card)."""
+        return UNetSpec(**{f.name: getattr(self, f.name) for f in fields(UNetSpec)})
+
+
+def build_unet(spec: UNetSpec, in_channels: int = 3, out_channels: int = 1) -> UNet:
+    """The UNet ``spec`` describes, randomly initialised: the segmentator S (3 -> 1 channels, the
+    default) of a model card, or S and R of training."""
+    unet = spec.unet_spec()
+    return UNet(in_channels, out_channels, ngf=unet.ngf, depth=unet.depth, norm=unet.norm, dropout=unet.dropout,
+                dropout_blocks=unet.dropout_blocks, max_mult=unet.max_mult)
 
 
 class _Block(nn.Module):

@@ -20,7 +20,7 @@ from nucflow.config import (
 from nucflow.errors import ConfigError
 from nucflow.methods import BASELINES
 from nucflow.models._card import STAIN_PROFILES
-from nucflow.models._networks import NORMS
+from nucflow.models._networks import NORMS, UNetSpec
 
 __all__ = [
     "DataConfig",
@@ -33,15 +33,11 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class NetworkConfig:
-    """Widths and depths of S, R (UNets) and D_S, D_R (PatchGANs); paper values by default."""
+class NetworkConfig(UNetSpec):
+    """Widths and depths of S, R (UNets: the :class:`~nucflow.models.UNetSpec` fields ``ngf``,
+    ``depth``, ``norm``, ``dropout``, ``dropout_blocks``, ``max_mult``) and D_S, D_R (PatchGANs);
+    paper values by default."""
 
-    ngf: int = setting(64, positive())
-    depth: int = setting(8, between(1, 12))
-    norm: str = setting("batch", one_of(*NORMS))
-    dropout: float = setting(0.5, at_least(0), below(1))
-    dropout_blocks: int = setting(3, at_least(0))
-    max_mult: int = setting(8, positive())
     ndf: int = setting(64, positive())
     d_layers: int = setting(3, positive())
     d_norm: str = setting("batch", one_of(*NORMS))

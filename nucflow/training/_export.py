@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from nucflow.errors import TrainingError
-from nucflow.models import ModelCard, save_model
+from nucflow.models import ModelCard, build_unet, save_model
 from nucflow.training._config import TrainConfig
-from nucflow.training._gan import _unet
 
 __all__ = ["export_checkpoint", "plot_losses", "select_checkpoint"]
 
@@ -40,15 +40,13 @@ def export_checkpoint(
     losses: Mapping[str, float], training: Mapping[str, Any],
 ) -> ModelCard:
     """Write S's weights ``state_s`` to ``path`` (.safetensors + .json card)."""
-    n = config.network
     card = ModelCard(
-        ngf=n.ngf, depth=n.depth, norm=n.norm, dropout=n.dropout, dropout_blocks=n.dropout_blocks,
-        max_mult=n.max_mult, r=config.loss.r, mpp=config.data.mpp, tile_size=config.data.crop,
+        **asdict(config.network.unet_spec()), r=config.loss.r, mpp=config.data.mpp, tile_size=config.data.crop,
         stain_profile=config.stain_profile, training=dict(training), steps=steps,
         mask_shrink_um=config.data.mask_shrink_um,
         losses={k: float(v) for k, v in losses.items() if k != "step"},
     )
-    unet = _unet(config, 3, 1)
+    unet = build_unet(card)
     unet.load_state_dict(dict(state_s))
     return save_model(path, unet, card)
 

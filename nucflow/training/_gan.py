@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from nucflow.models import PatchGAN, UNet
+from nucflow.models import PatchGAN, build_unet
 from nucflow.training._config import TrainConfig
 from nucflow.training._losses import (
     HEMATOXYLIN_MAX,
@@ -55,20 +55,14 @@ def unwrap(module: nn.Module) -> nn.Module:
     return inner if isinstance(inner, nn.Module) else module
 
 
-def _unet(config: TrainConfig, c_in: int, c_out: int) -> UNet:
-    n = config.network
-    return UNet(c_in, c_out, ngf=n.ngf, depth=n.depth, norm=n.norm, dropout=n.dropout,
-                dropout_blocks=n.dropout_blocks, max_mult=n.max_mult)
-
-
 def build_nets(config: TrainConfig, *, wrap: Any = None) -> GanNets:
     """Fresh networks and optimisers; ``wrap`` (e.g. ``ray.train.torch.prepare_model``)
     is applied to each network before its optimiser is made."""
     wrap = wrap or (lambda m: m)
     n, o = config.network, config.optim
     ihc_channels = 1 if config.stain_profile == "her2" else 3
-    s = wrap(_unet(config, 3, 1))
-    r = wrap(_unet(config, 1, ihc_channels))
+    s = wrap(build_unet(n, 3, 1))
+    r = wrap(build_unet(n, 1, ihc_channels))
     d_s = wrap(PatchGAN(1, ndf=n.ndf, n_layers=n.d_layers, norm=n.d_norm))
     d_r = wrap(PatchGAN(ihc_channels, ndf=n.ndf, n_layers=n.d_layers, norm=n.d_norm))
     betas = (o.beta1, o.beta2)
