@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import PurePath
 from typing import Any
 
 from nucflow.config import check_fields
 from nucflow.errors import ConfigError, ModelError
 from nucflow.models._networks import UNetSpec
 
-__all__ = ["CARD_FORMAT", "CARD_VERSION", "ModelCard", "NORMALISATIONS", "STAIN_PROFILES"]
+__all__ = [
+    "CARD_FORMAT", "CARD_VERSION", "ModelCard", "NORMALISATIONS", "STAIN_PROFILES", "data_summary", "without_paths",
+]
 
 CARD_FORMAT = "nucflow-model-card"
 CARD_VERSION = 1
@@ -118,6 +124,48 @@ class ModelCard(UNetSpec):
         for ok, what in checks:
             if not ok:
                 raise ModelError(f"model card {source}: unsupported {what}")
+
+
+#: A data summary lists the file names of a kind when there are at most this many.
+SUMMARY_NAMES = 20
+
+
+def data_summary(files: Mapping[str, Sequence[str | PathLike[str]]]) -> dict[str, dict[str, Any]]:
+    """What a model was trained on, without machine paths: per kind (``slides``, ``tiles``,
+    ``masks``), the number of files, the SHA-256 of their sorted file names (one per line), and
+    the names themselves when there are at most :data:`SUMMARY_NAMES`."""
+    summary: dict[str, dict[str, Any]] = {}
+    for kind, paths in files.items():
+        names = sorted(PurePath(p).name for p in paths)
+        entry: dict[str, Any] = {"count": len(names),
+                                 "names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
+        if len(names) <= SUMMARY_NAMES:
+            entry["names"] = names
+        summary[kind] = entry
+    return summary
+
+
+def without_paths(value: Any) -> Any:
+    """``value`` (a card's training record) with every machine path in its strings cut to its last
+    component (``/work/runs/s0`` -> ``s0``, ``../data/OS-2-*.tif`` -> ``OS-2-*.tif``,
+    ``s3://bucket/run`` -> ``run``), in mappings and lists too: a card records no path of the
+    machine it was made on. Words that only contain a slash (``µm/px``) are left alone."""
+    if isinstance(value, Mapping):
+        return {k: without_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_paths(v) for v in value]
+    if isinstance(value, str):
+        return _PATH_WORD.sub(lambda m: _last_part(m.group(0)), value)
+    return value
+
+
+# An absolute, home, ./ or ../ path, a Windows drive path or a URI, starting a word (or after = or a quote).
+_PATH_WORD = re.compile(r"""(?<![^\s'"=])(?:~|\.{1,2}/|/|[A-Za-z]:\\|[A-Za-z][\w+.-]*://)[^\s'"]*""")
+
+
+def _last_part(path: str) -> str:
+    parts = [p for p in re.split(r"[/\\]", path) if p]
+    return parts[-1] if parts else path
 
 
 def _check_format(data: Mapping[str, Any], source: str) -> None:

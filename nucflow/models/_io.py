@@ -14,7 +14,7 @@ from torch import nn
 
 from nucflow import __version__
 from nucflow.errors import ModelError
-from nucflow.models._card import ModelCard
+from nucflow.models._card import ModelCard, without_paths
 from nucflow.models._networks import UNet, build_unet
 
 __all__ = [
@@ -79,13 +79,15 @@ def save_model(path: str | Path, unet: nn.Module, card: ModelCard) -> ModelCard:
     """Write ``unet``'s weights to ``path`` (.safetensors) and its card beside it (.json).
 
     ``path`` may also be a folder, which then holds ``model.safetensors`` + ``model.json``.
-    Returns the card as written (``model_id`` and ``software_version`` filled in).
+    Returns the card as written (``model_id`` and ``software_version`` filled in, and no
+    machine path in its training record: see :func:`nucflow.models._card.without_paths`).
     """
     weights, card_path = _paths(Path(path), creating=True)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
     save_file(state, str(weights), metadata={"format": card.format})
-    written = dataclasses.replace(card, model_id=_file_id(weights), software_version=__version__)
+    written = dataclasses.replace(card, model_id=_file_id(weights), software_version=__version__,
+                                  training=without_paths(card.training))
     card_path.write_text(written.to_json() + "\n")
     return written
 

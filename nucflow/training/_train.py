@@ -15,6 +15,7 @@ from nucflow.cluster import check_shared_path, load_cluster_config, ray_session
 from nucflow.config import to_dict
 from nucflow.errors import TrainingError
 from nucflow.models import ModelCard
+from nucflow.models._card import data_summary
 from nucflow.training._config import TrainConfig, load_train_config
 from nucflow.training._data import find_images
 from nucflow.training._export import (
@@ -212,7 +213,7 @@ def train(
         result = _fit(loop_config, workers=workers, gpus=gpus_per_worker,
                       cpus=cpus_per_worker, storage=storage)
     training = {"command": command, "config": to_dict(config), "workers": workers,
-                "data": {k: [Path(p).name for p in v] for k, v in data.items()},
+                "data": data_summary(data),
                 "software": f"nucflow {__version__}"}
     card, chosen, candidates = _export(result, out, config, training)
     write_json(out / "selection.json", {"select": config.select, "chosen": chosen,
