@@ -284,13 +284,15 @@ def _block_table(
     prob = as_uint8_probability(prob)
     if prob.max(initial=0) < math.ceil(config.threshold * 255.0):
         return None  # background (the map is 0 off tissue): nothing can become foreground
-    labels = label_nuclei(prob, mpp=geometry.mpp, config=config, device=device)
+    r0, r1, c0, c1 = block.region
+    core = (block.core[0] - r0, block.core[1] - r0, block.core[2] - c0, block.core[3] - c0)
+    # Nuclei of components away from the core cannot be owned: they are left unlabelled.
+    labels = label_nuclei(prob, mpp=geometry.mpp, config=config, device=device, within=core)
     stats = region_stats(labels)
     origin = (block.region[0], block.region[2])
     indices = owned_labels(stats, origin=origin, core=block.core)
     if indices.size == 0:
         return None
-    r0, r1, c0, c1 = block.region
     rgb = None if read_rgb is None else _checked(read_rgb(r0, c0, r1 - r0, c1 - c0), labels.shape)
     return region_measures(
         labels, stats, indices, prob, rgb,

@@ -42,7 +42,10 @@ def as_uint8_probability(prob: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def label_nuclei(prob: np.ndarray, *, mpp: float, config: PostprocessConfig, device: str = "cpu") -> np.ndarray:
+def label_nuclei(
+    prob: np.ndarray, *, mpp: float, config: PostprocessConfig, device: str = "cpu",
+    within: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
     """Label nuclei in a probability map with the paper's post-processing.
 
     Threshold, median filter, opening and closing, optional filling of nucleus-sized holes,
@@ -59,6 +62,11 @@ def label_nuclei(prob: np.ndarray, *, mpp: float, config: PostprocessConfig, dev
     config : PostprocessConfig
     device : ``"cpu"`` or ``"gpu"`` (:func:`nucflow.postprocess._device.resolve_device`): where
         the pixel-wise steps up to the distance maxima run; the labels are the same.
+    within : (row0, row1, col0, col1), optional
+        Only nuclei that can have their centroid in this window are wanted (a block's core):
+        connected foreground components whose bounding box misses it are not split or
+        labelled (0). The other labels are the same, renumbered in the same order. Ignored
+        when labels are grown (``expand_um``): growth depends on the neighbours.
 
     Returns
     -------
@@ -69,7 +77,8 @@ def label_nuclei(prob: np.ndarray, *, mpp: float, config: PostprocessConfig, dev
     on = backend(device)
     mask = foreground_mask(on.asarray(as_uint8_probability(prob)), config=config, px=px, on=on)
     squared, peaks = distance_maxima(mask, px=px, on=on)
-    labels = split_touching(on.to_host(mask), px=px, squared=on.to_host(squared), peaks=on.to_host(peaks))
+    labels = split_touching(on.to_host(mask), px=px, squared=on.to_host(squared), peaks=on.to_host(peaks),
+                            within=None if px.expansion else within)
     if px.expansion:
         labels = expand_labels(labels, px.expansion)
     keep = plausible(labels, px=px)
@@ -159,7 +168,8 @@ def fill_small_holes(mask: np.ndarray, max_area: int, max_extent: int) -> np.nda
 
 
 def split_touching(
-    mask: np.ndarray, *, px: PixelSizes, squared: np.ndarray | None = None, peaks: np.ndarray | None = None
+    mask: np.ndarray, *, px: PixelSizes, squared: np.ndarray | None = None, peaks: np.ndarray | None = None,
+    within: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
     """Watershed of the negated distance transform from its local maxima; int32 labels.
 
@@ -169,7 +179,8 @@ def split_touching(
     A component holding a single marker floods whole, so only components with several
     markers go through the watershed, each on its own bounding-box crop (components never
     meet, and raster order within a crop is raster order within the map): the same labels
-    as one watershed over the whole mask, at a fraction of its cost.
+    as one watershed over the whole mask, at a fraction of its cost. With ``within`` (row0,
+    row1, col0, col1), components whose bounding box misses that window stay 0.
     """
     # Exact squared distances (integers) and their maxima (``distance_maxima``, given when
     # they were computed on a GPU); maxima and flooding order are the distance's.
@@ -187,32 +198,36 @@ def split_touching(
     single = np.zeros(count + 1, np.int32)
     lone = per_component[pair_component] == 1
     single[pair_component[lone]] = pair_marker[lone]
+    boxes = ndi.find_objects(components)
+    if within is not None:
+        r0, r1, c0, c1 = within
+        away = [i for i, (rows, cols) in enumerate(boxes, start=1)
+                if rows.stop <= r0 or rows.start >= r1 or cols.stop <= c0 or cols.start >= c1]
+        single[away] = 0
+        per_component[away] = 0
     labels = single[components]
-    several = np.flatnonzero(per_component > 1)
-    if several.size:
-        _flood_components(labels, components, several, squared, markers)
+    for index in np.flatnonzero(per_component > 1):
+        _flood_component(labels, components, int(index), boxes[index - 1], squared, markers)
     return labels
 
 
-def _flood_components(
-    labels: np.ndarray, components: np.ndarray, indices: np.ndarray, squared: np.ndarray, markers: np.ndarray
+def _flood_component(
+    labels: np.ndarray, components: np.ndarray, index: int, box: tuple[slice, slice], squared: np.ndarray,
+    markers: np.ndarray,
 ) -> None:
-    """Watershed each component of ``indices`` from its markers into ``labels`` (in place).
+    """Watershed component ``index`` (bounding box ``box``) from its markers into ``labels``, in place.
 
     Each component floods alone on its bounding-box crop: components never meet, and raster
     order within a crop is raster order within the map, so it floods exactly as in one
     watershed over the whole mask, with a heap that holds one component's front (one heap
     for all of them is slower, even when the crops are packed into one call).
     """
-    boxes = ndi.find_objects(components)
-    for index in indices:
-        box = boxes[index - 1]
-        member = components[box] == index
-        distance = squared[box]
-        priority = np.arange(distance.size, dtype=np.float64).reshape(distance.shape)
-        priority -= distance * np.float64(distance.size)
-        flooded = watershed(priority, np.where(member, markers[box], 0), mask=member)
-        labels[box][member] = flooded[member]
+    member = components[box] == index
+    distance = squared[box]
+    priority = np.arange(distance.size, dtype=np.float64).reshape(distance.shape)
+    priority -= distance * np.float64(distance.size)
+    flooded = watershed(priority, np.where(member, markers[box], 0), mask=member)
+    labels[box][member] = flooded[member]
 
 
 def _seed_unmarked_components(peaks: np.ndarray, components: np.ndarray, count: int, distance: np.ndarray) -> None:
