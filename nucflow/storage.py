@@ -60,7 +60,7 @@ def _explain(uri: str, exc: BaseException) -> SlideError:
     name = type(exc).__name__
     text = str(exc) or name
     if isinstance(exc, FileNotFoundError):
-        return SlideError(f"slide {uri} does not exist (no such bucket or key); check the URI")
+        return SlideError(f"slide {uri} does not exist (no such bucket, key or URL); check the URI")
     if "Credentials" in name or "credential" in text.lower() or isinstance(exc, PermissionError):
         return SlideError(
             f"cannot read slide {uri}: access denied or no credentials ({text}); set AWS_ACCESS_KEY_ID and "
@@ -124,7 +124,9 @@ def local_copy(uri: str) -> Path:
     One process per node downloads (a file lock); the others wait and reuse its copy.
     """
     info = remote_info(uri)
-    key = hashlib.sha256(f"{uri}\0{info['size']}\0{info['version']}".encode()).hexdigest()[:16]
+    # no ETag or date (a plain HTTP server): the content sample tells a changed object apart
+    version = info["version"] or remote_identity(uri)["sample_sha256"]
+    key = hashlib.sha256(f"{uri}\0{info['size']}\0{version}".encode()).hexdigest()[:16]
     folder = cache_dir() / key
     target = folder / (uri.rstrip("/").rsplit("/", 1)[-1] or "slide")
     if target.is_file() and target.stat().st_size == info["size"]:

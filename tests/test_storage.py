@@ -101,6 +101,33 @@ def test_missing_credentials_and_unreachable_store_are_named(s3: dict[str, str],
     assert f"s3://{BUCKET}/small.svs" in str(caught.value) and time.monotonic() - started < 60
 
 
+def test_http_slide_from_a_plain_web_server(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    monkeypatch.setenv("NUCFLOW_CACHE", str(tmp_path / "cache"))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(shared_data / "slides"))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        with open_slide(f"{base}/CMU-1-Small-Region.svs") as slide:
+            assert slide.vendor == "aperio" and slide.size == (2967, 2220)
+            assert slide.source == f"{base}/CMU-1-Small-Region.svs"
+        with pytest.raises(SlideError, match="does not exist"):
+            open_slide(f"{base}/missing.svs")
+    finally:
+        server.shutdown()
+
+
 def _table(out: Path, name: str) -> gpd.GeoDataFrame:
     return gpd.read_parquet(out / name / "nuclei.parquet").sort_values("id").reset_index(drop=True)
 
@@ -120,6 +147,13 @@ def test_segment_reads_a_slide_from_the_bucket_like_the_local_file(
         summary = json.loads((out / "small" / "summary.json").read_text())
         assert summary["path"] == slide
         tables[name] = _table(out, "small")
+    # the same command again: the slide on the bucket is recognised (size, ETag, sample) and skipped
+    again = subprocess.run(
+        [sys.executable, "-m", "nucflow", "segment", f"s3://{BUCKET}/small.svs", "-o", str(tmp_path / "remote"),
+         "--method", "threshold", "-q"], env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "skipped" in (tmp_path / "remote" / "summary.csv").read_text()
     remote, local = tables["remote"], tables["local"]
     assert len(remote) == len(local) > 10
     pd.testing.assert_frame_equal(pd.DataFrame(remote.drop(columns=["geometry", "geometry_um"])),
