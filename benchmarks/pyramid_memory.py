@@ -10,6 +10,9 @@ peak of the largest process, and of the whole tree, for 16k x 16k stays within 1
 
 ``--readers`` also times 200 random 512 x 512 level-0 region reads and a thumbnail through
 nucflow's reader (tifffile's Zarr store) and through tiffslide, each in a fresh process.
+``--thumbnail`` times the 1024 px thumbnail planning takes, and its peak memory, through the
+lazy reader and through what nucflow did before it (OpenSlide's one-level ``generic-tiff``
+view with ``--mpp``, which resamples the whole of level 0).
 
 Usage::
 
@@ -148,6 +151,33 @@ print(json.dumps({"reader": how, "ms_per_512_read": round(1000 * reads / 200, 2)
 """
 
 
+_THUMBNAIL = """
+import sys, time, resource, json
+from pathlib import Path
+import openslide
+from nucflow.slide.reader import Slide, _Opened, _OpenSlideBackend, open_slide
+path, how = sys.argv[1], sys.argv[2]
+started = time.perf_counter()
+if how == "before":
+    slide = Slide(Path(path), _Opened(_OpenSlideBackend(openslide.OpenSlide(path)), None, "generic-tiff"), mpp=0.5)
+else:
+    slide = open_slide(path)
+thumb, mpp = slide.thumbnail(max_size=1024)
+print(json.dumps({"reader": how, "vendor": slide.vendor, "levels": len(slide._backend.level_shapes),
+                  "seconds": round(time.perf_counter() - started, 2),
+                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+"""
+
+
+def measure_thumbnail(slide: Path) -> list[dict[str, Any]]:
+    out = []
+    for how in ("lazy", "before"):
+        text = subprocess.run([sys.executable, "-c", _THUMBNAIL, str(slide), how], capture_output=True, text=True,
+                              check=True).stdout
+        out.append(json.loads(text.strip().splitlines()[-1]))
+    return out
+
+
 def measure_readers(slide: Path) -> list[dict[str, Any]]:
     results = []
     for how in ("nucflow", "tiffslide", "nucflow", "tiffslide"):  # interleaved, best of two
@@ -166,10 +196,11 @@ def main() -> None:
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--sides", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--readers", action="store_true")
+    parser.add_argument("--thumbnail", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"segment": [], "readers": []}
+    report: dict[str, Any] = {"segment": [], "readers": [], "thumbnail": []}
     for side in args.sides:
         started = time.perf_counter()
         slide = write_slide(args.workdir, side)
@@ -178,6 +209,9 @@ def main() -> None:
         if args.readers:
             report["readers"].append({"slide": slide.name, "results": measure_readers(slide)})
             print(json.dumps(report["readers"][-1]), flush=True)
+        if args.thumbnail:
+            report["thumbnail"].append({"slide": slide.name, "results": measure_thumbnail(slide)})
+            print(json.dumps(report["thumbnail"][-1]), flush=True)
         report["segment"].append(measure_segment(slide, args.workdir / f"out-{side}"))
         print(json.dumps(report["segment"][-1]), flush=True)
     if args.json:
