@@ -328,8 +328,8 @@ def check_shared_path(path: str | os.PathLike[str], *, timeout_s: float = 60.0) 
         raise ClusterError(
             f"output path {str(path)!r} is not shared by every Ray node: {listing}. Write "
             "outputs to a shared filesystem mounted at the same path on every node (NFS, "
-            "Lustre, a Kubernetes ReadWriteMany volume) or to an object-store URI (s3://..., "
-            "gs://...)"
+            "Lustre, a Kubernetes ReadWriteMany volume); training checkpoints may also go to an "
+            "object-store URI (--storage s3://...)"
         )
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from nucflow._cli import LocalFolder
 from nucflow.errors import NucflowError
 from nucflow.methods import METHODS
 
@@ -32,7 +33,8 @@ _DIR = click.Path(file_okay=False, path_type=Path)
                    "(default: the model card's for unet; ki67 for the baselines and --pred).")
 @click.option("--sigma", type=float, help="Gaussian sigma (px) of the baselines (default: segment.yaml's).")
 @click.option("--model-mpp", type=float, help="Run the model at this µm/px instead of its card's.")
-@click.option("-o", "--out", type=_DIR, required=True, help="Report folder: scores.csv, scores.json, scores.md.")
+@click.option("-o", "--out", type=LocalFolder(), required=True,
+              help="Report folder: scores.csv, scores.json, scores.md.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the score table.")
 def evaluate(images: Path, truth: Path, pred: Path | None, methods: tuple[str, ...], model: Path | None,
              mpp: float | None, truth_format: str | None, stain_profile: str | None, sigma: float | None,

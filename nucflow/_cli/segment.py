@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import click
 
+from nucflow._cli import LocalFolder
 from nucflow.errors import NucflowError
 from nucflow.methods import METHODS
 
@@ -17,7 +18,7 @@ __all__ = ["segment"]
 
 @click.command()
 @click.argument("slides", nargs=-1)
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("-o", "--out", type=LocalFolder(), required=True,
               help="Output folder: OUT/<slide>/ per slide and OUT/summary.csv.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Segment settings YAML (default: the shipped nucflow/configs/segment.yaml).")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from nucflow._cli import LocalFolder
 from nucflow.errors import NucflowError
 
 __all__ = ["train"]
@@ -29,7 +30,7 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
                    "(default: the config's data.tile_mpp).")
 @click.option("--masks", multiple=True, required=True,
               help="Folders of instance/binary masks or PanNuke masks.npy (repeatable).")
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("-o", "--out", type=LocalFolder(), required=True,
               help="Run folder: losses.csv, losses.png, model.safetensors + model.json.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Training YAML, or a shipped one by name: cpu, paper (default: paper values).")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from nucflow._cli import LocalFolder
 from nucflow.errors import NucflowError
 from nucflow.methods import METHODS
 
@@ -28,7 +29,7 @@ __all__ = ["validate"]
 @click.option("--model-mpp", type=float, help="Run the model(s) at this µm/px instead of their card's.")
 @click.option("--stain", "stain_profile",
               help="Stain profile: ki67, her2, or a YAML path (default: the model card's; ki67 for baselines).")
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("-o", "--out", type=LocalFolder(), required=True,
               help="Report folder: validation.csv, validation.json, validation.md.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but the written paths.")
 def validate(models: tuple[Path, ...], methods: tuple[str, ...], manifest: Path | None, only: tuple[str, ...],

@@ -101,10 +101,13 @@ class MapMetadata:
         take the defaults, other attributes (``ome``) are not part of it."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in attrs.items() if k in known}
-        for name in ("level0_offset", "slide_bounds", "qupath_offset"):
-            if values.get(name) is not None:
-                values[name] = tuple(values[name])
-        values["slide_identity"] = dict(values.get("slide_identity") or {})
+        try:
+            for name in ("level0_offset", "slide_bounds", "qupath_offset"):
+                if values.get(name) is not None:
+                    values[name] = tuple(values[name])
+            values["slide_identity"] = dict(values.get("slide_identity") or {})
+        except (TypeError, ValueError) as exc:  # a damaged map: its folder's trouble, not a bug
+            raise ValueError(f"probability map attributes are malformed: {exc}") from None
         return cls(**values)
 
 

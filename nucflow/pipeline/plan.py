@@ -223,7 +223,7 @@ def plan_slide(
             raise
         line, log_path = record_failure(out_dir, str(path), exc)
         return SlidePlan(key, str(path), str(out_dir), "failed", error=line, error_log=log_path)
-    except Exception as exc:  # noqa: BLE001 - any reader failure belongs to this slide only
+    except (OSError, ValueError) as exc:  # the output folder or an earlier map: this slide's own trouble
         line, log_path = record_failure(out_dir, str(path), exc)
         return SlidePlan(key, str(path), str(out_dir), "failed", error=line, error_log=log_path)
 

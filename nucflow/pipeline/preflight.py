@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,12 +25,29 @@ from nucflow.pipeline.image import with_stain_profile
 from nucflow.pipeline.plan import expand_slides, output_names
 from nucflow.slide import check_mpp, metadata_mpp
 
-__all__ = ["MPP_TOLERANCE", "Ready", "preflight"]
+__all__ = ["MPP_TOLERANCE", "Ready", "local_output", "preflight"]
 
 log = logging.getLogger(__name__)
 
 #: ``--mpp`` may differ from a slide's metadata by at most this factor, either way, unless forced.
 MPP_TOLERANCE = 2.0
+
+
+#: ``scheme://`` at the start of a string: a URI, not a local path.
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def local_output(out: str | os.PathLike[str], *, option: str = "-o") -> Path:
+    """``out`` as a local path; an object-store URI (any ``scheme://``) is refused with an
+    :class:`InputError` that says what to do, instead of becoming a folder ``./s3:/bucket``."""
+    text = os.fspath(out)
+    if _URI.match(text):
+        raise InputError(
+            f"{option} {text!r} is a URI: nucflow writes its outputs to a local or shared filesystem "
+            "path only (object-store outputs are not supported yet); write to a folder every node "
+            "sees (NFS, Lustre, a ReadWriteMany volume) or mount the bucket (s3fs, gcsfuse) and give that path"
+        )
+    return Path(text)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from nucflow.pipeline.failures import record_failure
 from nucflow.pipeline.finish import finish_slide
 from nucflow.pipeline.image import method_spec
 from nucflow.pipeline.plan import SlidePlan, plan_slide
-from nucflow.pipeline.preflight import preflight
+from nucflow.pipeline.preflight import local_output, preflight
 from nucflow.report import slides_of_folder, write_report
 
 __all__ = ["Progress", "SegmentResult", "SlideResult", "segment"]
@@ -115,7 +115,7 @@ def segment(
 
     config = config or load_segment_config()
     config = replace(config, method=parse_method(method or config.method), model=str(model) if model else config.model)
-    out = Path(out).resolve()
+    out = local_output(out).resolve()
     ready = preflight(slides, out, config=config, mpp=mpp, force_mpp=force_mpp, load_spec=method_spec)
     paths, spec, config = ready.paths, ready.spec, ready.config
     cluster = cluster_config or load_cluster_config()

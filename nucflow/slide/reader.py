@@ -185,7 +185,7 @@ class Slide:
             return self._resampled(level, scale, row, col, rows, cols)
         except SlideError:
             raise
-        except Exception as exc:
+        except _read_errors() as exc:
             raise SlideError(
                 f"cannot read region (row {row}, col {col}, {rows}x{cols} at {mpp} µm/px) "
                 f"of slide {self.path}: {exc}; the file may be truncated or corrupt"
@@ -317,6 +317,19 @@ def _open_openslide(path: Path) -> _Opened | None:
     return _Opened(_OpenSlideBackend(handle), mpp, vendor)
 
 
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What a slide's bytes, not nucflow's code, can raise while it is opened, read or decoded:
+    OpenSlide's errors, I/O errors and the decoders' (tifffile's ValueError, imagecodecs'
+    RuntimeError, zlib's and struct's errors). Only these are reworded as a slide's failure;
+    anything else is a bug and surfaces as itself."""
+    import struct
+    import zlib
+
+    import openslide
+
+    return (OSError, EOFError, ValueError, RuntimeError, struct.error, zlib.error, openslide.OpenSlideError)
+
+
 def _openslide_mpp(handle: object) -> float | None:
     import openslide
 
@@ -329,7 +342,7 @@ def _open_plain(path: Path) -> _Opened:
     if path.is_file() and is_tiff(path):
         try:
             backend, mpp = open_tiff(path)
-        except Exception as exc:
+        except _read_errors() as exc:
             raise SlideError(_not_a_slide(path, f"tifffile: {exc}")) from exc
         return _Opened(backend, mpp, "tifffile")
     if path.suffix.lower() not in _PLAIN_SUFFIXES:
@@ -338,7 +351,7 @@ def _open_plain(path: Path) -> _Opened:
         import imageio.v3 as iio
 
         rgb = iio.imread(path)
-    except Exception as exc:
+    except _read_errors() as exc:
         raise SlideError(f"cannot decode image {path}: {exc}; the file may be truncated or corrupt") from exc
     return _Opened(_ArrayBackend(_as_rgb(rgb, path)), None, "plain-image")
 
@@ -393,7 +406,7 @@ def metadata_mpp(path: str | Path) -> float | None:
             own = _openslide_mpp(handle)
         if own is not None:
             return own
-    except Exception:  # noqa: BLE001 - not an OpenSlide file: try the TIFF metadata
+    except _read_errors():  # not an OpenSlide file: try the TIFF metadata
         pass
     try:
         if not (path.is_file() and is_tiff(path)):
@@ -402,7 +415,7 @@ def metadata_mpp(path: str | Path) -> float | None:
 
         with tifffile.TiffFile(path) as tif:
             return tiff_mpp(tif)
-    except Exception:  # noqa: BLE001 - unreadable: opening the slide reports it
+    except _read_errors():  # unreadable: opening the slide reports it
         return None
 
 
