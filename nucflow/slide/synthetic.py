@@ -16,7 +16,9 @@ from skimage.transform import resize
 
 from nucflow.atomic import atomic_path
 
-__all__ = ["array_region", "demo_ihc_image", "write_demo_slide", "write_ome_pyramid", "write_svs"]
+__all__ = [
+    "array_region", "demo_ihc_image", "write_demo_slide", "write_leica_scn", "write_ome_pyramid", "write_svs",
+]
 
 
 def write_svs(
@@ -137,3 +139,40 @@ def array_region(rgb: np.ndarray) -> Callable[[float, int, int, int, int], np.nd
         return level[row : row + rows, col : col + cols]
 
     return region
+
+
+def write_leica_scn(
+    path: str | Path, rgb: np.ndarray, *, mpp: float = 0.25, offset: tuple[int, int] = (96, 40),
+    margin: tuple[int, int] = (50, 30), tile: int = 256,
+) -> Path:
+    """Write ``rgb`` as a two-level Leica SCN whose scanned area sits at ``offset`` (x, y) in a
+    larger slide: OpenSlide reports it as ``openslide.bounds-x/y/width/height`` (as for MRXS,
+    SCN and BIF scans), level 0 being ``offset + rgb + margin`` wide and high. Returns the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows, cols = rgb.shape[:2]
+    nm = round(mpp * 1000)  # SCN positions are in nanometres ("clicks")
+    width, height = (offset[0] + cols + margin[0]) * nm, (offset[1] + rows + margin[1]) * nm
+    half = resize(rgb, (rows // 2, cols // 2), anti_aliasing=True, preserve_range=True).astype(np.uint8)
+    xml = (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        '<scn xmlns="http://www.leica-microsystems.com/scn/2010/10/01">'
+        f'<collection name="nucflow" uuid="1" sizeX="{width}" sizeY="{height}">'
+        '<image name="main" uuid="2"><creationDate>2026-01-01T00:00:00Z</creationDate>'
+        '<device model="Leica SCN400;Leica SCN" version="1.5"/>'
+        f'<pixels sizeX="{cols}" sizeY="{rows}">'
+        f'<dimension sizeX="{cols}" sizeY="{rows}" r="0" ifd="0" c="0"/>'
+        f'<dimension sizeX="{half.shape[1]}" sizeY="{half.shape[0]}" r="1" ifd="1" c="0"/></pixels>'
+        f'<view sizeX="{cols * nm}" sizeY="{rows * nm}" offsetX="{offset[0] * nm}" offsetY="{offset[1] * nm}" '
+        'spacingZ="0"/><scanSettings><objectiveSettings><objective>40</objective></objectiveSettings>'
+        '<illuminationSettings><numericalAperture>0.5</numericalAperture>'
+        '<illuminationSource>brightfield</illuminationSource></illuminationSettings></scanSettings>'
+        '</image></collection></scn>'
+    )
+    options: dict[str, Any] = {"tile": (tile, tile), "photometric": "rgb", "compression": "jpeg", "metadata": None,
+                               "resolutionunit": "CENTIMETER"}
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+        tif.write(np.ascontiguousarray(rgb), description=xml, resolution=(1e4 / mpp, 1e4 / mpp), **options)
+        tif.write(half, subfiletype=1, resolution=(5e3 / mpp, 5e3 / mpp), **options)
+    return path
