@@ -10,6 +10,7 @@ page opens from a disk, a mail attachment or an archive without a network.
 from __future__ import annotations
 
 import base64
+import csv
 import datetime
 import html
 import io
@@ -27,7 +28,7 @@ from nucflow import __version__
 from nucflow.atomic import write_text
 from nucflow.scoring import CLASS_COLOURS, INTENSITY_CLASSES
 
-__all__ = ["ReportSlide", "slides_of_folder", "write_report"]
+__all__ = ["ReportSlide", "slides_of_folder", "write_region_table", "write_report"]
 
 #: Width (px) of each slide's overlay thumbnail in the page.
 THUMBNAIL_PX = 480
@@ -91,6 +92,28 @@ def write_report(path: str | Path, slides: Sequence[ReportSlide], *, title: str 
         parts += ["<h2>Slides</h2>"] + [_slide_card(s) for s in done]
     parts.append("</body></html>\n")
     return write_text(path, "\n".join(parts))
+
+
+_REGION_FIELDS = ("slide", "region", "nuclei", "positive", "labelling_index_percent",
+                  "hotspot_labelling_index_percent", "h_score", "tissue_area_mm2")
+
+
+def write_region_table(path: str | Path, slides: Sequence[ReportSlide]) -> Path | None:
+    """``regions.csv``: the figures of every region of interest of every slide (None, and no
+    file, when no slide has regions)."""
+    rows = []
+    for s in slides:
+        for name, r in ((s.summary.get("scoring") or {}).get("regions") or {}).items():
+            spot = r.get("hot_spot") or {}
+            rows.append({**r, "slide": s.slide, "region": name,
+                         "hotspot_labelling_index_percent": spot.get("labelling_index_percent")})
+    if not rows:
+        return None
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_REGION_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buffer.getvalue())
 
 
 _HEAD = """<!DOCTYPE html>

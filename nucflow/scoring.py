@@ -200,18 +200,24 @@ class ScoreAccumulator:
         self._area_hist += _histogram(part["area_um2"], AREA_BINS_UM2)
         self._dab_hist += _histogram(part["dab_od"], DAB_BINS)
 
-    def summary(self, *, um_per_level0_px: float | None = None) -> dict[str, Any]:
+    def summary(
+        self, *, um_per_level0_px: float | None = None, region_areas_mm2: Mapping[str, float] | None = None
+    ) -> dict[str, Any]:
+        """Scores of all nuclei and of each region (every region of ``region_areas_mm2``, with
+        its tissue area, even one without nuclei), the intensity class bounds and histograms."""
         x, y, intensity, regions = (
             np.concatenate(parts) if parts else np.zeros(0, dtype)
             for parts, dtype in ((self._x, float), (self._y, float), (self._intensity, np.int8),
                                  (self._regions, object))
         )
         out = score_nuclei(x, y, intensity, self.profile, um_per_level0_px=um_per_level0_px)
-        names = sorted({r for r in regions if r is not None})
+        areas = dict(region_areas_mm2 or {})
+        names = list(areas) + sorted({r for r in regions if r is not None} - set(areas))
         if names:
             out["regions"] = {
-                name: score_nuclei(x[regions == name], y[regions == name], intensity[regions == name],
-                                   self.profile, um_per_level0_px=um_per_level0_px)
+                name: {**score_nuclei(x[regions == name], y[regions == name], intensity[regions == name],
+                                      self.profile, um_per_level0_px=um_per_level0_px),
+                       **({"tissue_area_mm2": round(areas[name], 4)} if name in areas else {})}
                 for name in names
             }
         out["intensity_bounds"] = [self.profile.dab_threshold, *self.profile.intensity_thresholds]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,67 @@ def test_roi_files_are_matched_to_slides_by_name(tmp_path: Path) -> None:
         match_rois(single, ["x", "y"])
     with pytest.raises(RoiError, match="does not exist"):
         match_rois(tmp_path / "missing", ["a"])
+
+
+def _demo_roi(folder: Path) -> Path:
+    """The demo slide's ROI as QuPath exports it: a tumour region with a pen mark, and stroma."""
+    folder.mkdir(exist_ok=True)
+    return _write(folder / "demo.geojson", [
+        _annotation(_square(40, 40, 500, 470), name="tumour"),
+        _annotation(_square(600, 560, 990, 1000), classification="Stroma"),
+        _annotation(_square(200, 200, 330, 330), classification="Ignore*"),
+    ])
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_segment_with_a_roi_folder_segments_and_scores_only_its_regions(tmp_path: Path, demo_svs: Path) -> None:
+    import geopandas as gpd
+    import pandas as pd
+    import shapely
+
+    from nucflow.pipeline import load_segment_config, segment
+
+    defaults = load_segment_config()
+    config = replace(defaults, inference=replace(defaults.inference, tile_size=128, margin=32))
+    roi = _demo_roi(tmp_path / "rois")
+    whole = segment([demo_svs], tmp_path / "whole", method="threshold", config=config)
+    part = segment([demo_svs], tmp_path / "roi", method="threshold", config=config, roi=roi.parent)
+    assert [s.status for s in whole.slides + part.slides] == ["ok", "ok"]
+    everything = gpd.read_parquet(tmp_path / "whole" / "demo" / "nuclei.parquet")
+    table = gpd.read_parquet(tmp_path / "roi" / "demo" / "nuclei.parquet")
+    regions = load_regions(roi)
+    expected = everything[regions.label_points(everything.centroid_x, everything.centroid_y) >= 0]
+    assert 0 < len(table) < len(everything)
+    # the nuclei of the regions, the same as in the whole slide's table (planned with a nucleus' reach)
+    assert sorted(shapely.to_wkb(table.geometry)) == sorted(shapely.to_wkb(expected.geometry))
+    summary = json.loads((tmp_path / "roi" / "demo" / "summary.json").read_text())
+    whole_summary = json.loads((tmp_path / "whole" / "demo" / "summary.json").read_text())
+    assert summary["tiles"] < whole_summary["tiles"]  # tiles away from the regions never ran
+    assert summary["tissue_area_mm2"] < whole_summary["tissue_area_mm2"]
+    by_region = summary["scoring"]["regions"]
+    assert sorted(by_region) == ["Stroma", "tumour"]
+    labels = regions.label_points(table.centroid_x, table.centroid_y)
+    for index, name in enumerate(regions.names):
+        assert by_region[name]["nuclei"] == (labels == index).sum()
+        assert by_region[name]["positive"] == (table["dab_intensity"].to_numpy()[labels == index] > 0).sum()
+    areas = sum(r["tissue_area_mm2"] for r in by_region.values())
+    assert areas == pytest.approx(summary["tissue_area_mm2"], rel=0.02)
+    csv = pd.read_csv(tmp_path / "roi" / "regions.csv")
+    assert dict(zip(csv["region"], csv["nuclei"], strict=True)) == {n: r["nuclei"] for n, r in by_region.items()}
+    assert "tumour" in (tmp_path / "roi" / "report.html").read_text()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_bad_roi_input_is_refused_or_fails_its_slide(tmp_path: Path, demo_svs: Path) -> None:
+    from nucflow.pipeline import segment
+
+    stray = tmp_path / "rois"
+    stray.mkdir()
+    _write(stray / "other-slide.geojson", [_annotation(_square(0, 0, 9, 9), name="r")])
+    with pytest.raises(RoiError, match="other-slide.geojson names no slide of this run"):
+        segment([demo_svs], tmp_path / "out", method="threshold", roi=stray)
+    assert not (tmp_path / "out" / "demo").exists()  # refused before anything ran
+    far = _write(tmp_path / "demo.geojson", [_annotation(_square(5000, 5000, 6000, 6000), name="elsewhere")])
+    result = segment([demo_svs], tmp_path / "out", method="threshold", roi=far)
+    assert [s.status for s in result.slides] == ["failed"]
+    assert "'elsewhere' lie outside the slide" in result.slides[0].error

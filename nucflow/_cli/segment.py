@@ -35,6 +35,11 @@ __all__ = ["segment"]
 @click.option("--geojson", is_flag=True, help="Also write nuclei.geojson for QuPath.")
 @click.option("--overwrite", is_flag=True, help="Redo slides already (partly) done instead of resuming.")
 @click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster address (HEAD:6379); default: a local Ray.")
+@click.option("--roi", type=click.Path(path_type=Path),
+              help="Regions of interest: a QuPath GeoJSON export or mask image (one slide), or a folder of "
+                   "<slide>.geojson / <slide>.png files; only those regions are segmented and scored.")
+@click.option("--roi-exclude", multiple=True, default=("Ignore*",), show_default=True,
+              help="Annotation class or name (glob) whose areas are left out; repeat for more.")
 @click.option("--demo", is_flag=True, help="Add the built-in demo slide (scikit-image's IHC image as an SVS).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def segment(slides: tuple[str, ...], out: Path, config_path: Path | None, cluster_config: Path | None,

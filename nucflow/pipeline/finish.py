@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nucflow import __version__
 from nucflow.atomic import write_json
 from nucflow.inference.store import ProbabilityMap
 from nucflow.pipeline.config import SegmentConfig
 from nucflow.pipeline.image import find_tissue, postprocess_profile
-from nucflow.pipeline.plan import SlidePlan
+from nucflow.pipeline.plan import SlidePlan, slide_regions
 from nucflow.postprocess import (
     Block,
     NucleusTableWriter,
@@ -25,6 +27,7 @@ from nucflow.postprocess import (
     iter_nuclei_parts,
     render_overlay,
 )
+from nucflow.roi import Regions
 from nucflow.scoring import ScoreAccumulator
 from nucflow.slide import open_slide
 
@@ -54,6 +57,13 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool, poll_
     level0_mpp = plan.mpp / plan.level0_scale
     with open_slide(plan.path, mpp=plan.mpp_override) as slide:
         thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)
+        regions, region_areas = None, None
+        if plan.roi is not None:  # only the regions' tissue, as planned
+            regions = slide_regions(plan.roi, plan.roi_exclude, size=slide.size, offset=plan.qupath_offset)
+            grid = regions.label_grid(tissue.shape, thumb_mpp / level0_mpp)
+            tissue = tissue & (grid >= 0)
+            region_areas = {name: float((grid[tissue] == index).sum()) * (thumb_mpp / 1000.0) ** 2
+                            for index, name in enumerate(regions.names)}
         overlay = OverlayNuclei(
             thumb.shape[:2], level0_scale=thumb_mpp / level0_mpp, outlines=thumb_mpp <= OUTLINE_MAX_MPP,
             graded=bool(profile.intensity_thresholds),
@@ -72,10 +82,13 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool, poll_
         with NucleusTableWriter(out_dir / "nuclei.parquet", geojson=geojson_path,
                                 geojson_offset=plan.qupath_offset) as writer:
             for part in parts:
+                names = None
+                if regions is not None:
+                    part, names = _in_regions(part, regions)
                 writer.write(part)
                 overlay.add(part)
-                scores.add(part)
-    scoring = scores.summary(um_per_level0_px=level0_mpp)
+                scores.add(part, names)
+    scoring = scores.summary(um_per_level0_px=level0_mpp, region_areas_mm2=region_areas)
     seconds_post = time.perf_counter() - started - waiter.seconds
     render_overlay(thumb, level0_scale=thumb_mpp / level0_mpp, tissue_mask=tissue, nuclei=overlay,
                    path=out_dir / "overlay.png", mpp=thumb_mpp, hot_spot=scoring["hot_spot"])
@@ -87,6 +100,13 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool, poll_
                             scoring=scoring)
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _in_regions(part: Any, regions: Regions) -> tuple[Any, np.ndarray]:
+    """The nuclei of ``part`` whose centroid lies in a region, and their region names."""
+    labels = regions.label_points(part["centroid_x"].to_numpy(), part["centroid_y"].to_numpy())
+    inside = labels >= 0
+    return part[inside], np.asarray(regions.names, dtype=object)[labels[inside]]
 
 
 class _TileWaiter:

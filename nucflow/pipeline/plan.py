@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from scipy import ndimage as ndi
+
 from nucflow import __version__
 from nucflow.atomic import remove_partials
 from nucflow.config import config_hash, to_dict
@@ -22,11 +24,12 @@ from nucflow.inference.store import MapMetadata, create_map, open_map
 from nucflow.inference.tiled import auto_tile_size
 from nucflow.pipeline.config import SegmentConfig
 from nucflow.pipeline.failures import clear_error_log, error_line, record_failure
-from nucflow.pipeline.image import find_tissue, fit_params, input_multiple, mask_shrink_um
+from nucflow.pipeline.image import find_tissue, fit_params, input_multiple, mask_shrink_um, postprocess_profile
+from nucflow.roi import DEFAULT_EXCLUDE, Regions, load_regions
 from nucflow.slide import TileGrid, open_slide, safe_slide_name, slide_stem, tile_grid
 from nucflow.storage import expand_uri, is_uri, remote_identity
 
-__all__ = ["SlidePlan", "expand_slides", "output_names", "plan_slide"]
+__all__ = ["SlidePlan", "expand_slides", "output_names", "plan_slide", "slide_regions"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,9 @@ class SlidePlan:
     seconds: dict[str, float] = field(default_factory=dict)
     #: The slide's scanned area (x, y, width, height; level-0 px) where its format records one.
     bounds: tuple[int, int, int, int] | None = None
+    #: Its region-of-interest file (:mod:`nucflow.roi`), and the annotation classes excluded.
+    roi: str | None = None
+    roi_exclude: tuple[str, ...] = DEFAULT_EXCLUDE
 
     @property
     def qupath_offset(self) -> tuple[int, int]:
@@ -208,6 +214,7 @@ class OutputFolderError(InputError):
 def plan_slide(
     path: Path | str, key: str, out: Path, *, spec: MethodSpec, config: SegmentConfig, mpp: float | None,
     overwrite: bool,
+    roi: Path | None = None, roi_exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
 ) -> SlidePlan:
     """Open a slide, find its tissue and tiles, and reconcile with what ``out`` already holds.
 
@@ -215,7 +222,8 @@ def plan_slide(
     """
     out_dir = out / key
     try:
-        return _plan(path, key, out_dir, spec=spec, config=config, mpp=mpp, overwrite=overwrite)
+        return _plan(path, key, out_dir, spec=spec, config=config, mpp=mpp, overwrite=overwrite,
+                     roi=roi, roi_exclude=roi_exclude)
     except OutputFolderError as exc:  # the folder's results stay as they are: no log written into it
         return SlidePlan(key, str(path), str(out_dir), "failed", error=error_line(exc))
     except NucflowError as exc:
@@ -231,28 +239,50 @@ def plan_slide(
 def _plan(
     path: Path | str, key: str, out_dir: Path, *, spec: MethodSpec, config: SegmentConfig, mpp: float | None,
     overwrite: bool,
+    roi: Path | None = None, roi_exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
 ) -> SlidePlan:
     identity = slide_identity(path)
     with open_slide(path, mpp=mpp) as slide:
         thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)
         shape = slide.shape_at(spec.mpp)
         slide_mpp = slide.mpp
+        level0_size = slide.size
         bounds = slide.bounds
+    roi_hash: list[Any] = []
+    planned = area_mask = tissue
+    if roi is not None:  # the regions' tissue, planned with a nucleus' reach around it so edge nuclei are whole
+        regions = slide_regions(roi, roi_exclude, size=level0_size, offset=(bounds[0], bounds[1]) if bounds else (0, 0))
+        in_roi = tissue & (regions.label_grid(tissue.shape, thumb_mpp / slide_mpp) >= 0)
+        reach = postprocess_profile(config).max_diameter_um / thumb_mpp + 1.0
+        planned = tissue & (ndi.distance_transform_edt(~in_roi) <= reach) if in_roi.any() else in_roi
+        area_mask = in_roi
+        roi_hash = [regions.digest, list(roi_exclude)]
     margin = config.inference.margin
     size = config.inference.tile_size or auto_tile_size(input_multiple(spec), margin=margin)
-    grid = tile_grid(shape, tile_size=size, margin=margin, tissue=tissue)
+    grid = tile_grid(shape, tile_size=size, margin=margin, tissue=planned)
     params = fit_params(spec, thumb, tissue)
     map_hash = config_hash(spec.model_id, spec.mpp, spec.sigma, size, margin, to_dict(config.tissue), params, mpp,
                            *([spec.tta] if spec.tta != "none" else []))
     shrink = mask_shrink_um(spec)
-    run_hash = config_hash(map_hash, to_dict(config), __version__, *([shrink] if shrink else []))
+    run_hash = config_hash(map_hash, to_dict(config), __version__, *([shrink] if shrink else []), *roi_hash)
     plan = SlidePlan(
         key, str(path), str(out_dir), "todo", mpp_override=mpp, mpp=spec.mpp, level0_scale=spec.mpp / slide_mpp,
-        grid=grid, params=params, tissue_area_mm2=float(tissue.sum()) * (thumb_mpp / 1000.0) ** 2,
+        grid=grid, params=params, tissue_area_mm2=float(area_mask.sum()) * (thumb_mpp / 1000.0) ** 2,
         thumbnail_mpp=thumb_mpp, model_id=spec.model_id, map_hash=map_hash, run_hash=run_hash,
         mask_shrink_um=shrink, identity=identity, bounds=bounds,
+        roi=None if roi is None else str(roi), roi_exclude=tuple(roi_exclude),
     )
     return _reconcile(plan, slide_mpp=slide_mpp, overwrite=overwrite)
+
+
+def slide_regions(
+    roi: str | Path, exclude: tuple[str, ...], *, size: tuple[int, int], offset: tuple[int, int]
+) -> Regions:
+    """A slide's regions of interest (QuPath coordinates shifted by its ``offset``), checked to lie on
+    the slide of level-0 ``size`` (rows, cols)."""
+    regions = load_regions(roi, exclude=exclude, offset=offset, slide_size=(size[1], size[0]))
+    regions.check_inside(size[1], size[0])
+    return regions
 
 
 def _reconcile(plan: SlidePlan, *, slide_mpp: float, overwrite: bool) -> SlidePlan:

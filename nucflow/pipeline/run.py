@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import functools
 import io
 import logging
 import time
@@ -25,7 +26,9 @@ from nucflow.pipeline.finish import finish_slide
 from nucflow.pipeline.image import method_spec
 from nucflow.pipeline.plan import SlidePlan, plan_slide
 from nucflow.pipeline.preflight import local_output, preflight
-from nucflow.report import slides_of_folder, write_report
+from nucflow.report import slides_of_folder, write_region_table, write_report
+from nucflow.roi import DEFAULT_EXCLUDE, match_rois
+from nucflow.slide import slide_stem
 
 __all__ = ["Progress", "SegmentResult", "SlideResult", "segment"]
 
@@ -84,6 +87,8 @@ def segment(
     address: str | None = None,
     cluster_config: ClusterConfig | None = None,
     progress: ProgressCallback | None = None,
+    roi: str | Path | None = None,
+    roi_exclude: Sequence[str] = DEFAULT_EXCLUDE,
 ) -> SegmentResult:
     """Segment every nucleus of ``slides`` into ``out/<slide>/``.
 
@@ -100,6 +105,10 @@ def segment(
     address : Ray cluster to join (else ``RAY_ADDRESS``, else a local Ray).
     cluster_config : actors, batch sizes, local Ray settings (``configs/cluster.yaml`` when None).
     progress : called with :class:`Progress` as tiles and slides finish.
+    roi : regions of interest (:mod:`nucflow.roi`): a QuPath GeoJSON export or mask image for
+        one slide, or a folder of ``<slide stem>.geojson`` (or mask) files; only those regions
+        are segmented and every figure is also given per region (``out/regions.csv``).
+    roi_exclude : annotation classes or names (globs, any case) whose areas are left out.
 
     Returns
     -------
@@ -118,27 +127,52 @@ def segment(
     out = local_output(out).resolve()
     ready = preflight(slides, out, config=config, mpp=mpp, force_mpp=force_mpp, load_spec=method_spec)
     paths, spec, config = ready.paths, ready.spec, ready.config
+    rois = [None] * len(paths) if roi is None else match_rois(roi, [slide_stem(p) for p in paths])
     cluster = cluster_config or load_cluster_config()
     # Slides are planned (thumbnail, tissue, Zarr map) while the model actors start, but only
     # once ray.init has returned: it forks Ray's processes, and a fork while the planning thread
     # is inside a multi-threaded OpenBLAS call (numpy's matmul) deadlocks in OpenBLAS's fork
     # handler (seen: the driver hung in blas_thread_shutdown_ under ray.init).
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        with ray_session(address, config=cluster) as info:
-            planned = pool.submit(
-                _plan_all, paths, ready.names, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite
-            )
-            scheduler = _start_actors(spec, config, cluster)
-            try:
-                if info.nodes > 1 and cluster.check_shared_output:
-                    check_shared_path(out, timeout_s=cluster.shared_check_timeout_s)
-                results = _run(planned.result(), scheduler, config, geojson=geojson, progress=progress)
-            finally:
-                scheduler.shutdown()
+    plan = functools.partial(
+        _plan_all, paths, ready.names, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite,
+        rois=rois, roi_exclude=tuple(roi_exclude),
+    )
+    # A rerun whose slides all have results is planned first: when nothing is left to do (every
+    # slide finished with this configuration, or failing before any tile), it ends here without
+    # starting Ray or the model actors.
+    early = plan() if _maybe_finished(out, ready.names, overwrite=overwrite) else None
+    if early is not None and not any(p.status == "todo" for p in early):
+        log.info("nothing to run: every slide is finished with this configuration (Ray not started)")
+        results = [_outcome(p) for p in early]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            with ray_session(address, config=cluster) as info:
+                planned = pool.submit(plan) if early is None else pool.submit(lambda: early)
+                scheduler = _start_actors(spec, config, cluster)
+                try:
+                    if info.nodes > 1 and cluster.check_shared_output:
+                        check_shared_path(out, timeout_s=cluster.shared_check_timeout_s)
+                    results = _run(planned.result(), scheduler, config, geojson=geojson, progress=progress)
+                finally:
+                    scheduler.shutdown()
     result = SegmentResult(out, tuple(results))
     _write_run_summary(out / "summary.csv", result)
-    write_report(out / "report.html", slides_of_folder(out, result.slides))
+    report_slides = slides_of_folder(out, result.slides)
+    write_report(out / "report.html", report_slides)
+    write_region_table(out / "regions.csv", report_slides)
     return result
+
+
+def _maybe_finished(out: Path, names: Sequence[str], *, overwrite: bool) -> bool:
+    """Whether every slide's folder holds a summary: the run may have nothing left to do."""
+    return not overwrite and all((out / name / "summary.json").is_file() for name in names)
+
+
+def _outcome(plan: SlidePlan) -> SlideResult:
+    """The result of a slide that needs no work: skipped (finished) or failed (at planning)."""
+    if plan.status == "failed":
+        return SlideResult(plan.key, plan.path, "failed", error=plan.error, error_log=plan.error_log)
+    return SlideResult(plan.key, plan.path, "skipped")
 
 
 def _plan_all(
@@ -150,12 +184,14 @@ def _plan_all(
     config: SegmentConfig,
     mpp: float | None,
     overwrite: bool,
+    rois: Sequence[Path | None],
+    roi_exclude: tuple[str, ...],
 ) -> list[SlidePlan]:
     started = time.perf_counter()
     remove_partials(out)  # a killed run's summary.csv
     plans = [
-        plan_slide(p, key, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite)
-        for p, key in zip(paths, names, strict=True)
+        plan_slide(p, key, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite, roi=r, roi_exclude=roi_exclude)
+        for p, key, r in zip(paths, names, rois, strict=True)
     ]
     per_slide = round((time.perf_counter() - started) / max(1, len(plans)), 3)
     return [replace(p, seconds={"plan": per_slide}) for p in plans]
@@ -177,12 +213,7 @@ def _run(
     geojson: bool,
     progress: ProgressCallback | None,
 ) -> list[SlideResult]:
-    outcome: dict[str, SlideResult] = {
-        p.key: SlideResult(p.key, p.path, "failed", error=p.error, error_log=p.error_log)
-        for p in plans
-        if p.status == "failed"
-    }
-    outcome.update({p.key: SlideResult(p.key, p.path, "skipped") for p in plans if p.status == "done"})
+    outcome = {p.key: _outcome(p) for p in plans if p.status != "todo"}
     active = [p for p in plans if p.status == "todo"]
     tracker = _Tracker(active, config, geojson=geojson, progress=progress)
     items = [item for p in active for item in _work_items(p, scheduler.options.batch_size)]
