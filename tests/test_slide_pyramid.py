@@ -110,3 +110,18 @@ def test_truncated_ome_pyramid_is_a_slide_error_naming_it(tmp_path: Path, ome_py
     with pytest.raises(SlideError, match="cut.ome.tif"):
         with open_slide(cut) as slide:
             slide.read(mpp=0.5, row=0, col=0, rows=700, cols=900)
+
+
+def test_threads_sharing_one_handle_read_what_one_thread_reads(ome_pyramid: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    corners = [(r, c) for r in range(0, 700, 90) for c in range(0, 900, 110)]
+    with open_slide(ome_pyramid) as slide:
+
+        def read(corner: tuple[int, int]) -> np.ndarray:
+            return slide.read(mpp=0.5, row=corner[0], col=corner[1], rows=150, cols=150)
+
+        alone = [read(corner) for corner in corners]
+        with ThreadPoolExecutor(6) as pool:
+            shared = list(pool.map(read, corners))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, shared, strict=True))
