@@ -36,6 +36,7 @@ from nucflow.config import CONFIG_DIR, check_fields, load_config, positive, sett
 from nucflow.errors import ClusterError
 
 __all__ = [
+    "AGENT_WAIT_S",
     "DEFAULT_JOBS_ADDRESS",
     "ClusterConfig",
     "ClusterInfo",
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: The Jobs API of a Ray head on this machine (the dashboard port).
 DEFAULT_JOBS_ADDRESS = "http://127.0.0.1:8265"
+#: How long a submission waits for a starting cluster's job agent (seconds).
+AGENT_WAIT_S = 120.0
 
 #: Ray settings nucflow applies before it starts a local Ray (existing values win).
 _LOCAL_RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -527,15 +530,20 @@ class JobClient:
 
     def submit_entrypoint(
         self, entrypoint: str, *, env: Mapping[str, str] | None = None,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None, agent_wait_s: float = AGENT_WAIT_S,
     ) -> str:
-        """Start a shell ``entrypoint`` with nucflow's runtime environment; returns its id."""
+        """Start a shell ``entrypoint`` with nucflow's runtime environment; returns its id.
+
+        Right after a cluster starts, its job agent may not be up yet (Ray answers "No available
+        agent to submit job"): the submission is retried, with a log line saying so, for at most
+        ``agent_wait_s`` seconds, then refused with a :class:`ClusterError`.
+        """
         stage = Path(tempfile.mkdtemp(prefix="nucflow-job-"))
         try:
             runtime_env = _stage_runtime_env(stage, env or {})
-            return str(_call(lambda: self._client.submit_job(
+            return str(_call(lambda: _when_agent_ready(lambda: self._client.submit_job(
                 entrypoint=entrypoint, runtime_env=runtime_env, metadata=dict(metadata or {}),
-            ), self.address))
+            ), self.address, agent_wait_s), self.address))
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 
@@ -586,6 +594,34 @@ class JobClient:
             rows = client.list(resource, options=options, raise_on_missing_output=False)
             nodes.update(str(node) for r in rows if (node := getattr(r, "node_id", None)))
         return tuple(sorted(nodes))
+
+
+_NO_AGENT = "No available agent to submit job"
+
+
+def _when_agent_ready(action: Callable[[], Any], address: str, wait_s: float) -> Any:
+    """``action()``, retried while the cluster says it has no job agent yet (bounded by ``wait_s``)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    pause = 0.5
+    while True:
+        try:
+            return action()
+        except RuntimeError as exc:
+            if _NO_AGENT not in str(exc):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ClusterError(
+                    f"the Ray cluster at {address} has no job agent after {wait_s:g} s of waiting "
+                    "(Ray: 'No available agent to submit job'); is the head node fully started? "
+                    "Check `ray status` on it and submit again"
+                ) from None
+            log.warning("the Ray cluster at %s has no job agent yet (it is starting); retrying for up to %.0f s",
+                        address, left)
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 5.0)
 
 
 def _jobs_address_from_env() -> str:

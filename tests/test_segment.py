@@ -132,6 +132,41 @@ def test_rerun_skips_finished_slides_and_overwrite_redoes(unet_run, demo_svs: Pa
     assert pd.read_csv(out / "summary.csv").loc[0, "status"] == "skipped"
 
 
+_NOOP_RERUN = """
+import json, sys, time
+from dataclasses import replace
+import ray
+
+def refuse(*args, **kwargs):
+    raise SystemExit("ray.init was called by a rerun with nothing to do")
+
+ray.init = refuse
+started = time.perf_counter()
+from nucflow.pipeline import load_segment_config, segment
+defaults = load_segment_config()
+config = replace(defaults, inference=replace(defaults.inference, tile_size=128, margin=32))
+result = segment([sys.argv[1]], sys.argv[2], model=sys.argv[3], config=config, geojson=True)
+print(json.dumps({"status": [s.status for s in result.slides], "ray": ray.is_initialized(),
+                  "seconds": time.perf_counter() - started}))
+"""
+
+
+def test_noop_rerun_finishes_without_starting_ray(unet_run, demo_svs: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """All slides finished: the rerun plans, skips and writes summary.csv without ray.init (a fresh
+    process whose ray.init refuses to run), and Ray's temp folder gets no session."""
+    out, _ = unet_run
+    ray_tmp = tmp_path / "ray"
+    ray_tmp.mkdir()
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_ADDRESS": ""}
+    done = subprocess.run([sys.executable, "-c", _NOOP_RERUN, str(demo_svs), str(out), str(tiny_model)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["status"] == ["skipped"] and report["ray"] is False
+    assert list(ray_tmp.iterdir()) == []
+    assert (out / "summary.csv").is_file()
+
+
 def test_other_model_on_same_output_needs_overwrite(tmp_path: Path, small_svs: Path, tiny_model: Path) -> None:
     segment([small_svs], tmp_path, method="threshold")
     clash = segment([small_svs], tmp_path, model=tiny_model)
