@@ -79,11 +79,12 @@ def test_geojson_holds_qupath_detections_classified_by_positivity(table, tmp_pat
     for feature, row in zip(features, table.itertuples(), strict=True):
         properties = feature["properties"]
         assert properties["objectType"] == "detection"
-        name = "Positive" if row.dab_positive else "Negative"
+        name = ("Negative", "1+", "2+", "3+")[row.dab_intensity]
+        assert (name != "Negative") == row.dab_positive
         assert properties["classification"] == {"name": name, "color": list(CLASS_COLOURS[name])}
         assert properties["measurements"]["Nucleus id"] == row.id
-        assert properties["measurements"]["Area µm^2"] == pytest.approx(row.area_um2)
-        assert properties["measurements"]["DAB OD mean"] == pytest.approx(row.dab_od)
+        assert properties["measurements"]["Nucleus: Area µm^2"] == pytest.approx(row.area_um2)
+        assert properties["measurements"]["Nucleus: DAB OD mean"] == pytest.approx(row.dab_od)
         assert feature["geometry"]["type"] == "Polygon"
         assert shapely.geometry.shape(feature["geometry"]).equals(row.geometry)
 

@@ -40,14 +40,17 @@ log = logging.getLogger(__name__)
 OUTLINE_MAX_MPP = 3.0
 
 
-def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool, poll_s: float = 0.5) -> dict[str, Any]:
+def finish_slide(
+    plan: SlidePlan, config: SegmentConfig, *, geojson: bool | str, poll_s: float = 0.5
+) -> dict[str, Any]:
     """Post-process ``plan``'s map and write its outputs; returns its summary.
 
     The nucleus table is labelled, measured and written part by part (a few blocks at a
     time), so memory does not grow with the slide, and each part waits until the ``done``
     grid shows every planned tile under it written (checked every ``poll_s`` s): the task
     can start while the slide's tiles are still being predicted. Writes ``nuclei.parquet``
-    (and ``nuclei.geojson``), ``overlay.png`` and, last, ``summary.json`` whose presence
+    (and ``nuclei.geojson``, or ``nuclei.geojson.gz`` when ``geojson`` is "gz"; its object ids
+    derive from the slide's content identity, so a rerun writes the same file), ``overlay.png`` and, last, ``summary.json`` whose presence
     with the run's config hash marks the slide finished.
     """
     started = time.perf_counter()
@@ -66,7 +69,7 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool, poll_
                             for index, name in enumerate(regions.names)}
         overlay = OverlayNuclei(
             thumb.shape[:2], level0_scale=thumb_mpp / level0_mpp, outlines=thumb_mpp <= OUTLINE_MAX_MPP,
-            graded=bool(profile.intensity_thresholds),
+            graded=bool(profile.intensity_thresholds), colours=profile.class_colours,
         )
 
         def read_rgb(row: int, col: int, rows: int, cols: int) -> Any:
@@ -78,9 +81,11 @@ def finish_slide(plan: SlidePlan, config: SegmentConfig, *, geojson: bool, poll_
             device=config.postprocess_device,
         )
         scores = ScoreAccumulator(profile)
-        geojson_path = out_dir / "nuclei.geojson" if geojson else None
+        geojson_path = out_dir / ("nuclei.geojson.gz" if geojson == "gz" else "nuclei.geojson") if geojson else None
         with NucleusTableWriter(out_dir / "nuclei.parquet", geojson=geojson_path,
-                                geojson_offset=plan.qupath_offset) as writer:
+                                geojson_offset=plan.qupath_offset, graded=bool(profile.intensity_thresholds),
+                                id_seed=str(plan.identity.get("sample_sha256") or plan.path),
+                                colours=profile.class_colours) as writer:
             for part in parts:
                 names = None
                 if regions is not None:

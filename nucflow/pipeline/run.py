@@ -83,7 +83,7 @@ def segment(
     mpp: float | None = None,
     force_mpp: bool = False,
     overwrite: bool = False,
-    geojson: bool = False,
+    geojson: bool | str = False,
     address: str | None = None,
     cluster_config: ClusterConfig | None = None,
     progress: ProgressCallback | None = None,
@@ -101,7 +101,7 @@ def segment(
     mpp : level-0 µm/px for slides whose metadata lacks it (overrides metadata, with a
         warning; refused when more than 2x from a slide's metadata unless ``force_mpp``).
     overwrite : redo slides that are already (partly) done instead of resuming.
-    geojson : also write ``nuclei.geojson`` for QuPath.
+    geojson : also write ``nuclei.geojson`` for QuPath (``"gz"``: ``nuclei.geojson.gz``).
     address : Ray cluster to join (else ``RAY_ADDRESS``, else a local Ray).
     cluster_config : actors, batch sizes, local Ray settings (``configs/cluster.yaml`` when None).
     progress : called with :class:`Progress` as tiles and slides finish.
@@ -210,7 +210,7 @@ def _run(
     scheduler: TileScheduler,
     config: SegmentConfig,
     *,
-    geojson: bool,
+    geojson: bool | str,
     progress: ProgressCallback | None,
 ) -> list[SlideResult]:
     outcome = {p.key: _outcome(p) for p in plans if p.status != "todo"}
@@ -247,7 +247,7 @@ class _Tracker:
     """
 
     def __init__(
-        self, plans: list[SlidePlan], config: SegmentConfig, *, geojson: bool, progress: ProgressCallback | None
+        self, plans: list[SlidePlan], config: SegmentConfig, *, geojson: bool | str, progress: ProgressCallback | None
     ) -> None:
         self.plans = {p.key: p for p in plans}
         self.remaining = {p.key: len(p.todo) for p in plans}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,10 @@ class PixelSizes:
     halo: int
 
 
+#: The classes a nucleus can get: QuPath's Negative / Positive (positive/negative only) or 1+ / 2+ / 3+.
+CLASS_NAMES = ("Negative", "Positive", "1+", "2+", "3+")
+
+
 @dataclass(frozen=True)
 class PostprocessConfig:
     """How a probability map becomes labelled nuclei, and when a nucleus is DAB-positive.
@@ -59,7 +63,8 @@ class PostprocessConfig:
     mean DAB OD ``intensity_thresholds`` (two increasing values above ``dab_threshold``;
     empty: positive/negative only, no H-score). The Ki67 hot spot is the field of
     ``hotspot_area_mm2`` (a ``hotspot_shape`` "circle" or "square") holding the most
-    positive nuclei.
+    positive nuclei. ``class_colours`` replaces QuPath's colour (RGB 0-255) of a class
+    (Negative, Positive, 1+, 2+, 3+) in the QuPath GeoJSON and the QC picture.
     """
 
     stain_profile: str = "ki67"
@@ -78,6 +83,7 @@ class PostprocessConfig:
     intensity_thresholds: tuple[float, ...] = (0.4, 0.6)
     hotspot_area_mm2: float = setting(0.2, positive())
     hotspot_shape: str = setting("circle", one_of("circle", "square"))
+    class_colours: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -91,6 +97,13 @@ class PostprocessConfig:
                 f"dab_threshold {self.dab_threshold} is 1+), or [] for positive/negative only",
                 template="{key} must {requirement}; got {value!r}",
             )
+        for name, rgb in self.class_colours.items():
+            if name not in CLASS_NAMES or not (isinstance(rgb, list | tuple) and len(rgb) == 3 and all(
+                    isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in rgb)):
+                raise InvalidValue(
+                    f"class_colours.{name}", rgb, f"name a class ({', '.join(CLASS_NAMES)}) and be [R, G, B], "
+                    "integers 0-255", template="{key} must {requirement}; got {value!r}",
+                )
 
     def intensity(self, dab_od: np.ndarray, hematoxylin_od: np.ndarray) -> np.ndarray:
         """DAB intensity class (0, 1, 2, 3 for negative, 1+, 2+, 3+) of nuclei (see :func:`dab_intensity`)."""

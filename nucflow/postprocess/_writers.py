@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
+import io
 import json
 import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from matplotlib.patches import Circle, Rectangle
 from nucflow import __version__
 from nucflow.atomic import atomic_path
 from nucflow.postprocess._blocked import empty_table
-from nucflow.scoring import CLASS_COLOURS, INTENSITY_CLASSES
+from nucflow.scoring import CLASS_COLOURS, INTENSITY_CLASSES, class_name
 
 __all__ = [
     "CLASS_COLOURS", "NucleusTableWriter", "OverlayNuclei", "render_overlay", "write_geojson_qupath",
@@ -32,15 +34,19 @@ __all__ = [
 ]
 
 
+#: GeoJSON measurement names, as QuPath's cell detection names its nucleus measurements (so
+#: its classifiers and scripts, e.g. ones on "Nucleus: DAB OD mean", work on nucflow's nuclei).
 _MEASUREMENTS = {
-    "Area µm^2": "area_um2",
-    "Perimeter µm": "perimeter_um",
-    "Eccentricity": "eccentricity",
-    "Solidity": "solidity",
-    "Hematoxylin OD mean": "hematoxylin_od",
-    "DAB OD mean": "dab_od",
-    "Probability mean": "mean_probability",
+    "Nucleus: Area µm^2": "area_um2",
+    "Nucleus: Perimeter µm": "perimeter_um",
+    "Nucleus: Eccentricity": "eccentricity",
+    "Nucleus: Solidity": "solidity",
+    "Nucleus: Hematoxylin OD mean": "hematoxylin_od",
+    "Nucleus: DAB OD mean": "dab_od",
+    "Nucleus: Probability mean": "mean_probability",
 }
+#: Namespace of the nuclei's GeoJSON object ids: uuid5(namespace, "<slide seed>/<nucleus id>").
+OBJECT_ID_NAMESPACE = uuid.UUID("5b0c3f3e-8d1e-4a43-9a51-6e75636c666c")
 
 
 def write_geoparquet(table: gpd.GeoDataFrame, path: str | Path) -> Path:
@@ -51,19 +57,26 @@ def write_geoparquet(table: gpd.GeoDataFrame, path: str | Path) -> Path:
 
 
 def write_geojson_qupath(
-    table: gpd.GeoDataFrame, path: str | Path, *, offset: tuple[float, float] = (0.0, 0.0)
+    table: gpd.GeoDataFrame, path: str | Path, *, offset: tuple[float, float] = (0.0, 0.0),
+    graded: bool = True, id_seed: str = "", colours: Mapping[str, Sequence[int]] | None = None,
 ) -> Path:
-    """Write nuclei as a GeoJSON FeatureCollection that QuPath imports as detections.
+    """Write nuclei as a GeoJSON FeatureCollection that QuPath imports as detections (gzipped
+    when ``path`` ends in ``.gz``).
 
-    Each feature has ``objectType: "detection"``, a Positive/Negative ``classification``
-    with QuPath's colours, and the table's measurements; geometry is the level-0 outline
-    minus ``offset`` (x, y): QuPath's coordinates for a slide it crops to its
-    ``openslide.bounds-*`` (see :attr:`nucflow.slide.Slide.qupath_offset`).
+    As QuPath (0.4 and later) writes them: each feature has a deterministic UUID ``id``
+    (uuid5 of ``id_seed`` and the nucleus id, so a rerun writes the same file),
+    ``objectType: "detection"``, a ``classification`` ({name, color}) by DAB intensity,
+    Negative / 1+ / 2+ / 3+ (``graded``) or Negative / Positive, in QuPath's colours unless
+    ``colours`` names others, and the measurements as a map named as QuPath names nucleus
+    measurements; a measurement that is not a number is the string "NaN", as QuPath writes it.
+    Geometry is the level-0 outline minus ``offset`` (x, y): QuPath's coordinates for a slide
+    it crops to its ``openslide.bounds-*`` (see :attr:`nucflow.slide.Slide.qupath_offset`).
     """
     with atomic_path(path) as temp:
-        with open(temp, "w", encoding="utf-8") as out:
+        with _open_text(temp, gz=str(path).endswith(".gz")) as out:
             out.write('{"type": "FeatureCollection", "features": [')
-            for index, feature in enumerate(_features(table, offset)):
+            for index, feature in enumerate(_features(table, offset, graded=graded, id_seed=id_seed,
+                                                      colours=colours)):
                 out.write(",\n" if index else "\n")
                 out.write(feature)
             out.write("\n]}\n")
@@ -81,10 +94,12 @@ class NucleusTableWriter:
 
     def __init__(
         self, parquet: str | Path, *, geojson: str | Path | None = None,
-        geojson_offset: tuple[float, float] = (0.0, 0.0),
+        geojson_offset: tuple[float, float] = (0.0, 0.0), graded: bool = True, id_seed: str = "",
+        colours: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self._paths = (Path(parquet), None if geojson is None else Path(geojson))
         self._offset = geojson_offset  # (x, y) subtracted from GeoJSON coordinates (QuPath's origin)
+        self._feature_options: dict[str, Any] = {"graded": graded, "id_seed": id_seed, "colours": colours}
         self._stack = contextlib.ExitStack()
         self._parquet: pq.ParquetWriter | None = None
         self._geojson: Any = None
@@ -98,7 +113,8 @@ class NucleusTableWriter:
             self._parquet = pq.ParquetWriter(stack.enter_context(atomic_path(parquet)), schema)
             stack.callback(self._parquet.close)
             if geojson is not None:
-                self._geojson = stack.enter_context(open(stack.enter_context(atomic_path(geojson)), "w"))
+                self._geojson = stack.enter_context(
+                    _open_text(stack.enter_context(atomic_path(geojson)), gz=str(geojson).endswith(".gz")))
                 self._geojson.write('{"type": "FeatureCollection", "features": [')
             self._stack = stack.pop_all()
         return self
@@ -109,7 +125,7 @@ class NucleusTableWriter:
             raise RuntimeError("NucleusTableWriter.write outside its with-block")
         self._parquet.write_table(_arrow(part))
         if self._geojson is not None:
-            for feature in _features(part, self._offset):
+            for feature in _features(part, self._offset, **self._feature_options):
                 self._geojson.write(",\n" if self._features else "\n")
                 self._geojson.write(feature)
                 self._features += 1
@@ -149,31 +165,51 @@ def _arrow(table: gpd.GeoDataFrame) -> pa.Table:
 _WKB_FIELD = {"ARROW:extension:name": "geoarrow.wkb", "ARROW:extension:metadata": "{}"}
 
 
-def _features(table: gpd.GeoDataFrame, offset: tuple[float, float] = (0.0, 0.0)) -> Iterator[str]:
+def _features(
+    table: gpd.GeoDataFrame, offset: tuple[float, float] = (0.0, 0.0), *, graded: bool = True, id_seed: str = "",
+    colours: Mapping[str, Sequence[int]] | None = None,
+) -> Iterator[str]:
     """One JSON text per nucleus (geometry minus ``offset`` (x, y), serialised by GEOS, to 0.01 px)."""
+    palette = {**CLASS_COLOURS, **(colours or {})}
     columns = {name: table[column].to_numpy(float) for name, column in _MEASUREMENTS.items()}
-    positive = table["dab_positive"].to_numpy(bool)
+    classes = _classes(table, graded=graded)
     shift = np.asarray(offset, float)
     rounded = shapely.transform(table.geometry.to_numpy(), lambda x_y: np.round(x_y - shift, 2))
     geometries = shapely.to_geojson(rounded)
     for row, nucleus_id in enumerate(table["id"].to_numpy()):
-        name = "Positive" if positive[row] else "Negative"
+        name = class_name(int(classes[row]), graded=graded)
         measurements = {key: _number(values[row]) for key, values in columns.items()}
         properties = {
             "objectType": "detection",
-            "name": f"nucleus {int(nucleus_id)}",
-            "classification": {"name": name, "color": list(CLASS_COLOURS[name])},
-            "isLocked": False,
+            "classification": {"name": name, "color": [int(v) for v in palette[name]]},
             "measurements": {"Nucleus id": int(nucleus_id), **measurements},
         }
+        object_id = uuid.uuid5(OBJECT_ID_NAMESPACE, f"{id_seed}/{int(nucleus_id)}")
         yield (
-            f'{{"type": "Feature", "id": "{uuid.uuid4()}", "geometry": {geometries[row]}, '
-            f'"properties": {json.dumps(properties)}}}'
+            f'{{"type": "Feature", "id": "{object_id}", "geometry": {geometries[row]}, '
+            f'"properties": {json.dumps(properties, ensure_ascii=False, allow_nan=False)}}}'
         )
 
 
-def _number(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
+def _number(value: float) -> float | str:
+    """A measurement as QuPath writes one: a number, or "NaN" / "Infinity" / "-Infinity" as strings."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return float(value)
+
+
+@contextlib.contextmanager
+def _open_text(path: Path, *, gz: bool) -> Iterator[Any]:
+    """A UTF-8 text file to write, gzip-compressed when ``gz`` (no timestamp: reruns give the same bytes)."""
+    if not gz:
+        with open(path, "w", encoding="utf-8") as out:
+            yield out
+        return
+    with (open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as packed,
+          io.TextIOWrapper(packed, encoding="utf-8") as out):
+        yield out
 
 
 class OverlayNuclei:
@@ -188,10 +224,13 @@ class OverlayNuclei:
     level0_scale : level-0 pixels per thumbnail pixel.
     outlines : draw outlines (True) or the count raster (False).
     graded : classes Negative/1+/2+/3+ from ``dab_intensity`` (True) or Negative/Positive.
+    colours : class colours (RGB 0-255) replacing QuPath's (the stain profile's ``class_colours``).
     """
 
-    def __init__(self, shape: tuple[int, int], *, level0_scale: float, outlines: bool, graded: bool = True) -> None:
+    def __init__(self, shape: tuple[int, int], *, level0_scale: float, outlines: bool, graded: bool = True,
+                 colours: Mapping[str, Sequence[int]] | None = None) -> None:
         self.shape, self.level0_scale, self.outlines, self.graded = shape, level0_scale, outlines, graded
+        self.palette = {name: tuple(int(v) for v in rgb) for name, rgb in {**CLASS_COLOURS, **(colours or {})}.items()}
         self.names = list(INTENSITY_CLASSES) if graded else ["Negative", "Positive"]
         self.counts = dict.fromkeys(self.names, 0)
         self._rings: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
@@ -222,7 +261,7 @@ class OverlayNuclei:
         if self.outlines:
             for name, outlines in self._rings.items():
                 if outlines:
-                    colour = np.array(CLASS_COLOURS[name]) / 255
+                    colour = np.array(self.palette[name]) / 255
                     axes.add_collection(PolyCollection(
                         outlines, facecolors="none", edgecolors=[colour], linewidths=1.0
                     ))
@@ -233,7 +272,7 @@ class OverlayNuclei:
         winner = len(self.names) - 1 - winner
         rgba = np.zeros((*self.shape, 4), np.float32)
         for index, name in enumerate(self.names):
-            rgba[(winner == index) & (total > 0), :3] = np.array(CLASS_COLOURS[name]) / 255
+            rgba[(winner == index) & (total > 0), :3] = np.array(self.palette[name]) / 255
         rgba[..., 3] = np.where(total > 0, 0.45 + 0.45 * np.minimum(total, 4) / 4, 0.0)
         rows, cols = self.shape
         axes.imshow(rgba, extent=(0, cols, rows, 0), interpolation="nearest")
@@ -337,7 +376,7 @@ def _draw_legend(
     strip.set_axis_off()
     strip.set_xlim(0, 1)
     strip.set_ylim(0, 1)
-    handles = [Line2D([], [], color=_rgb(CLASS_COLOURS[name]), linewidth=2,
+    handles = [Line2D([], [], color=_rgb(nuclei.palette[name]), linewidth=2,
                       label=f"{name} ({nuclei.counts[name]})") for name in nuclei.names]
     handles.append(Line2D([], [], color="#00a000", linewidth=1.5, label="tissue"))
     if hot_spot:
@@ -370,7 +409,7 @@ def _padded_extent(mask_rows: int, mask_cols: int, rows: int, cols: int) -> tupl
     return (-step_c / 2, cols + step_c / 2, -step_r / 2, rows + step_r / 2)
 
 
-def _rgb(colour: tuple[int, int, int]) -> tuple[float, float, float]:
+def _rgb(colour: Sequence[int]) -> tuple[float, float, float]:
     """A 0-255 RGB colour as matplotlib's 0-1 floats."""
     red, green, blue = colour
     return red / 255, green / 255, blue / 255
