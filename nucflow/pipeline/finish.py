@@ -50,7 +50,8 @@ def finish_slide(
     grid shows every planned tile under it written (checked every ``poll_s`` s): the task
     can start while the slide's tiles are still being predicted. Writes ``nuclei.parquet``
     (and ``nuclei.geojson``, or ``nuclei.geojson.gz`` when ``geojson`` is "gz"; its object ids
-    derive from the slide's content identity, so a rerun writes the same file), ``overlay.png`` and, last, ``summary.json`` whose presence
+    derive from the slide's content identity, so a rerun writes the same file), ``overlay.png``
+    and, last, ``summary.json`` whose presence
     with the run's config hash marks the slide finished.
     """
     started = time.perf_counter()
