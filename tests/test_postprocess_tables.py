@@ -233,3 +233,17 @@ def test_overlay_has_a_scale_bar_a_legend_and_the_hot_spot(table, tmp_path: Path
     assert ring.sum() > 100 and np.abs(distance[ring] - 100).max() < 3
     colourful = (strip.max(axis=2) - strip.min(axis=2)) > 80
     assert colourful[:, :300].sum() > 50  # the legend's coloured keys on the left
+
+
+def test_overlay_outlines_the_regions_of_interest(table, tmp_path: Path):
+    thumbnail = np.full((96, 160, 3), 240, np.uint8)
+    regions = np.zeros((96, 160), bool)
+    regions[10:60, 90:150] = True
+    render_overlay(thumbnail, level0_scale=2.0, tissue_mask=None, nuclei=table, path=tmp_path / "o.png",
+                   regions_mask=regions)
+    picture = imread(tmp_path / "o.png")[:96, :160, :3].astype(int)
+    blue = (picture[..., 2] > 200) & (picture[..., 0] < 80) & (picture[..., 1] < 160)
+    rows, cols = np.nonzero(blue)
+    assert blue.sum() > 40
+    assert rows.min() >= 8 and rows.max() <= 61 and cols.min() >= 88 and cols.max() <= 151  # on the box's edge
+    assert not blue[20:50, 100:140].any()  # an outline, not a fill

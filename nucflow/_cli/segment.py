@@ -32,7 +32,7 @@ __all__ = ["segment"]
 @click.option("--force-mpp", is_flag=True,
               help="Use --mpp even when it is more than 2x from a slide's metadata (refused otherwise).")
 @click.option("--stain", "stain_profile", help="Stain profile: ki67, her2, or a YAML path.")
-@click.option("--geojson", "geojson", flag_value=True, default=False,
+@click.option("--geojson", "geojson", flag_value="plain", type=str, default=None,
               help="Also write nuclei.geojson for QuPath (detections classified Negative/1+/2+/3+).")
 @click.option("--geojson-gz", "geojson", flag_value="gz", help="The same, gzipped: nuclei.geojson.gz.")
 @click.option("--overwrite", is_flag=True, help="Redo slides already (partly) done instead of resuming.")

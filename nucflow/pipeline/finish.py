@@ -61,11 +61,12 @@ def finish_slide(
     level0_mpp = plan.mpp / plan.level0_scale
     with open_slide(plan.path, mpp=plan.mpp_override) as slide:
         thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)
-        regions, region_areas = None, None
+        regions, region_areas, regions_mask = None, None, None
         if plan.roi is not None:  # only the regions' tissue, as planned
             regions = slide_regions(plan.roi, plan.roi_exclude, size=slide.size, offset=plan.qupath_offset)
             grid = regions.label_grid(tissue.shape, thumb_mpp / level0_mpp)
-            tissue = tissue & (grid >= 0)
+            regions_mask = grid >= 0
+            tissue = tissue & regions_mask
             region_areas = {name: float((grid[tissue] == index).sum()) * (thumb_mpp / 1000.0) ** 2
                             for index, name in enumerate(regions.names)}
         overlay = OverlayNuclei(
@@ -97,7 +98,8 @@ def finish_slide(
     scoring = scores.summary(um_per_level0_px=level0_mpp, region_areas_mm2=region_areas)
     seconds_post = time.perf_counter() - started - waiter.seconds
     render_overlay(thumb, level0_scale=thumb_mpp / level0_mpp, tissue_mask=tissue, nuclei=overlay,
-                   path=out_dir / "overlay.png", mpp=thumb_mpp, hot_spot=scoring["hot_spot"])
+                   path=out_dir / "overlay.png", mpp=thumb_mpp, hot_spot=scoring["hot_spot"],
+                   regions_mask=regions_mask)
     ProbabilityMap(plan.map_path).write_pyramid()  # OME-Zarr levels for viewers, every tile being written
     seconds_write = time.perf_counter() - started - waiter.seconds - seconds_post
     seconds = {**plan.seconds, "postprocess": round(seconds_post, 3), "write": round(seconds_write, 3),

@@ -288,6 +288,7 @@ def _classes(table: gpd.GeoDataFrame, *, graded: bool) -> np.ndarray:
 #: Height (px) of the strip under the picture holding the legend and the scale bar.
 LEGEND_STRIP_PX = 44
 _HOT_SPOT_COLOUR = "#e000e0"
+_REGIONS_COLOUR = "#0070ff"
 
 
 def render_overlay(
@@ -300,6 +301,7 @@ def render_overlay(
     mpp: float | None = None,
     hot_spot: dict[str, Any] | None = None,
     legend: bool = True,
+    regions_mask: np.ndarray | None = None,
 ) -> Path:
     """Save a QC picture: the thumbnail, the tissue outline, nuclei outlined in their class's
     colour, the hot spot, and under it a strip with the legend and a scale bar.
@@ -320,6 +322,8 @@ def render_overlay(
     hot_spot : the ``hot_spot`` of :func:`nucflow.scoring.score_nuclei` (level-0 ``centre_x``,
         ``centre_y``, ``size_px``, ``shape``), outlined with its labelling index.
     legend : add the strip under the picture (classes with their counts, hot spot, scale bar).
+    regions_mask : where the regions of interest lie (bool, stretched like ``tissue_mask``),
+        outlined in blue.
     """
     rows, cols = thumbnail.shape[:2]
     if isinstance(nuclei, gpd.GeoDataFrame):
@@ -335,12 +339,13 @@ def render_overlay(
     figure.patch.set_facecolor("white")
     axes = figure.add_axes((0, strip / height, cols / width, rows / height))
     axes.imshow(thumbnail, extent=(0, cols, rows, 0), interpolation="nearest")
-    if tissue_mask is not None and tissue_mask.any():
-        mask_rows, mask_cols = tissue_mask.shape
-        axes.contour(
-            np.pad(tissue_mask, 1).astype(np.uint8), levels=[0.5], colors=["#00a000"],
-            linewidths=1.0, extent=_padded_extent(mask_rows, mask_cols, rows, cols),
-        )
+    for mask, colour, style in ((tissue_mask, "#00a000", "solid"), (regions_mask, _REGIONS_COLOUR, "dashed")):
+        if mask is not None and mask.any():
+            mask_rows, mask_cols = mask.shape
+            axes.contour(
+                np.pad(mask, 1).astype(np.uint8), levels=[0.5], colors=[colour], linestyles=[style],
+                linewidths=1.5 if style == "dashed" else 1.0, extent=_padded_extent(mask_rows, mask_cols, rows, cols),
+            )
     nuclei.draw(axes)
     if hot_spot:
         _draw_hot_spot(axes, hot_spot, level0_scale)
@@ -349,7 +354,7 @@ def render_overlay(
     axes.set_axis_off()
     if legend:
         _draw_legend(figure, (0, 0, 1, strip / height), nuclei, hot_spot=hot_spot,
-                     mpp=mpp, px_per_axes=cols / width)
+                     mpp=mpp, px_per_axes=cols / width, regions=bool(regions_mask is not None and regions_mask.any()))
     with atomic_path(path) as temp:
         figure.savefig(temp, format="png", dpi=100, facecolor="white")
     return Path(path)
@@ -369,7 +374,7 @@ def _draw_hot_spot(axes: Any, hot_spot: dict[str, Any], level0_scale: float) -> 
 
 def _draw_legend(
     figure: Figure, box: tuple[float, float, float, float], nuclei: OverlayNuclei, *,
-    hot_spot: dict[str, Any] | None, mpp: float | None, px_per_axes: float,
+    hot_spot: dict[str, Any] | None, mpp: float | None, px_per_axes: float, regions: bool = False,
 ) -> None:
     """Classes (outline colours, counts), tissue, hot spot on the left; the scale bar on the right."""
     strip = figure.add_axes(box)
@@ -379,6 +384,8 @@ def _draw_legend(
     handles = [Line2D([], [], color=_rgb(nuclei.palette[name]), linewidth=2,
                       label=f"{name} ({nuclei.counts[name]})") for name in nuclei.names]
     handles.append(Line2D([], [], color="#00a000", linewidth=1.5, label="tissue"))
+    if regions:
+        handles.append(Line2D([], [], color=_REGIONS_COLOUR, linewidth=1.5, linestyle="--", label="regions"))
     if hot_spot:
         handles.append(Line2D([], [], color=_HOT_SPOT_COLOUR, linewidth=2, linestyle="--",
                               label=f"hot spot {hot_spot['labelling_index_percent']:.1f}%"))
