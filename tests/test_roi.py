@@ -158,7 +158,7 @@ def test_segment_with_a_roi_folder_segments_and_scores_only_its_regions(tmp_path
     from nucflow.pipeline import load_segment_config, segment
 
     defaults = load_segment_config()
-    config = replace(defaults, inference=replace(defaults.inference, tile_size=128, margin=32))
+    config = replace(defaults, inference=replace(defaults.inference, tile_size=256, margin=32))
     roi = _demo_roi(tmp_path / "rois")
     whole = segment([demo_svs], tmp_path / "whole", method="threshold", config=config)
     part = segment([demo_svs], tmp_path / "roi", method="threshold", config=config, roi=roi.parent)
