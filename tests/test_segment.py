@@ -200,6 +200,9 @@ def test_many_slides_failures_and_name_clashes(tmp_path: Path, small_svs: Path, 
         assert json.loads((out / real / "summary.json").read_text())["nuclei"] > 50
     csv = pd.read_csv(out / "summary.csv")
     assert set(csv["status"]) == {"ok", "failed"} and csv.set_index("slide").loc["broken", "error"]
+    report = (out / "report.html").read_text()  # the cohort page of this partly failed run
+    assert "<tr class='failed'><td class='name'>broken</td>" in report
+    assert all(f"id='slide-{k}'" in report for k, v in by_status.items() if v == "ok")
     small = [k for k in by_status if k.startswith("small-")]
     tables = [_table(out, k) for k in small]
     assert len(tables[0]) > 10 and len(tables[0]) == len(tables[1])
