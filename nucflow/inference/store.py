@@ -21,7 +21,8 @@ Only the driver writes ``done``; each model actor writes whole, chunk-aligned co
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from zarr.codecs import BloscCodec
 
 from nucflow.slide.tiles import Tile
 
-__all__ = ["MapMetadata", "ProbabilityMap", "create_map", "ome_metadata", "open_map", "to_uint8"]
+__all__ = ["DoneRecorder", "MapMetadata", "ProbabilityMap", "create_map", "ome_metadata", "open_map", "to_uint8"]
 
 _DONE_CHUNK = 256
 #: OME-Zarr (NGFF) version written: 0.5 is the one for Zarr 3 groups.
@@ -89,6 +90,8 @@ class MapMetadata:
     tile_core: int | None = None
     tile_margin: int | None = None
     nucflow_version: str = ""
+    #: Seconds the slide's tiles took, recorded by the driver with the slide's last tiles.
+    inference_s: float = 0.0
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON-ready attributes (tuples as lists)."""
@@ -129,6 +132,10 @@ class ProbabilityMap:
     def metadata(self) -> MapMetadata:
         """The map's :class:`MapMetadata` (read from the group's attributes)."""
         return MapMetadata.from_attrs(self.attrs)
+
+    def record_inference_seconds(self, seconds: float) -> None:
+        """Store :attr:`MapMetadata.inference_s` (the driver, before the slide's last tiles are marked done)."""
+        zarr.open_group(self.path, mode="r+").attrs["inference_s"] = float(seconds)
 
     def array(self, *, mode: str = "r") -> zarr.Array:
         return zarr.open_array(f"{self.path}/probability", mode=mode)
@@ -181,6 +188,43 @@ class ProbabilityMap:
             source = target
         group.attrs["ome"] = ome_metadata(float(self.attrs["mpp"]), paths)
         return paths
+
+
+class DoneRecorder:
+    """Records finished tiles in their maps' ``done`` grids, batched: one write per map per flush.
+
+    The driver adds tiles as they finish and flushes when :meth:`due` (every ``every_s``
+    seconds), when a slide's last tile is in, and when the run stops for any reason: a killed
+    run redoes at most ``every_s`` seconds of tiles, and a finishing task sees tiles at most
+    that late. ``maps`` is slide key -> (map path, the grid's tiles).
+    """
+
+    def __init__(self, maps: Mapping[str, tuple[str, Sequence[Tile]]], *, every_s: float = 1.0) -> None:
+        self._maps = dict(maps)
+        self._pending: dict[str, list[int]] = {}
+        self._every_s = every_s
+        self._flushed_at = time.monotonic()
+
+    def add(self, key: str, indices: Iterable[int]) -> None:
+        self._pending.setdefault(key, []).extend(indices)
+
+    def due(self) -> bool:
+        return time.monotonic() - self._flushed_at >= self._every_s
+
+    def finished(self, key: str, inference_s: float) -> None:
+        """Slide ``key``'s last tile is in: record its inference time, then flush its tiles, so a
+        finishing task that sees every tile done also sees the time."""
+        ProbabilityMap(self._maps[key][0]).record_inference_seconds(inference_s)
+        self.flush(key)
+
+    def flush(self, only: str | None = None) -> None:
+        """Write the pending tiles of slide ``only`` (or of every slide) to their ``done`` grids."""
+        for key in [only] if only else list(self._pending):
+            indices = self._pending.pop(key, [])
+            if indices:
+                path, tiles = self._maps[key]
+                ProbabilityMap(path).mark_done(tiles[i] for i in indices)
+        self._flushed_at = time.monotonic()
 
 
 def _halve_into(source: zarr.Array, target: zarr.Array) -> None:

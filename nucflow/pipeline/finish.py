@@ -51,8 +51,9 @@ def finish_slide(
     can start while the slide's tiles are still being predicted. Writes ``nuclei.parquet``
     (and ``nuclei.geojson``, or ``nuclei.geojson.gz`` when ``geojson`` is "gz"; its object ids
     derive from the slide's content identity, so a rerun writes the same file), ``overlay.png``
-    and, last, ``summary.json`` whose presence
-    with the run's config hash marks the slide finished.
+    and, last, ``summary.json`` (with the inference time the driver recorded in the map's
+    metadata with the slide's last tiles), whose presence with the run's config hash marks the
+    slide finished.
     """
     started = time.perf_counter()
     waiter = _TileWaiter(plan, poll_s=poll_s)
@@ -103,10 +104,11 @@ def finish_slide(
     ProbabilityMap(plan.map_path).write_pyramid()  # OME-Zarr levels for viewers, every tile being written
     seconds_write = time.perf_counter() - started - waiter.seconds - seconds_post
     seconds = {**plan.seconds, "postprocess": round(seconds_post, 3), "write": round(seconds_write, 3),
-               "waiting_for_tiles": round(waiter.seconds, 3)}
+               "waiting_for_tiles": round(waiter.seconds, 3),
+               "inference": round(ProbabilityMap(plan.map_path).metadata.inference_s, 3)}
     summary = slide_summary(plan, nuclei=writer.rows, positive=scoring["positive"], seconds=seconds,
                             scoring=scoring)
-    write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / "summary.json", summary)  # the one writer of summary.json
     return summary
 
 

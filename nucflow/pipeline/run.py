@@ -15,14 +15,14 @@ from typing import Any
 
 import ray
 
-from nucflow.atomic import remove_partials, write_json, write_text
+from nucflow.atomic import remove_partials, write_text
 from nucflow.cluster import ClusterConfig, check_shared_path, load_cluster_config, ray_session
 from nucflow.inference.actors import TileScheduler, WorkItem, actor_options_for_cluster
 from nucflow.inference.predictors import MethodSpec, parse_method
-from nucflow.inference.store import ProbabilityMap
+from nucflow.inference.store import DoneRecorder
 from nucflow.pipeline.config import SegmentConfig
 from nucflow.pipeline.failures import record_failure
-from nucflow.pipeline.finish import finish_slide
+from nucflow.pipeline.finishing import FinishingQueue
 from nucflow.pipeline.image import method_spec
 from nucflow.pipeline.plan import SlidePlan, plan_slide
 from nucflow.pipeline.preflight import local_output, preflight
@@ -237,14 +237,11 @@ def _work_items(plan: SlidePlan, batch_size: int) -> list[WorkItem]:
 
 
 class _Tracker:
-    """Follows tiles to completion per slide, records them, and runs each slide's finishing task.
-
-    A slide's finishing task is started before its tiles are predicted, not after its last:
-    it post-processes each part of the map as soon as the tiles under it are recorded, so
-    post-processing (and its worker's start-up) runs beside inference. At most one finishing
-    task per node runs at a time (slides wait their turn in order), so a long cohort does not
-    start a process per slide at once.
-    """
+    """Counts tiles to completion per slide and reports progress; finished tiles go to the
+    slides' ``done`` grids through a :class:`DoneRecorder`, and each slide's finishing task runs
+    in a :class:`FinishingQueue`, started with the run so post-processing overlaps inference.
+    A slide's inference time goes into its map's metadata with its last tiles; its finishing
+    task writes ``summary.json``, once, with it."""
 
     def __init__(
         self, plans: list[SlidePlan], config: SegmentConfig, *, geojson: bool | str, progress: ProgressCallback | None
@@ -252,52 +249,29 @@ class _Tracker:
         self.plans = {p.key: p for p in plans}
         self.remaining = {p.key: len(p.todo) for p in plans}
         self.started = {p.key: time.perf_counter() for p in plans}
-        self.inference_s: dict[str, float] = {}
         self.errors: dict[str, tuple[str, str]] = {}  # slide -> (error line, error log)
-        self.finishing: dict[str, Any] = {}
-        self.waiting: list[str] = []  # slides whose finishing task has not started, in order
-        self.running: dict[Any, str] = {}  # finishing task -> slide
-        self.unrecorded: dict[str, list[int]] = {}
-        self.recorded_at = time.monotonic()
-        self.geojson, self.progress = geojson, progress
-        self.total = sum(self.remaining.values())
-        self.done = 0
-        self.max_running = max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
-        # A task asking for more CPUs than any node has would wait forever: cap it.
-        cpus = min(config.postprocess_cpus, _largest_node_cpus())
-        self.config = replace(config, postprocess_cpus=cpus)
-        self._finish: Any = ray.remote(num_cpus=cpus, max_retries=1, scheduling_strategy="SPREAD")(
-            finish_slide  # type: ignore[arg-type]
+        self.total, self.done = sum(self.remaining.values()), 0
+        self.progress = progress
+        self.recorder = DoneRecorder(
+            {p.key: (p.map_path, p.grid.tiles if p.grid is not None else ()) for p in plans}, every_s=_RECORD_EVERY_S
         )
-        self.waiting.extend(self.remaining)  # in slide order; each task waits for its tiles
-        self._pump()
+        self.queue = FinishingQueue(plans, config, geojson=geojson)
 
     def tiles_done(self, item: WorkItem, indices: tuple[int, ...]) -> None:
         key = item.slide_key
-        self.unrecorded.setdefault(key, []).extend(indices)
+        self.recorder.add(key, indices)
         self.remaining[key] -= len(indices)
         self.done += len(indices)
         self._report("tiles", self.done, self.total, key)
         if self.remaining[key] == 0 and key not in self.errors:
-            self.record_done(key)
-            self.inference_s[key] = time.perf_counter() - self.started[key]
-        elif time.monotonic() - self.recorded_at >= _RECORD_EVERY_S:
-            self.record_done()
-        self._pump()
+            self.recorder.finished(key, time.perf_counter() - self.started[key])
+        elif self.recorder.due():
+            self.recorder.flush()
+        self.queue.pump()
 
-    def record_done(self, only: str | None = None) -> None:
-        """Write finished tiles to each slide's ``done`` grid (batched: a write per slide, not per tile).
-
-        Called at most every ``_RECORD_EVERY_S`` seconds, when a slide completes, and when the
-        run stops for any reason; a killed run redoes at most that many seconds of tiles, and
-        a finishing task sees tiles at most that late.
-        """
-        for key in [only] if only else list(self.unrecorded):
-            indices = self.unrecorded.pop(key, [])
-            grid = self.plans[key].grid
-            if indices and grid is not None:
-                ProbabilityMap(self.plans[key].map_path).mark_done(grid.tiles[i] for i in indices)
-        self.recorded_at = time.monotonic()
+    def record_done(self) -> None:
+        """Write every finished tile to its ``done`` grid (also when the run stops for any reason)."""
+        self.recorder.flush()
 
     def failed(self, item: WorkItem, exc: BaseException) -> None:
         key = item.slide_key
@@ -305,43 +279,20 @@ class _Tracker:
             plan = self.plans[key]
             self.errors[key] = record_failure(plan.out_dir, plan.path, exc, stage="inference")
             log.info("slide %s failed: %s", key, self.errors[key][0])  # the caller reports it, once
-            self._drop_finishing(key)
+            self.queue.cancel(key)
         self.done += len(item.tiles)
         self._report("tiles", self.done, self.total, key)
 
-    def _pump(self) -> None:
-        """Forget finishing tasks that ended; start waiting ones while fewer than the cap run."""
-        if self.running:
-            ended, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
-            for ref in ended:
-                del self.running[ref]
-        while self.waiting and len(self.running) < self.max_running:
-            key = self.waiting.pop(0)
-            ref = self._finish.remote(self.plans[key], self.config, geojson=self.geojson)
-            self.finishing[key], self.running[ref] = ref, key
-
-    def _drop_finishing(self, key: str) -> None:
-        """A failed slide's finishing task would wait for tiles that never come: cancel it."""
-        if key in self.waiting:
-            self.waiting.remove(key)
-        ref = self.finishing.pop(key, None)
-        if ref is not None:
-            self.running.pop(ref, None)
-            ray.cancel(ref, force=True)
-
     def finish(self) -> dict[str, SlideResult]:
         """Wait for every finishing task (starting the ones still waiting); the outcomes."""
-        while self.waiting or self.running:
-            if self.running:
-                ray.wait(list(self.running), num_returns=1)
-            self._pump()
+        tasks = self.queue.wait_all()
         results = {
             k: SlideResult(k, self.plans[k].path, "failed", error=line, error_log=log_path)
             for k, (line, log_path) in self.errors.items()
         }
-        for n, (key, ref) in enumerate(self.finishing.items(), start=1):
+        for n, (key, ref) in enumerate(tasks.items(), start=1):
             results[key] = self._collect(key, ref)
-            self._report("slides", n, len(self.finishing), key)
+            self._report("slides", n, len(tasks), key)
         return results
 
     def _collect(self, key: str, ref: Any) -> SlideResult:
@@ -351,9 +302,6 @@ class _Tracker:
         except ray.exceptions.RayError as exc:  # the task raised, or its worker died
             line, log_path = record_failure(self.plans[key].out_dir, path, exc, stage="post-processing")
             return SlideResult(key, path, "failed", error=line, error_log=log_path)
-        # The task started before the slide's last tile: the driver adds the inference time.
-        summary["seconds"] = {**summary["seconds"], "inference": round(self.inference_s.get(key, 0.0), 3)}
-        write_json(Path(self.plans[key].out_dir) / "summary.json", summary)
         if summary["nuclei"] == 0:
             log.warning("slide %s: no nuclei found (no tissue or an empty slide?)", key)
         return SlideResult(key, path, "ok", summary=summary)
@@ -361,10 +309,6 @@ class _Tracker:
     def _report(self, stage: str, done: int, total: int, slide: str) -> None:
         if self.progress is not None:
             self.progress(Progress(stage, done, total, slide))
-
-
-def _largest_node_cpus() -> float:
-    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0) or 1.0
 
 
 _CSV_FIELDS = (
