@@ -25,3 +25,20 @@ def test_metadata_round_trips_and_old_maps_get_the_defaults(tmp_path: Path) -> N
                                                                                                   (0.0, 0.0))
     old = MapMetadata.from_attrs({"mpp": 0.5, "model_id": "m"})  # an earlier version's map
     assert (old.slide_mpp, old.level0_scale, old.level0_offset, old.slide_identity) == (None, 1.0, (0.0, 0.0), {})
+
+
+def test_done_recorder_batches_and_records_the_inference_time_first(tmp_path: Path) -> None:
+    from nucflow.inference.store import DoneRecorder
+    from nucflow.slide import tile_grid
+
+    grid = tile_grid((256, 256), tile_size=128, margin=32)
+    store = create_map(tmp_path / "p.zarr", shape=grid.shape, core=grid.core, attrs=MapMetadata(mpp=0.5))
+    recorder = DoneRecorder({"s": (store.path, grid.tiles)}, every_s=3600)
+    recorder.add("s", [0, 1])
+    assert not recorder.due() and store.done_chunks() == set()  # batched: nothing written yet
+    recorder.flush()
+    assert store.done_chunks() == {grid.tiles[0].chunk, grid.tiles[1].chunk}
+    recorder.add("s", range(2, len(grid.tiles)))
+    recorder.finished("s", 12.5)
+    assert store.metadata.inference_s == 12.5
+    assert store.done_chunks() == {t.chunk for t in grid.tiles}
