@@ -39,6 +39,9 @@ def _register() -> None:
     from nucflow._cli.validate import validate
 
     main.add_command(validate)
+    from nucflow._cli.report import report
+
+    main.add_command(report)
 
 
 _register()

@@ -47,12 +47,18 @@ class ReportSlide:
 
 def slides_of_folder(out: str | Path, results: Sequence[Any] | None = None) -> list[ReportSlide]:
     """The report's slides: ``results`` (:class:`nucflow.pipeline.SlideResult`) of a run, each
-    with its ``summary.json`` when the run skipped it; or, without results, every slide folder of
+    with its ``summary.json`` when the run skipped it; or, without results, the slides of the
+    last run's ``summary.csv`` (with their status and error), then every other slide folder of
     ``out`` holding a ``summary.json``."""
     out = Path(out)
     if results is None:
-        found = sorted(p.parent for p in out.glob("*/summary.json"))
-        results = [_Found(p.name, "ok") for p in found]
+        results = []
+        if (out / "summary.csv").is_file():
+            with open(out / "summary.csv", newline="", encoding="utf-8") as table:
+                results = [_Found(row["slide"], row["status"], row.get("error") or "") for row in csv.DictReader(table)]
+        listed = {r.slide for r in results}
+        folders = sorted(p.parent.name for p in out.glob("*/summary.json"))
+        results += [_Found(name, "ok") for name in folders if name not in listed]
     slides = []
     for r in results:
         folder = out / r.slide
@@ -69,6 +75,7 @@ def slides_of_folder(out: str | Path, results: Sequence[Any] | None = None) -> l
 class _Found:
     slide: str
     status: str
+    error: str = ""
 
 
 def write_report(path: str | Path, slides: Sequence[ReportSlide], *, title: str = "nucflow run") -> Path:

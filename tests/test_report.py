@@ -159,3 +159,26 @@ def test_a_headless_browser_shows_the_report_offline(report, tmp_path: Path) -> 
     assert magenta.sum() > 200
     failed_row = (red > 250) & (green > 235) & (green < 245) & (blue > 235) & (blue < 245)  # #fff0f0
     assert failed_row.sum() > 1000
+
+
+def test_nucflow_report_rebuilds_the_page_from_an_output_folder(report, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from nucflow.cli import main
+
+    out = report[0].parent
+    (out / "summary.csv").write_text(
+        "slide,path,status,error\nslide-b,b.svs,skipped,\nlost,l.svs,failed,SlideError: gone\n")
+    page = tmp_path / "again.html"
+    result = CliRunner().invoke(main, ["report", str(out), "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    parsed = _Page()
+    parsed.feed(page.read_text())
+    # the last run's slides first (its status and error), then other finished folders
+    assert [row[:3] for row in parsed.rows] == [
+        ["slide-b", "skipped", ""], ["lost", "failed", "SlideError: gone"], ["slide-a", "ok", ""]]
+    assert "regions:" in result.output and (out / "regions.csv").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = CliRunner().invoke(main, ["report", str(empty)])
+    assert refused.exit_code == 1 and "nothing to report" in refused.output
