@@ -91,8 +91,14 @@ def _report(result: Any) -> None:
     for s in result.slides:
         if s.status == "ok":
             m = s.summary
+            scores = ""
+            if m.get("hotspot_labelling_index_percent") is not None:
+                scores += f", hot spot {m['hotspot_labelling_index_percent']:.1f}%"
+            if m.get("h_score") is not None:
+                scores += f", H-score {m['h_score']:.0f}"
             click.echo(f"{s.slide}: {m['nuclei']} nuclei, {m['positive']} positive "
-                       f"(labelling index {m['labelling_index_percent']:.1f}%), {m['tissue_area_mm2']:.3f} mm² tissue")
+                       f"(labelling index {m['labelling_index_percent']:.1f}%{scores}), "
+                       f"{m['tissue_area_mm2']:.3f} mm² tissue")
         elif s.status == "skipped":
             click.echo(f"{s.slide}: already done with this configuration (skipped; --overwrite redoes it)")
     click.echo(f"summary: {result.out / 'summary.csv'}")
