@@ -102,7 +102,7 @@ def write_report(path: str | Path, slides: Sequence[ReportSlide], *, title: str 
 
 
 _REGION_FIELDS = ("slide", "region", "nuclei", "positive", "labelling_index_percent",
-                  "hotspot_labelling_index_percent", "h_score", "tissue_area_mm2")
+                  "hotspot_labelling_index_percent", "h_score", "tissue_area_mm2", "nuclei_per_mm2")
 
 
 def write_region_table(path: str | Path, slides: Sequence[ReportSlide]) -> Path | None:

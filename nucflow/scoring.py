@@ -217,7 +217,7 @@ class ScoreAccumulator:
             out["regions"] = {
                 name: {**score_nuclei(x[regions == name], y[regions == name], intensity[regions == name],
                                       self.profile, um_per_level0_px=um_per_level0_px),
-                       **({"tissue_area_mm2": round(areas[name], 4)} if name in areas else {})}
+                       **(_area_figures(areas[name], int((regions == name).sum())) if name in areas else {})}
                 for name in names
             }
         out["intensity_bounds"] = [self.profile.dab_threshold, *self.profile.intensity_thresholds]
@@ -226,6 +226,12 @@ class ScoreAccumulator:
             "dab_od": {"edges": DAB_BINS.tolist(), "counts": self._dab_hist.tolist()},
         }
         return out
+
+
+def _area_figures(area_mm2: float, nuclei: int) -> dict[str, float]:
+    """A region's tissue area and nucleus density (0 where it has no tissue)."""
+    return {"tissue_area_mm2": round(area_mm2, 4),
+            "nuclei_per_mm2": round(nuclei / area_mm2, 2) if area_mm2 > 0 else 0.0}
 
 
 def _histogram(values: Any, edges: np.ndarray) -> np.ndarray:

@@ -139,5 +139,8 @@ def test_scores_gathered_part_by_part_equal_the_whole() -> None:
     inside = table["centroid_x_um"] < 1000
     assert summary["regions"]["tumour"]["nuclei"] == inside.sum()
     assert summary["regions"]["tumour"]["positive"] == (table["dab_intensity"][inside] > 0).sum()
+    with_areas = scores.summary(region_areas_mm2={"tumour": 2.0, "empty": 0.5})
+    assert with_areas["regions"]["tumour"]["nuclei_per_mm2"] == pytest.approx(inside.sum() / 2.0, abs=0.01)
+    assert with_areas["regions"]["empty"]["nuclei"] == 0 and with_areas["regions"]["empty"]["nuclei_per_mm2"] == 0
     assert sum(summary["histograms"]["area_um2"]["counts"]) == n  # larger areas in the last bin
     assert sum(summary["histograms"]["dab_od"]["counts"]) == n
