@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nucflow.storage import publish, remove_remote_partials
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: no lock, and partials are never removed
@@ -52,6 +54,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield tmp
         os.replace(tmp, path)
+        publish(path)  # a staged output of a run writing to a bucket: uploaded whole (no-op otherwise)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -65,6 +68,7 @@ def remove_partials(folder: str | Path) -> list[Path]:
     left alone. Returns the files removed.
     """
     folder = Path(folder)
+    remove_remote_partials(folder)  # temporary keys of a killed upload, for outputs in a bucket
     if fcntl is None or not folder.is_dir():
         return []
     removed = []

@@ -14,6 +14,7 @@ from ``AWS_ENDPOINT_URL``), ``gcsfs`` for ``gs://``, ``aiohttp`` for ``http(s):/
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -24,7 +25,10 @@ from typing import Any
 
 from nucflow.errors import SlideError
 
-__all__ = ["cache_dir", "expand_uri", "is_uri", "local_copy", "remote_identity", "remote_info"]
+__all__ = [
+    "cache_dir", "expand_uri", "is_uri", "local_copy", "publish", "published_uri", "remote_identity", "remote_info",
+    "remove_remote_partials", "stage_outputs", "staging_dir", "unpublish",
+]
 
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 #: Bytes hashed at each end of a slide for its identity (as for local slides).
@@ -153,3 +157,137 @@ def local_copy(uri: str) -> Path:
         finally:
             partial.unlink(missing_ok=True)
     return target
+
+
+# --------------------------------------------------------------------------- outputs in a bucket
+#
+# ``-o s3://bucket/out``: the probability maps are Zarr groups in the bucket itself (every node's
+# model actors write their chunks there through fsspec). Every other output (tables, summaries,
+# pictures, logs) is written as for a local run into a staging folder on the node that makes it,
+# whose name encodes the URI (``.../nucflow-out-<base64 of the URI>/<slide>/...``), and then
+# published: uploaded to a temporary key beside its target and moved onto it, so no half-written
+# object is ever visible. Any process on any node can tell a staged path's URI from the path alone.
+
+_STAGE_MARK = "nucflow-out-"
+#: URI schemes ``segment`` writes outputs to (object stores fsspec writes; HTTP is read-only).
+OUTPUT_SCHEMES = ("s3", "gs", "gcs", "az", "abfs")
+
+
+def output_uri(out: str | os.PathLike[str]) -> str | None:
+    """``out`` as a bucket URI ``segment`` writes to; None for a local path.
+
+    Raises :class:`InputError` for a URI of another scheme (``https://``, ``ftp://`` ...).
+    """
+    from nucflow.errors import InputError
+
+    text = os.fspath(out)
+    if not is_uri(text):
+        return None
+    scheme = text.split("://", 1)[0].lower()
+    if scheme not in OUTPUT_SCHEMES:
+        raise InputError(
+            f"-o {text!r}: segment writes its outputs to a local or shared folder or to a bucket "
+            f"({', '.join(s + '://' for s in OUTPUT_SCHEMES)}); {scheme}:// cannot be written"
+        )
+    return text.rstrip("/")
+
+
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _unb64(text: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+
+
+def staging_dir(uri: str) -> Path:
+    """This node's staging folder for outputs going to ``uri`` (under :func:`cache_dir`'s parent)."""
+    return cache_dir().parent / "outputs" / f"{_STAGE_MARK}{_b64(uri.rstrip('/'))}"
+
+
+def published_uri(path: str | os.PathLike[str]) -> str | None:
+    """The object-store URI a staged local path stands for; None for an ordinary local path."""
+    parts = Path(path).parts
+    for index, part in enumerate(parts):
+        if part.startswith(_STAGE_MARK):
+            try:
+                base = _unb64(part[len(_STAGE_MARK):])
+            except ValueError:
+                return None
+            return "/".join([base, *parts[index + 1 :]])
+    return None
+
+
+def publish(path: str | os.PathLike[str]) -> None:
+    """Upload a staged file to its URI: to a temporary key beside it, then moved onto it."""
+    uri = published_uri(path)
+    if uri is None:
+        return
+    fs, inner = _filesystem(uri)
+    parent, name = inner.rsplit("/", 1)
+    partial = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.partial"
+    try:
+        fs.put_file(str(path), partial)
+        fs.mv(partial, inner)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            fs.rm(partial)
+        raise OSError(f"cannot write {uri}: {type(exc).__name__}: {exc}") from exc
+
+
+def unpublish(path: str | os.PathLike[str], *, recursive: bool = False) -> None:
+    """Remove the object (or, ``recursive``, every object under the prefix) a staged path stands for."""
+    uri = published_uri(path)
+    if uri is None:
+        return
+    fs, inner = _filesystem(uri)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(inner, recursive=recursive)
+
+
+def remove_remote_partials(path: str | os.PathLike[str]) -> None:
+    """Remove temporary keys a killed publisher left directly under a staged folder's URI."""
+    uri = published_uri(path)
+    if uri is None:
+        return
+    fs, inner = _filesystem(uri)
+    with contextlib.suppress(FileNotFoundError):
+        for key in fs.ls(inner, detail=False):
+            if re.match(r"^\..+\.[0-9a-f]{8}\.partial$", key.rsplit("/", 1)[-1]):
+                fs.rm(key)
+
+
+def stage_outputs(uri: str) -> Path:
+    """The staging folder for ``-o uri``, holding the bucket's ``*/summary.json`` (what a rerun
+    needs to skip finished slides and to know which slide each folder holds) and a folder for
+    every slide whose map the bucket holds.
+
+    Raises :class:`OSError` naming the URI when the bucket cannot be reached or written.
+    """
+    fs, inner = _filesystem(uri)
+    inner = inner.rstrip("/")
+    local = staging_dir(uri)
+    probe = f"{inner}/.nucflow-write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        fs.pipe_file(probe, b"")
+        fs.rm(probe)
+        found = fs.glob(f"{inner}/*/summary.json")
+        maps = fs.glob(f"{inner}/*/probability.zarr/zarr.json")
+    except Exception as exc:  # noqa: BLE001 - one line naming the output location
+        raise OSError(str(_explain(uri, exc)).replace("slide ", "output location ", 1)) from exc
+    if local.exists():
+        import shutil
+
+        shutil.rmtree(local)  # what the bucket holds is the truth, not an older staging
+    local.mkdir(parents=True)
+    for key in maps:  # a slide begun there: its folder exists here too, so its map is checked
+        (local / key[len(inner) + 1 :].split("/", 1)[0]).mkdir(exist_ok=True)
+    for key in found:
+        relative = key[len(inner) + 1 :]
+        (local / relative).parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(key, str(local / relative))
+    return local

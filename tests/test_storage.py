@@ -99,6 +99,8 @@ def test_missing_credentials_and_unreachable_store_are_named(s3: dict[str, str],
     with pytest.raises(SlideError, match="cannot reach") as caught:
         open_slide(f"s3://{BUCKET}/small.svs")
     assert f"s3://{BUCKET}/small.svs" in str(caught.value) and time.monotonic() - started < 60
+    monkeypatch.undo()
+    fsspec.filesystem("s3").clear_instance_cache()  # no instance with the bad endpoint for later tests
 
 
 def test_http_slide_from_a_plain_web_server(
@@ -132,30 +134,85 @@ def _table(out: Path, name: str) -> gpd.GeoDataFrame:
     return gpd.read_parquet(out / name / "nuclei.parquet").sort_values("id").reset_index(drop=True)
 
 
+def _segment_cli(slide: str, out: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nucflow", "segment", slide, "-o", out, "--method", "threshold", "-q", *extra],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def local_table(s3: dict[str, str], small_svs: Path, tmp_path_factory: pytest.TempPathFactory) -> gpd.GeoDataFrame:
+    """The table of the small slide segmented from its local file, to a local folder."""
+    out = tmp_path_factory.mktemp("local")
+    run = _segment_cli(str(small_svs), str(out), {**os.environ, **s3, "RAY_ADDRESS": ""})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return _table(out, "small")
+
+
+def _same_table(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame) -> None:
+    assert len(a) == len(b) > 10
+    pd.testing.assert_frame_equal(pd.DataFrame(a.drop(columns=["geometry", "geometry_um"])),
+                                  pd.DataFrame(b.drop(columns=["geometry", "geometry_um"])))
+    assert a.geometry.geom_equals(b.geometry).all()
+
+
 def test_segment_reads_a_slide_from_the_bucket_like_the_local_file(
-    s3: dict[str, str], small_svs: Path, tmp_path: Path
+    s3: dict[str, str], local_table: gpd.GeoDataFrame, tmp_path: Path
 ) -> None:
     env = {**os.environ, **s3, "RAY_ADDRESS": ""}
-    tables = {}
-    for name, slide in (("remote", f"s3://{BUCKET}/small.svs"), ("local", str(small_svs))):
-        out = tmp_path / name
-        run = subprocess.run(
-            [sys.executable, "-m", "nucflow", "segment", slide, "-o", str(out), "--method", "threshold", "-q"],
-            env=env, capture_output=True, text=True, timeout=600,
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
-        summary = json.loads((out / "small" / "summary.json").read_text())
-        assert summary["path"] == slide
-        tables[name] = _table(out, "small")
-    # the same command again: the slide on the bucket is recognised (size, ETag, sample) and skipped
-    again = subprocess.run(
-        [sys.executable, "-m", "nucflow", "segment", f"s3://{BUCKET}/small.svs", "-o", str(tmp_path / "remote"),
-         "--method", "threshold", "-q"], env=env, capture_output=True, text=True, timeout=600,
-    )
+    run = _segment_cli(f"s3://{BUCKET}/small.svs", str(tmp_path / "remote"), env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((tmp_path / "remote" / "small" / "summary.json").read_text())["path"] == f"s3://{BUCKET}/small.svs"
+    _same_table(_table(tmp_path / "remote", "small"), local_table)
+
+
+def test_outputs_in_the_bucket_resume_there_and_equal_a_local_run(
+    s3: dict[str, str], local_table: gpd.GeoDataFrame, tmp_path: Path
+) -> None:
+    import fsspec
+    import zarr
+
+    env = {**os.environ, **s3, "RAY_ADDRESS": "", "NUCFLOW_CACHE": str(tmp_path / "node" / "slides")}
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("results")
+    remote = _segment_cli(f"s3://{BUCKET}/small.svs", "s3://results/run", env, "--geojson")
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    assert "summary: s3://results/run/summary.csv" in remote.stdout
+    keys = {key.split("results/run/", 1)[1] for key in fs.find("results/run")}
+    for name in ("summary.csv", "report.html", "small/summary.json", "small/nuclei.parquet", "small/nuclei.geojson",
+                 "small/overlay.png", "small/probability.zarr/zarr.json"):
+        assert name in keys, sorted(keys)
+    assert not [k for k in keys if ".partial" in k]  # nothing half-written left visible
+    with fs.open("results/run/small/nuclei.parquet") as handle:
+        first = gpd.read_parquet(handle).sort_values("id").reset_index(drop=True)
+    _same_table(first, local_table)
+    attrs = zarr.open_group("s3://results/run/small/probability.zarr", mode="r").attrs.asdict()
+    assert attrs["ome"]["multiscales"][0]["datasets"][0]["path"] == "probability"
+
+    # a run killed after some tiles, resumed from another machine: only the bucket survives
+    fs.rm("results/run/small/summary.json")
+    fs.rm("results/run/small/nuclei.parquet")
+    done = zarr.open_array("s3://results/run/small/probability.zarr/done", mode="r+")
+    grid = np.asarray(done[:])
+    assert grid.sum() >= 1
+    grid.flat[: max(1, grid.size // 2)] = 0
+    done[:] = grid
+    import shutil
+
+    shutil.rmtree(tmp_path / "node")
+    again = _segment_cli(f"s3://{BUCKET}/small.svs", "s3://results/run", env, "--geojson")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "skipped" in (tmp_path / "remote" / "summary.csv").read_text()
-    remote, local = tables["remote"], tables["local"]
-    assert len(remote) == len(local) > 10
-    pd.testing.assert_frame_equal(pd.DataFrame(remote.drop(columns=["geometry", "geometry_um"])),
-                                  pd.DataFrame(local.drop(columns=["geometry", "geometry_um"])))
-    assert remote.geometry.geom_equals(local.geometry).all()
+    with fs.open("results/run/small/nuclei.parquet") as handle:
+        resumed = gpd.read_parquet(handle).sort_values("id").reset_index(drop=True)
+    _same_table(resumed, local_table)
+    # and once more: finished on the bucket (its summary.json, the slide's size, ETag and sample), so skipped
+    skipped = _segment_cli(f"s3://{BUCKET}/small.svs", "s3://results/run", env)
+    assert skipped.returncode == 0 and "skipped" in skipped.stdout, skipped.stdout + skipped.stderr[-2000:]
+
+
+def test_a_missing_output_bucket_is_refused_before_starting(s3: dict[str, str], small_svs: Path) -> None:
+    env = {**os.environ, **s3, "RAY_ADDRESS": ""}
+    missing = _segment_cli(str(small_svs), "s3://no-such-bucket/run", env)
+    assert missing.returncode != 0 and "s3://no-such-bucket/run" in missing.stderr
+    assert "nothing was started" in missing.stderr

@@ -1,6 +1,7 @@
 """Only what a user can cause is reworded: an object-store URI as -o is refused with a clear
-message (until outputs on object stores land), a slide's bad bytes become a SlideError, and a
-bug in nucflow's own code surfaces as itself instead of "the file may be truncated"."""
+message (segment writes to buckets: only a URI it cannot write to is refused), a slide's bad
+bytes become a SlideError, and a bug in nucflow's own code surfaces as itself instead of "the
+file may be truncated"."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from nucflow.slide.reader import array_slide
 
 
 @pytest.mark.parametrize("args", [
-    ["segment", "x.svs", "-o", "s3://bucket/out"],
     ["evaluate", "--images", "a", "--truth", "b", "-o", "gs://bucket/report"],
     ["validate", "-o", "az://container/report"],
     ["train", "--masks", "m", "-o", "https://host/run"],
@@ -30,10 +30,12 @@ def test_uri_outputs_are_refused_by_every_command(tmp_path: Path, args: list[str
     assert list(tmp_path.iterdir()) == []  # no folder named s3: or gs:
 
 
-def test_uri_output_is_refused_from_python(tmp_path: Path, monkeypatch) -> None:
+def test_unwritable_uri_output_is_refused_by_segment(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(InputError, match=r"-o 's3://bucket/out' is a URI"):
-        segment(["x.svs"], "s3://bucket/out")
+    with pytest.raises(InputError, match=r"-o 'https://host/out': .* https:// cannot be written"):
+        segment(["x.svs"], "https://host/out")
+    result = CliRunner().invoke(main, ["segment", "x.svs", "-o", "ftp://host/out"])
+    assert result.exit_code == 2 and "ftp:// cannot be written" in result.output
     assert list(tmp_path.iterdir()) == []
 
 

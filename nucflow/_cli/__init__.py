@@ -25,3 +25,18 @@ class LocalFolder(click.Path):
         except InputError as exc:
             self.fail(str(exc), param, ctx)
         return super().convert(value, param, ctx)
+
+
+class OutputLocation(LocalFolder):
+    """``segment``'s ``-o``: a local or shared folder, or an object-store URI (``s3://``,
+    ``gs://``; see :mod:`nucflow.storage`), kept as the URI string."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from nucflow.errors import InputError
+        from nucflow.storage import output_uri
+
+        try:
+            uri = output_uri(value) if isinstance(value, str) else None
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
+        return uri if uri is not None else super().convert(value, param, ctx)

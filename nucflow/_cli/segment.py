@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 import click
 
-from nucflow._cli import LocalFolder
+from nucflow._cli import OutputLocation
 from nucflow.errors import NucflowError
 from nucflow.methods import METHODS
 
@@ -18,7 +18,7 @@ __all__ = ["segment"]
 
 @click.command()
 @click.argument("slides", nargs=-1)
-@click.option("-o", "--out", type=LocalFolder(), required=True,
+@click.option("-o", "--out", type=OutputLocation(), required=True,
               help="Output folder: OUT/<slide>/ per slide and OUT/summary.csv.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Segment settings YAML (default: the shipped nucflow/configs/segment.yaml).")
@@ -82,8 +82,10 @@ def _stopped(exc: KeyboardInterrupt, out: Path) -> NoReturn:
 
 def _demo_slide(out: Path) -> Path:
     from nucflow.slide.synthetic import write_demo_slide
+    from nucflow.storage import cache_dir, is_uri
 
-    path = out / "_demo" / "ihc-demo.svs"
+    base = cache_dir().parent if is_uri(out) else Path(out)  # outputs in a bucket: the demo slide stays local
+    path = base / "_demo" / "ihc-demo.svs"
     return path if path.is_file() else write_demo_slide(path)
 
 
@@ -101,8 +103,11 @@ def _report(result: Any) -> None:
                        f"{m['tissue_area_mm2']:.3f} mm² tissue")
         elif s.status == "skipped":
             click.echo(f"{s.slide}: already done with this configuration (skipped; --overwrite redoes it)")
-    click.echo(f"summary: {result.out / 'summary.csv'}")
-    click.echo(f"report: {result.out / 'report.html'}")
+    from nucflow.storage import published_uri
+
+    where = published_uri(result.out) or result.out  # outputs in a bucket: their URI, not the staging
+    click.echo(f"summary: {where}/summary.csv")
+    click.echo(f"report: {where}/report.html")
     if result.failed:
         for s in result.failed:
             where = f" [details: {s.error_log}]" if s.error_log else ""

@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from nucflow.atomic import write_text
+from nucflow.storage import unpublish
 
 __all__ = ["ERROR_LOG", "clear_error_log", "error_line", "record_failure"]
 
@@ -72,3 +73,4 @@ def record_failure(out_dir: str | Path, slide: str, exc: BaseException, *, stage
 def clear_error_log(out_dir: str | Path) -> None:
     """Forget an earlier failure's log (the slide is being redone or is finished)."""
     (Path(out_dir) / ERROR_LOG).unlink(missing_ok=True)
+    unpublish(Path(out_dir) / ERROR_LOG)  # and its copy in the bucket, for outputs there

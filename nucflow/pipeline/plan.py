@@ -27,7 +27,7 @@ from nucflow.pipeline.failures import clear_error_log, error_line, record_failur
 from nucflow.pipeline.image import find_tissue, fit_params, input_multiple, mask_shrink_um, postprocess_profile
 from nucflow.roi import DEFAULT_EXCLUDE, Regions, load_regions
 from nucflow.slide import TileGrid, open_slide, safe_slide_name, slide_stem, tile_grid
-from nucflow.storage import expand_uri, is_uri, remote_identity
+from nucflow.storage import expand_uri, is_uri, published_uri, remote_identity, unpublish
 
 __all__ = ["SlidePlan", "expand_slides", "output_names", "plan_slide", "slide_regions"]
 
@@ -76,7 +76,16 @@ class SlidePlan:
 
     @property
     def map_path(self) -> str:
-        return str(Path(self.out_dir) / "probability.zarr")
+        """The Zarr map: in the output folder, or in the bucket itself for outputs there."""
+        return map_location(self.out_dir)
+
+
+def map_location(out_dir: str | Path) -> str:
+    """Where a slide folder's probability map lives: beside its other outputs, or, for outputs
+    staged for a bucket (:func:`nucflow.storage.stage_outputs`), in the bucket itself, which
+    every node's model actors write to."""
+    local = Path(out_dir) / "probability.zarr"
+    return published_uri(local) or str(local)
 
 
 def expand_slides(patterns: Sequence[str | Path]) -> list[Path | str]:
@@ -186,7 +195,7 @@ def recorded_identity(out_dir: Path) -> dict[str, Any] | None:
         return dict(summary.get("slide_identity") or {"path": summary.get("path")})
     except (OSError, ValueError, AttributeError):
         pass
-    existing = open_map(out_dir / "probability.zarr")
+    existing = open_map(map_location(out_dir))
     if existing is None:
         return None
     try:
@@ -287,6 +296,8 @@ def slide_regions(
 
 def _reconcile(plan: SlidePlan, *, slide_mpp: float, overwrite: bool) -> SlidePlan:
     out_dir = Path(plan.out_dir)
+    if overwrite:
+        unpublish(out_dir, recursive=True)  # outputs in a bucket: the slide's objects there
     if overwrite and out_dir.exists():
         shutil.rmtree(out_dir)
     recorded = recorded_identity(out_dir) if out_dir.is_dir() else None

@@ -17,6 +17,7 @@ import ray
 
 from nucflow.atomic import remove_partials, write_text
 from nucflow.cluster import ClusterConfig, check_shared_path, load_cluster_config, ray_session
+from nucflow.errors import PreflightError
 from nucflow.inference.actors import TileScheduler, WorkItem, actor_options_for_cluster
 from nucflow.inference.predictors import MethodSpec, parse_method
 from nucflow.inference.store import DoneRecorder
@@ -29,6 +30,7 @@ from nucflow.pipeline.preflight import local_output, preflight
 from nucflow.report import slides_of_folder, write_region_table, write_report
 from nucflow.roi import DEFAULT_EXCLUDE, match_rois
 from nucflow.slide import slide_stem
+from nucflow.storage import output_uri, stage_outputs
 
 __all__ = ["Progress", "SegmentResult", "SlideResult", "segment"]
 
@@ -124,7 +126,12 @@ def segment(
 
     config = config or load_segment_config()
     config = replace(config, method=parse_method(method or config.method), model=str(model) if model else config.model)
-    out = local_output(out).resolve()
+    # -o s3://...: maps in the bucket, other outputs staged locally and published (nucflow.storage)
+    out_uri = output_uri(out)
+    try:
+        out = stage_outputs(out_uri) if out_uri else local_output(out).resolve()
+    except OSError as exc:
+        raise PreflightError([str(exc)]) from exc
     ready = preflight(slides, out, config=config, mpp=mpp, force_mpp=force_mpp, load_spec=method_spec)
     paths, spec, config = ready.paths, ready.spec, ready.config
     rois = [None] * len(paths) if roi is None else match_rois(roi, [slide_stem(p) for p in paths])
@@ -151,7 +158,7 @@ def segment(
                 scheduler = _start_actors(spec, config, cluster)
                 try:
                     if info.nodes > 1 and cluster.check_shared_output:
-                        check_shared_path(out, timeout_s=cluster.shared_check_timeout_s)
+                        check_shared_path(out_uri or out, timeout_s=cluster.shared_check_timeout_s)
                     results = _run(planned.result(), scheduler, config, geojson=geojson, progress=progress)
                 finally:
                     scheduler.shutdown()
