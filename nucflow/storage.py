@@ -1,4 +1,5 @@
-"""Slides in object storage: ``s3://``, ``gs://``, ``http(s)://`` through fsspec.
+"""Object storage through fsspec: slides from ``s3://``, ``gs://``, ``http(s)://``, and
+``segment``'s outputs to ``s3://``, ``gs://``, ``az://`` (see "outputs in a bucket" below).
 
 OpenSlide reads only local files, so a remote slide is copied once per node into a local
 cache (``NUCFLOW_CACHE``, default ``~/.cache/nucflow/slides``) and read from there by every
