@@ -10,9 +10,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # about a minute (wheel build, fresh venv); .ci/run runs the full check every time
 def test_installed_wheel_finds_its_configs_and_model() -> None:
     done = subprocess.run(["bash", str(REPO / ".ci" / "installed"), "--quick"], capture_output=True,
                           text=True, timeout=300)
