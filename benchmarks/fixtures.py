@@ -20,7 +20,7 @@ import yaml
 
 from nucflow.config import CONFIG_DIR
 
-__all__ = ["BenchSlide", "bench_slide", "benchmark_model", "real_ihc_field"]
+__all__ = ["BenchSlide", "bench_slide", "benchmark_model", "real_ihc_field", "tile_folder"]
 
 REGIONS = ("ROI_1.png", "ROI_7.png", "ROI_127.png")
 SOURCE_MPP = 0.25  # the DeepLIIF regions are 40x
@@ -71,6 +71,25 @@ def _mirror_into(out: np.ndarray, block: np.ndarray) -> None:
         for j, col in enumerate(range(0, out.shape[1], block_cols)):
             part = block[:: -1 if i % 2 else 1, :: -1 if j % 2 else 1]
             out[row : row + block_rows, col : col + block_cols] = part[: out.shape[0] - row, : out.shape[1] - col]
+
+
+def tile_folder(folder: Path, data_dir: Path, *, rows: int, cols: int, side: int = 512, mpp: float = 0.5) -> list[Path]:
+    """The real IHC field of (rows x side, cols x side) px cut into ``side`` px PNG tiles (cached).
+
+    The same pixels as :func:`bench_slide`'s field of that size, so a folder of tiles and one
+    slide of the same area can be compared. PNG carries no resolution: pass ``mpp``.
+    """
+    paths = [folder / f"tile_{r:03d}_{c:03d}.png" for r in range(rows) for c in range(cols)]
+    if all(p.is_file() for p in paths):
+        return paths
+    from skimage.io import imsave
+
+    folder.mkdir(parents=True, exist_ok=True)
+    field = real_ihc_field(data_dir, rows=rows * side, cols=cols * side, mpp=mpp)
+    for path in paths:
+        r, c = (int(x) for x in path.stem.split("_")[1:])
+        imsave(path, field[r * side : (r + 1) * side, c * side : (c + 1) * side], check_contrast=False)
+    return paths
 
 
 def bench_slide(path: Path, data_dir: Path, *, rows: int, cols: int, mpp: float = 0.5, tile: int = 256) -> BenchSlide:

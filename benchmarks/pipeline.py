@@ -6,6 +6,8 @@
   raylet, GCS and workers are the child's descendants, and the benchmark process is left out.
 * :func:`postprocess_rate`: megapixels/s of :func:`nucflow.postprocess.nuclei_table` on a
   finished probability map, at a given number of Dask threads.
+* :func:`postprocess_versus_reference`: CPU seconds per megapixel of the post-processing and of
+  the implementation it replaced (``postprocess_reference.py``), interleaved in one run.
 * :func:`naive_loop`: what users write by hand, in one fresh process: read a tile, predict,
   post-process, append.
 """
@@ -28,7 +30,10 @@ from typing import Any
 import numpy as np
 import psutil
 
-__all__ = ["MemorySampler", "cpu_at", "naive_loop", "postprocess_rate", "run_pipeline", "steady_rate"]
+__all__ = [
+    "MemorySampler", "cpu_at", "naive_loop", "postprocess_rate", "postprocess_versus_reference", "run_pipeline",
+    "steady_rate",
+]
 
 CHILD = Path(__file__).with_name("segment_child.py")
 
@@ -128,8 +133,15 @@ def _steady_cpu(events: list[tuple[float, int]], cpu: list[float], *, skip: int)
     return (cpu[-1] - cpu[skip]) / tiles if tiles > 0 else float("nan")
 
 
-def run_pipeline(slide: Path, model: Path, out: Path, *, cluster: Any, config: Any, actors: int) -> dict:
-    """Segment ``slide`` with ``model`` into ``out`` in a child process; times, tiles/s and peak memory.
+def run_pipeline(
+    slide: Path | list[Path], model: Path, out: Path, *, cluster: Any, config: Any, actors: int,
+    mpp: float | None = None, overwrite: bool = True,
+) -> dict:
+    """Segment ``slide`` (or several) with ``model`` into ``out`` in a child process; times, tiles/s and peak memory.
+
+    ``mpp`` is passed to :func:`nucflow.segment` for images without a resolution (PNG);
+    ``overwrite=False`` resumes, so a finished ``out`` measures a rerun with nothing to do.
+    Tiles, nuclei and tissue area are summed over the slides.
 
     The child (``segment_child.py``) gets ``config`` and ``cluster`` pickled and starts its
     own local Ray (``RAY_ADDRESS`` is dropped from its environment). ``wall_s`` runs from
@@ -141,35 +153,45 @@ def run_pipeline(slide: Path, model: Path, out: Path, *, cluster: Any, config: A
         The child failed (with the tail of its output) or the slide did not finish ``ok``.
     """
     with tempfile.TemporaryDirectory(prefix="nucflow-bench-child-") as tmp:
-        job = {"slides": [str(slide)], "out": str(out), "model": str(model), "config": config,
-               "cluster_config": cluster, "overwrite": True}
+        slides = [str(s) for s in slide] if isinstance(slide, list) else [str(slide)]
+        job = {"slides": slides, "out": str(out), "model": str(model), "config": config,
+               "cluster_config": cluster, "overwrite": overwrite, "mpp": mpp}
         child, memory, launched, wall = _run_child(job, Path(tmp))
-    slide_result = child["slides"][0]
-    if slide_result["status"] != "ok":
-        raise RuntimeError(f"benchmark slide failed: {slide_result['error']}")
-    summary = json.loads((out / slide_result["slide"] / "summary.json").read_text())
+    failed = [s for s in child["slides"] if s["status"] == "failed"]
+    if failed:
+        raise RuntimeError(f"benchmark slide failed: {failed[0]['error']}")
+    summaries = [json.loads((out / s["slide"] / "summary.json").read_text()) for s in child["slides"]]
+    summary = summaries[0]
     events = [(float(t), int(n)) for t, n in child["events"]]
     cpu = cpu_at(memory.series, [t for t, _ in events])
-    tiles, begun = int(summary["tiles"]), child["segment_started"]
+    tiles, begun = sum(int(s["tiles"]) for s in summaries), child["segment_started"]
+    total_cpu = sum(memory.cpu.values())
+    after_first = tiles - events[0][1] if events else 0
     return {
+        "slides": len(summaries),
+        "statuses": sorted({s["status"] for s in child["slides"]}),
         "tiles": tiles,
         "actors": actors,
         "wall_s": round(wall, 2),
         "import_s": round(child["imported"] - launched, 2),
         "segment_call_s": round(child["segment_ended"] - begun, 2),
-        "stage_seconds": summary["seconds"],
+        "stage_seconds": {k: round(sum(float(s["seconds"].get(k, 0.0)) for s in summaries), 3)
+                          for k in summary["seconds"]},
         "startup_to_first_batch_s": round(events[0][0] - begun, 2) if events else None,
         "inference_span_s": round(events[-1][0] - events[0][0], 2) if events else None,
-        "steady_tiles_per_s": round(steady_rate(events, skip=actors), 3),
+        "steady_tiles_per_s": round(steady_rate(events, skip=actors), 3) if events else None,
         "end_to_end_tiles_per_s": round(tiles / wall, 3),
-        "nuclei": summary["nuclei"],
-        "tissue_area_mm2": summary["tissue_area_mm2"],
+        "nuclei": sum(int(s["nuclei"]) for s in summaries),
+        "tissue_area_mm2": round(sum(float(s["tissue_area_mm2"]) for s in summaries), 4),
         "peak_rss_gb": round(memory.peak / 2**30, 3),
         "peak_processes": memory.peak_processes,
         "peak_top_processes_gb": memory.peak_top,
         "cpu_s": round(sum(memory.cpu.values()), 1),
-        "steady_cpu_s_per_tile": round(_steady_cpu(events, cpu, skip=actors), 4),
-        "map": str(out / slide_result["slide"] / "probability.zarr"),
+        "steady_cpu_s_per_tile": round(_steady_cpu(events, cpu, skip=actors), 4) if events else None,
+        # Everything after the first batch (inference, post-processing, writing, Ray) per tile.
+        "cpu_s_per_tile_after_first_batch": round((total_cpu - cpu[0]) / after_first, 4)
+        if after_first > 0 else None,
+        "map": str(out / child["slides"][0]["slide"] / "probability.zarr"),
     }
 
 
@@ -212,6 +234,68 @@ def postprocess_rate(map_path: str, *, threads: int, block: int, stain_profile: 
     megapixels = array.shape[0] * array.shape[1] / 1e6
     return {"threads": threads, "megapixels": round(megapixels, 2), "seconds": round(seconds, 2),
             "megapixels_per_s": round(megapixels / seconds, 3), "nuclei": int(len(table))}
+
+
+def postprocess_versus_reference(
+    map_path: str, slide: Path, *, stain_profile: str, block: int, rounds: int = 3, window: int = 4096
+) -> dict:
+    """CPU seconds per megapixel of the blocked post-processing, current and reference, interleaved.
+
+    A ``window`` px square at the centre of a finished map (tissue), its RGB read from the
+    slide beforehand; every block of it through the current ``_block_table`` and through
+    ``benchmarks/postprocess_reference.py`` (the implementation before issue 13), one thread,
+    alternating which goes first, ``rounds`` times each; medians of this thread's CPU time
+    (``time.thread_time``), so the figures are per core and other load counts little. Also
+    checks the two give the same nuclei, columns and outlines.
+    """
+    import shapely
+    import zarr
+
+    from benchmarks import postprocess_reference as reference
+    from nucflow.postprocess import MapGeometry, load_stain_profile, read_rgb_from_array
+    from nucflow.postprocess._blocked import _block_table, blocks
+    from nucflow.slide import open_slide
+
+    group = zarr.open_group(map_path, mode="r")
+    array = group["probability"]
+    mpp = float({**group.attrs.asdict(), **array.attrs.asdict()}["mpp"])
+    rows, cols = min(array.shape[0], window), min(array.shape[1], window)
+    r0, c0 = (array.shape[0] - rows) // 2, (array.shape[1] - cols) // 2
+    prob = np.asarray(array[r0 : r0 + rows, c0 : c0 + cols])
+    with open_slide(slide) as opened:
+        rgb = opened.read(mpp=mpp, row=r0, col=c0, rows=rows, cols=cols)
+    config = load_stain_profile(stain_profile)
+    geometry, reader = MapGeometry(mpp=mpp), read_rgb_from_array(rgb)
+    grid = blocks(prob.shape, block_size=block, halo=config.in_pixels(mpp).halo)
+    functions = {"current": _block_table, "reference": reference.block_table}
+    seconds: dict[str, list[float]] = {name: [] for name in functions}
+    outputs: dict[str, list] = {}
+    for i in range(rounds):
+        for name in (("current", "reference") if i % 2 == 0 else ("reference", "current")):
+            started = time.thread_time()
+            parts = [functions[name](prob[b.region[0] : b.region[1], b.region[2] : b.region[3]], block=b,
+                                     read_rgb=reader, geometry=geometry, config=config) for b in grid]
+            seconds[name].append(time.thread_time() - started)
+            outputs[name] = [p for p in parts if p is not None]
+    current, ref = outputs["current"], outputs["reference"]
+    identical = len(current) == len(ref) and all(
+        a[0].keys() == b[0].keys()
+        and all(np.array_equal(a[0][k], b[0][k], equal_nan=True) for k in a[0])
+        and len(a[1]) == len(b[1])
+        and all(shapely.equals_exact(x, y, tolerance=0) for x, y in zip(a[1], b[1], strict=True))
+        for a, b in zip(current, ref, strict=True)
+    )
+    megapixels = prob.size / 1e6
+    median = {name: float(np.median(values)) for name, values in seconds.items()}
+    return {
+        "megapixels": round(megapixels, 2), "blocks": len(grid), "block": block, "rounds": rounds,
+        "nuclei": sum(len(p[1]) for p in current),
+        "cpu_s": {name: round(v, 3) for name, v in median.items()},
+        "megapixels_per_cpu_s": round(megapixels / median["current"], 3),
+        "reference_megapixels_per_cpu_s": round(megapixels / median["reference"], 3),
+        "speedup": round(median["reference"] / median["current"], 3),
+        "identical_to_reference": bool(identical),
+    }
 
 
 def naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str, columns: str = "table") -> dict:

@@ -32,6 +32,22 @@ METHOD = """\
 - **Post-processing**: the `postprocess` stage of the slide's `summary.json` (Dask blocks:
   threshold, watershed, features, stain measures) over the probability map's megapixels;
   also `nuclei_table` alone on the same map with 1 and all Dask threads.
+- **Post-processing per core**: a 4096 px square at the centre of the 1x slide's map (its RGB
+  read beforehand), every block through the current code and through the implementation it
+  replaced (`benchmarks/postprocess_reference.py`), one thread, interleaved, 3 rounds each;
+  megapixels over the median of the thread's CPU seconds. The two outputs are compared (every
+  column and outline, bit for bit).
+- **CPU-time efficiency**: the sum of reading (one thread's seconds per context window),
+  the model (least CPU s per tile of the compute limit) and post-processing (CPU s per
+  megapixel, above, times the map's megapixels per tile), each alone, over the pipeline's CPU
+  seconds per tile (its whole process tree from the first finished batch to exit, per tile
+  after that batch). The rest (Ray, Zarr writes, RGB re-read for the stain columns, the
+  overlay, bookkeeping) is what keeps it below 1.
+- **Small images**: the 1x slide's tissue field cut into PNG tiles of 512 x 512 px (256 of
+  them; PNG has no resolution, so `mpp` 0.5 is passed) in one `segment` call, a fresh child as
+  above, against the 1x slide's run of the same pixels; end-to-end tiles/s (model tiles) of each.
+- **No-op rerun**: the first 100 of those tiles again into the finished output folder
+  (nothing to do), wall time from the child's launch to its exit.
 - **Memory**: peak over the run of the summed RSS of the segment child (the driver) and all
   its descendant processes (raylet, GCS, Ray workers, model actors), sampled every 0.2 s with
   psutil, for the slide and the same tissue at 4x area; the benchmark process itself (its
@@ -90,6 +106,20 @@ def _headline(r: dict) -> list[str]:
         _row(["post-processing (MP/s) / model (MP/s)",
               f"{post['megapixels_per_s']} / {post['model_megapixels_per_s']}", "post faster"]),
         _row(["post-processing share of wall time", post["share_of_wall"], ""]),
+        _row(["**post-processing per core** (MP per CPU s) / the replaced implementation, same run",
+              f"**{r['postprocess_per_core']['megapixels_per_cpu_s']}** / "
+              f"{r['postprocess_per_core']['reference_megapixels_per_cpu_s']} "
+              f"({r['postprocess_per_core']['speedup']}x; identical output: "
+              f"{r['postprocess_per_core']['identical_to_reference']})", ">= 10"]),
+        _row(["**CPU-time efficiency** = (read + model + post-processing alone) / pipeline, CPU s per tile",
+              f"**{r['cpu_efficiency']['efficiency']}** ({r['cpu_efficiency']['sum_alone']} / "
+              f"{r['cpu_efficiency']['pipeline_cpu_s_per_tile']})", ">= 0.9"]),
+        _row([f"**small images**: {r['small_images']['images']} images of 512 px / one slide of the same pixels "
+              "(end-to-end tiles/s)",
+              f"**{r['small_images']['ratio']}** ({r['small_images']['end_to_end_tiles_per_s_folder']} / "
+              f"{r['small_images']['end_to_end_tiles_per_s_slide']})", ">= 0.8"]),
+        _row([f"**no-op rerun** of {r['noop_rerun_summary']['slides']} finished images (s, process launch to exit)",
+              f"**{r['noop_rerun_summary']['wall_s']}**", "< 3"]),
         _row(["peak RSS 1x / 4x area (GB)", f"{mem['peak_rss_gb_1x']} / {mem['peak_rss_gb_4x']} "
               f"({mem['growth']:+.1%})", "within 10%"]),
         _row(["seconds per mm² (end to end / inference; end to end at 4x)",
@@ -122,6 +152,11 @@ def _details(r: dict) -> list[str]:
         lines += _table(f"`{key}`", shown)
     for post in r["postprocess_standalone"]:
         lines += _table(f"nuclei_table alone, {post['threads']} Dask thread(s)", post)
+    lines += _table("Post-processing per core, current and replaced implementation (CPU s)",
+                    {k: v for k, v in r["postprocess_versus_reference"].items()})
+    lines += _table("CPU-time efficiency (CPU s per tile)", r["cpu_efficiency"])
+    for key in ("small_images_folder", "noop_rerun"):
+        lines += _table(f"`{key}`", {k: v for k, v in r[key].items() if k != "map"})
     lines += _table("Naive loop, 1x slide", r["naive"])
     lines += _table("Naive loop, 4x slide", r["naive_4x"])
     lines += _table("Naive loop keeping centroid and area only, 4x slide", r["naive_4x_centroids"])

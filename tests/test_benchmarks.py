@@ -91,5 +91,11 @@ def test_suite_runs_on_a_tiny_slide(shared_data: Path, tmp_path: Path) -> None:
     assert written["read_limit"]["tiles_per_s"] > 0 and written["compute_limit"]["tiles_per_s"] > 0
     assert written["postprocess"]["megapixels_per_s"] > 0 and written["naive"]["nuclei"] > 0
     assert set(written["targets"]) >= {"efficiency >= 0.9", "speedup_vs_naive >= 1.8"}
+    versus = written["postprocess_versus_reference"]
+    assert versus["identical_to_reference"] and versus["nuclei"] > 0 and versus["megapixels_per_cpu_s"] > 0
+    assert 0 < written["cpu_efficiency"]["sum_alone"] and written["cpu_efficiency"]["efficiency"] > 0
+    folder = written["small_images_folder"]
+    assert folder["slides"] == 1 and folder["tiles"] > 0 and written["small_images"]["ratio"] > 0
+    assert written["noop_rerun"]["statuses"] == ["skipped"] and written["noop_rerun"]["slides"] == 1
     report = (out / "RESULTS.md").read_text()
     assert "speed-up vs naive" in report and "shared-core ceiling" in report and written["date"] in report
