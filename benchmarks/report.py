@@ -37,17 +37,19 @@ METHOD = """\
   replaced (`benchmarks/postprocess_reference.py`), one thread, interleaved, 3 rounds each;
   megapixels over the median of the thread's CPU seconds. The two outputs are compared (every
   column and outline, bit for bit).
-- **CPU-time efficiency**: the sum of reading (one thread's seconds per context window),
+- **CPU-time efficiency**: the sum of reading (one thread's wall seconds per context window,
+  which a loaded machine inflates: read its `load average` before trusting this ratio),
   the model (least CPU s per tile of the compute limit) and post-processing (CPU s per
   megapixel, above, times the map's megapixels per tile), each alone, over the pipeline's CPU
   seconds per tile (its whole process tree from the first finished batch to exit, per tile
   after that batch). The rest (Ray, Zarr writes, RGB re-read for the stain columns, the
   overlay, bookkeeping) is what keeps it below 1.
-- **Small images**: the 1x slide's tissue field cut into PNG tiles of 512 x 512 px (256 of
-  them; PNG has no resolution, so `mpp` 0.5 is passed) in one `segment` call, a fresh child as
-  above, against the 1x slide's run of the same pixels; end-to-end tiles/s (model tiles) of each.
-- **No-op rerun**: the first 100 of those tiles again into the finished output folder
-  (nothing to do), wall time from the child's launch to its exit.
+- **Small images**: the 1x slide's tissue field cut into PNG tiles of 512 x 512 px (`--side`
+  squared of them, 256 by default; PNG has no resolution, so `mpp` 0.5 is passed) in one
+  `segment` call, a fresh child as above, against the 1x slide's run of the same pixels;
+  end-to-end tiles/s (model tiles) of each.
+- **No-op rerun**: the first 100 of those tiles (all of them when fewer) again into the
+  finished output folder (nothing to do), wall time from the child's launch to its exit.
 - **Memory**: peak over the run of the summed RSS of the segment child (the driver) and all
   its descendant processes (raylet, GCS, Ray workers, model actors), sampled every 0.2 s with
   psutil, for the slide and the same tissue at 4x area; the benchmark process itself (its
