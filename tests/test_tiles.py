@@ -14,7 +14,7 @@ from skimage import io as skio
 
 from nucflow.evaluation import evaluate
 from nucflow.pipeline import load_segment_config, segment
-from nucflow.pipeline.image import method_spec, segment_image
+from nucflow.pipeline.image import method_spec, segment_image, with_stain_profile
 from nucflow.postprocess import load_stain_profile
 from nucflow.slide import tissue_mask
 
@@ -59,9 +59,11 @@ def shrunk_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("method", ["unet", "threshold", "shrunk"])
 def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, method: str, shrunk_model) -> None:
-    config = replace(load_segment_config(), method=method)  # the default configuration
+    config = load_segment_config()  # the default configuration
     if method == "shrunk":  # a model trained on shrunk masks: its labels are grown back the same way
         config = replace(config, method="unet", model=str(shrunk_model))
+    else:
+        config = replace(config, method=method)
     result = segment([lung1 / "images/Lung1.png"], tmp_path / "out", config=config, mpp=0.25)
     assert [s.status for s in result.slides] == ["ok"], result.slides
     table = gpd.read_parquet(tmp_path / "out" / result.slides[0].slide / "nuclei.parquet")
@@ -69,6 +71,7 @@ def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, 
 
     rgb = skio.imread(lung1 / "images/Lung1.png")[..., :3]
     spec = method_spec(config)
+    config = with_stain_profile(config, spec)  # as segment's pre-flight names it (the card's)
     mine = segment_image(rgb, mpp=0.25, spec=spec, config=config)
     assert int(mine.labels.max()) == len(table)
     # the same nuclei: centroids (level-0 px) agree, and so do the positivity calls
