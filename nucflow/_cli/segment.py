@@ -31,7 +31,8 @@ __all__ = ["segment"]
               help="Level-0 µm/px, for slides without it in their metadata (overrides it, with a warning).")
 @click.option("--force-mpp", is_flag=True,
               help="Use --mpp even when it is more than 2x from a slide's metadata (refused otherwise).")
-@click.option("--stain", "stain_profile", help="Stain profile: ki67, her2, or a YAML path.")
+@click.option("--stain", "stain_profile",
+              help="Stain profile: ki67, her2, or a YAML path (default: the model card's; ki67 for baselines).")
 @click.option("--geojson", "geojson", flag_value="plain", type=str, default=None,
               help="Also write nuclei.geojson for QuPath (detections classified Negative/1+/2+/3+).")
 @click.option("--geojson-gz", "geojson", flag_value="gz", help="The same, gzipped: nuclei.geojson.gz.")
