@@ -117,16 +117,3 @@ def test_positive_negative_profiles_write_qupath_positive_and_negative(table, tm
     path = write_geojson_qupath(table, tmp_path / "n.geojson", graded=False)
     names = {f["properties"]["classification"]["name"] for f in json.loads(path.read_text())["features"]}
     assert names == {"Positive", "Negative"}
-
-
-def test_qubalab_reads_the_detections(table, tmp_path: Path) -> None:
-    """QuPath's own Python library, where it is installed (it needs no QuPath to read GeoJSON)."""
-    objects = pytest.importorskip("qubalab.objects.image_feature", reason="qubalab is not installed")
-    path = write_geojson_qupath(table, tmp_path / "n.geojson", id_seed="s")
-    for feature in json.loads(path.read_text())["features"]:
-        read = objects.ImageFeature.create_from_feature(feature)
-        classification = feature["properties"]["classification"]
-        assert read.id == feature["id"] and read.is_detection
-        assert read.classification.names == (classification["name"],)
-        assert list(read.classification.color) == classification["color"]
-        assert read.measurements["Nucleus: Area µm^2"] == feature["properties"]["measurements"]["Nucleus: Area µm^2"]
