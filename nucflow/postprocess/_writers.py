@@ -234,7 +234,8 @@ class OverlayNuclei:
         self.names = list(INTENSITY_CLASSES) if graded else ["Negative", "Positive"]
         self.counts = dict.fromkeys(self.names, 0)
         self._rings: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
-        self._raster = {name: np.zeros(shape, np.int32) for name in self.names} if not outlines else {}
+        # one uint16 count plane per class (a thumbnail pixel never holds 65,535 nuclei)
+        self._raster = np.zeros((len(self.names), *shape) if not outlines else (0, 0, 0), np.uint16)
 
     def add(self, part: gpd.GeoDataFrame) -> None:
         """Add the nuclei of one part of a nucleus table."""
@@ -254,7 +255,7 @@ class OverlayNuclei:
                 rows = part["centroid_y"].to_numpy()[chosen] / self.level0_scale
                 r = np.clip(rows.astype(np.int64), 0, self.shape[0] - 1)
                 c = np.clip(cols.astype(np.int64), 0, self.shape[1] - 1)
-                np.add.at(self._raster[name], (r, c), 1)
+                np.add.at(self._raster[index], (r, c), 1)
 
     def draw(self, axes: Any) -> None:
         """Draw onto matplotlib ``axes`` whose data coordinates are thumbnail pixels."""
@@ -266,14 +267,14 @@ class OverlayNuclei:
                         outlines, facecolors="none", edgecolors=[colour], linewidths=1.0
                     ))
             return
-        stack = np.stack([self._raster[name] for name in self.names])
-        total = stack.sum(axis=0)
-        winner = np.argmax(stack[::-1], axis=0)  # ties go to the higher class
-        winner = len(self.names) - 1 - winner
-        rgba = np.zeros((*self.shape, 4), np.float32)
+        # uint8 RGBA and small integer planes: the picture's memory stays a few bytes per pixel
+        total = np.minimum(self._raster.sum(axis=0, dtype=np.uint32), 4).astype(np.uint8)
+        winner = (len(self.names) - 1 - np.argmax(self._raster[::-1], axis=0)).astype(np.uint8)  # ties: higher class
+        rgba = np.zeros((*self.shape, 4), np.uint8)
         for index, name in enumerate(self.names):
-            rgba[(winner == index) & (total > 0), :3] = np.array(self.palette[name]) / 255
-        rgba[..., 3] = np.where(total > 0, 0.45 + 0.45 * np.minimum(total, 4) / 4, 0.0)
+            rgba[(winner == index) & (total > 0), :3] = self.palette[name]
+        alpha = np.rint(255 * (0.45 + 0.45 * total.astype(np.float32) / 4)).astype(np.uint8)
+        rgba[..., 3] = np.where(total > 0, alpha, 0)
         rows, cols = self.shape
         axes.imshow(rgba, extent=(0, cols, rows, 0), interpolation="nearest")
 
