@@ -64,6 +64,12 @@ def _wait_for_done(proc: subprocess.Popen[bytes], map_path: Path, at_least: int,
     raise AssertionError(f"{done} tiles recorded after {_WAIT_S} s, waiting for {at_least}")
 
 
+def _terminal_signals() -> None:
+    """In the child: SIGINT as a terminal's foreground job has it. A shell starts background jobs
+    (``pytest ... &``) with SIGINT ignored and children inherit that, so Ctrl-C would not reach the run."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals, *, group: bool) -> int:
     (os.killpg if group else os.kill)(proc.pid, sig)
     try:
@@ -106,7 +112,7 @@ def test_sigint_and_sigterm_stop_cleanly_and_the_resume_gives_the_uninterrupted_
         log = tmp_path / f"run{n}.log"
         with open(log, "wb") as sink:
             proc = subprocess.Popen([*cmd, str(out)], env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_terminal_signals)
         try:
             seen = _wait_for_done(proc, zarr_path, recorded + 20, log)
             code = _stop(proc, sig, group=group)
