@@ -211,6 +211,63 @@ def test_outputs_in_the_bucket_resume_there_and_equal_a_local_run(
     assert skipped.returncode == 0 and "skipped" in skipped.stdout, skipped.stdout + skipped.stderr[-2000:]
 
 
+def test_a_run_killed_while_writing_to_the_bucket_resumes_there_to_the_local_table(
+    s3: dict[str, str], tmp_path: Path
+) -> None:
+    import shutil
+    import signal
+    import tempfile
+
+    import fsspec
+    import zarr
+
+    from nucflow.slide.synthetic import demo_ihc_image, write_svs
+
+    slide = write_svs(tmp_path / "big.svs", demo_ihc_image(repeats=4), mpp=0.5)  # 2048 px
+    config = tmp_path / "segment.yaml"  # 64 px cores: 32 x 32 = 1024 tiles, so the kill lands mid-run
+    config.write_text("inference:\n  tile_size: 128\n  margin: 32\n")
+    ray_tmp = tempfile.mkdtemp(prefix="nfk-")  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ, **s3, "RAY_ADDRESS": "", "RAY_TMPDIR": ray_tmp, "NUCFLOW_CACHE": str(tmp_path / "node")}
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("killed")
+    cmd = [sys.executable, "-m", "nucflow", "segment", str(slide), "-o", "s3://killed/run", "--method", "threshold",
+           "--config", str(config), "-q"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        done, deadline = 0, time.monotonic() + 600  # bounded poll; a loaded machine starts Ray slowly
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                done = int(np.asarray(zarr.open_array("s3://killed/run/big/probability.zarr/done", mode="r")[:]).sum())
+            except Exception:  # not created yet, or being written
+                continue
+            if done >= 20:
+                break
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-run
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert 20 <= done < 32 * 32, f"the kill should land mid-run; {done} tiles were recorded"
+    keys = fs.find("killed/run")
+    assert not [k for k in keys if k.endswith(("big/summary.json", "big/nuclei.parquet"))], keys
+
+    resumed = _segment_cli(str(slide), "s3://killed/run", env, "--config", str(config))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    fs.invalidate_cache()  # the listing above is cached; the resumed run has written since
+    grid = np.asarray(zarr.open_array("s3://killed/run/big/probability.zarr/done", mode="r")[:])
+    assert grid.sum() > done  # the resumed run recorded the rest in the bucket's grid
+    local = _segment_cli(str(slide), str(tmp_path / "local"), env, "--config", str(config))
+    assert local.returncode == 0, local.stderr[-3000:]
+    with fs.open("killed/run/big/nuclei.parquet") as handle:
+        table = gpd.read_parquet(handle).sort_values("id").reset_index(drop=True)
+    _same_table(table, _table(tmp_path / "local", "big"))
+    assert not [k for k in fs.find("killed/run") if ".partial" in k]  # nothing half-written left visible
+
+
 def test_a_missing_output_bucket_is_refused_before_starting(s3: dict[str, str], small_svs: Path) -> None:
     env = {**os.environ, **s3, "RAY_ADDRESS": ""}
     missing = _segment_cli(str(small_svs), "s3://no-such-bucket/run", env)
