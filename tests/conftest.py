@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +77,33 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     save_model(path, unet, card)
     return path
+
+
+def _kill_mid_run(proc: subprocess.Popen[bytes], done_path: str, at_least: int = 20) -> int:
+    """SIGKILL a ``nucflow segment`` run started in its own session (the driver and the Ray it
+    started) once its map's ``done`` grid (a path or URI zarr opens) records ``at_least`` tiles;
+    returns how many it had. The poll is bounded but generous: a loaded machine starts Ray slowly."""
+    import zarr
+
+    done, deadline = 0, time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            try:
+                done = int(np.asarray(zarr.open_array(done_path, mode="r")[:]).sum())
+            except Exception:  # not created yet, or being written
+                continue
+            if done >= at_least:
+                break
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return done
+
+
+@pytest.fixture
+def kill_mid_run() -> Callable[..., int]:
+    """:func:`_kill_mid_run`: the kill-and-resume tests (local outputs, outputs in a bucket) share it."""
+    return _kill_mid_run

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -275,7 +274,7 @@ def test_killed_model_actor_is_replaced_and_its_tiles_retried(
     assert len(_table(tmp_path, "demo")) == len(_table(unet_run[0], "demo"))
 
 
-def test_resume_after_a_real_kill_ends_with_the_same_table(tmp_path: Path, tiny_model: Path) -> None:
+def test_resume_after_a_real_kill_ends_with_the_same_table(tmp_path: Path, tiny_model: Path, kill_mid_run) -> None:
     slide = write_svs(tmp_path / "big.svs", demo_ihc_image(repeats=4), mpp=0.5)  # 2048 px
     config = tmp_path / "segment.yaml"  # 128 px tiles with 64 px cores: 1024 tiles, seconds of work
     config.write_text("inference:\n  tile_size: 128\n  margin: 32\n")
@@ -285,20 +284,7 @@ def test_resume_after_a_real_kill_ends_with_the_same_table(tmp_path: Path, tiny_
     cmd = [sys.executable, "-m", "nucflow", "segment", str(slide), "-o", str(out), "--model", str(tiny_model)]
     cmd += ["--config", str(config), "-q"]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    done_path = out / "big" / "probability.zarr" / "done"
-    deadline = time.monotonic() + 600  # bounded poll, generous: a loaded machine starts Ray slowly
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-        try:
-            done = int(zarr.open_array(str(done_path), mode="r")[:].sum())
-        except Exception:  # not created yet, or being written
-            continue
-        if done >= 20:
-            break
-    assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-run
-    proc.wait()
+    done = kill_mid_run(proc, str(out / "big" / "probability.zarr" / "done"))
     assert 20 <= done < tiles, f"kill should land mid-run, {done} tiles were done"
     assert not (out / "big" / "nuclei.parquet").exists() and not (out / "big" / "summary.json").exists()
 

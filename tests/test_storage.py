@@ -212,10 +212,9 @@ def test_outputs_in_the_bucket_resume_there_and_equal_a_local_run(
 
 
 def test_a_run_killed_while_writing_to_the_bucket_resumes_there_to_the_local_table(
-    s3: dict[str, str], tmp_path: Path
+    s3: dict[str, str], tmp_path: Path, kill_mid_run
 ) -> None:
     import shutil
-    import signal
     import tempfile
 
     import fsspec
@@ -234,22 +233,8 @@ def test_a_run_killed_while_writing_to_the_bucket_resumes_there_to_the_local_tab
            "--config", str(config), "-q"]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        done, deadline = 0, time.monotonic() + 600  # bounded poll; a loaded machine starts Ray slowly
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-            try:
-                done = int(np.asarray(zarr.open_array("s3://killed/run/big/probability.zarr/done", mode="r")[:]).sum())
-            except Exception:  # not created yet, or being written
-                continue
-            if done >= 20:
-                break
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-run
-        proc.wait()
+        done = kill_mid_run(proc, "s3://killed/run/big/probability.zarr/done")
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert 20 <= done < 32 * 32, f"the kill should land mid-run; {done} tiles were recorded"
     keys = fs.find("killed/run")
