@@ -42,6 +42,7 @@ from nucflow.evaluation.metrics import count_instances, count_points  # noqa: E4
 from nucflow.pipeline import load_segment_config  # noqa: E402
 from nucflow.pipeline.image import (  # noqa: E402
     build_predictor,
+    interior_markers,
     mask_shrink_um,
     method_spec,
     positive_calls,
@@ -90,6 +91,7 @@ def _probabilities(run: dict[str, Any], vset: Any, cache: Path) -> list[dict[str
     config = replace(config, inference=replace(config.inference, tta=run["tta"]))
     spec = method_spec(config)
     shrink = mask_shrink_um(spec)  # from the card, at the working resolution (never cached)
+    interior = interior_markers(spec)
     predictor = None
     out = []
     for image, truth in pair_files(vset.images, vset.truth, what="truth", suffixes=(".png", ".tif", ".csv")):
@@ -106,7 +108,8 @@ def _probabilities(run: dict[str, Any], vset: Any, cache: Path) -> list[dict[str
             path.parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(path, prob=prob, rgb=work, mpp=mpp)
         out.append({"name": image.stem, "rgb": rgb, "truth": read_truth(truth, format=vset.truth_format),
-                    "prob": prob, "work": work, "mpp": mpp, "shrink": shrink})
+                    "prob": prob, "work": work, "mpp": mpp, "shrink": shrink,
+                    "interior": interior})
     return out
 
 
@@ -114,6 +117,7 @@ def _score(images: list[dict[str, Any]], vset: Any, profile: Any, method: str) -
     scores = []
     for im in images:
         grown = replace(profile, expand_um=im["shrink"]) if im["shrink"] else profile
+        grown = replace(grown, interior_markers=True) if im["interior"] else grown
         labels = label_nuclei(im["prob"], mpp=im["mpp"], config=grown)
         positive = positive_calls(im["work"], labels, profile)
         full = resample_labels(labels, im["rgb"].shape[:2], scale=vset.mpp / im["mpp"])

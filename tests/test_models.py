@@ -97,6 +97,8 @@ def test_card_not_matching_weights(tmp_path) -> None:
         ({"colour": "x"}, "unknown field 'colour'"),
         ({"stain_profile": "pas"}, "unsupported stain_profile 'pas'"),
         ({"input_multiple": 4}, "input_multiple disagrees"),
+        ({"head": "distance"}, "unsupported head 'distance' \\(expected one of mask, interior\\)"),
+        ({"head": "interior"}, "do not match the architecture"),  # 1-channel weights, 2-channel card
     ],
 )
 def test_unknown_card_is_refused(tmp_path, change, message) -> None:

@@ -287,3 +287,34 @@ def test_expansion_grows_each_nucleus_into_background_only():
     assert labels[15, 7] == labels[15, 12] and labels[15, 36] == labels[15, 30]
     assert labels[15, 21] == labels[15, 12] and labels[15, 22] == labels[15, 30]
     assert labels[15, 5] == 0 and labels[15, 38] == 0
+
+
+def interior_map(shape: tuple[int, int], centres: list[tuple[int, int]], radius: float, core: float) -> np.ndarray:
+    """An "interior" head's map: the mean of a mask channel (discs of ``radius``) and an interior
+    channel (discs of ``core`` around the same centres): 255 in interiors, ~128 on edges."""
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    mask, interior = np.zeros(shape, bool), np.zeros(shape, bool)
+    for r, c in centres:
+        distance = np.hypot(rr - r, cc - c)
+        mask |= distance <= radius
+        interior |= distance <= core
+    return np.rint((mask.astype(float) + interior) / 2 * 255).astype(np.uint8)
+
+
+def test_interior_markers_split_overlapping_nuclei_the_distance_transform_merges():
+    # Two discs of radius 12 px, 10 px apart: one convex-ish blob whose distance transform
+    # has a single maximum; their interiors (radius 4) are apart, so they give two markers.
+    prob = interior_map((60, 80), [(30, 35), (30, 45)], 12, 4)
+    plain = label_nuclei(prob, mpp=MPP, config=PostprocessConfig(threshold=0.25))
+    interior = label_nuclei(prob, mpp=MPP, config=PostprocessConfig(interior_markers=True))
+    assert plain.max() == 1
+    assert interior.max() == 2 and interior[30, 30] != interior[30, 50]
+    # the nuclei reach the edge of the mask channel (threshold / 2), not just the interiors
+    assert (interior > 0).sum() == (plain > 0).sum() > 2 * np.pi * 4**2 * 3
+
+
+def test_interior_markers_keep_a_nucleus_without_an_interior():
+    prob = interior_map((60, 80), [(30, 25)], 8, 4)
+    prob[25:36, 50:61] = 128  # a nucleus seen by the mask channel only
+    labels = label_nuclei(prob, mpp=MPP, config=PostprocessConfig(interior_markers=True))
+    assert labels.max() == 2 and labels[30, 55] not in (0, labels[30, 25])

@@ -272,3 +272,21 @@ def test_grown_labels_blocked_equal_the_whole_map(tmp_path: Path):
     expected = np.array(sorted(map(tuple, rows_cols[:, ::-1] + 0.5)))
     assert len(blocked) == len(expected) > 40
     assert np.allclose(sorted_centroids(blocked), expected, atol=1e-9)
+
+
+def test_interior_marker_labels_blocked_equal_the_whole_map(tmp_path: Path):
+    """An "interior" head's map (edges ~0.5, interiors ~1): blocks label as the whole map does."""
+    from dataclasses import replace
+
+    config = replace(CONFIG, interior_markers=True)
+    prob = synthetic_map(seed=5)
+    core = ndi.binary_erosion(prob >= 128, iterations=2)
+    prob = np.where(prob >= 128, np.where(core, 250, 128), prob // 2).astype(np.uint8)
+    whole = label_nuclei(prob, mpp=MPP, config=config)
+    path = as_zarr(prob, tmp_path / "probability.zarr", chunks=(64, 48), mpp=MPP)
+    rgb = np.full((*prob.shape, 3), 200, np.uint8)
+    blocked = nuclei_table(path, config=config, read_rgb=read_rgb_from_array(rgb), block_size=70)
+    rows_cols = np.array(ndi.center_of_mass(whole > 0, whole, range(1, whole.max() + 1)))
+    expected = np.array(sorted(map(tuple, rows_cols[:, ::-1] + 0.5)))
+    assert len(blocked) == len(expected) > 40
+    assert np.allclose(sorted_centroids(blocked), expected, atol=1e-9)

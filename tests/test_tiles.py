@@ -56,12 +56,35 @@ def shrunk_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def interior_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An "interior" head made of the bundled weights: channel 0 is the bundled mask, channel 1
+    the same logits 0.05 lower (after sharpening: the mask eroded where the model is unsure)."""
+    import torch
+
+    from nucflow.models import build_unet, default_model_path, load_model, save_model
+
+    loaded = load_model(default_model_path())
+    card = replace(loaded.card, head="interior", model_id="")
+    state = dict(loaded.state_dict)
+    state["model.up.1.weight"] = state["model.up.1.weight"].repeat(1, 2, 1, 1)
+    state["model.up.1.bias"] = torch.cat([state["model.up.1.bias"], state["model.up.1.bias"] - 0.05])
+    unet = build_unet(card, out_channels=2)
+    unet.load_state_dict(state)
+    path = tmp_path_factory.mktemp("interior") / "model.safetensors"
+    save_model(path, unet, card)
+    return path
+
+
 @pytest.mark.usefixtures("ray_local")
-@pytest.mark.parametrize("method", ["unet", "threshold", "shrunk"])
-def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, method: str, shrunk_model) -> None:
+@pytest.mark.parametrize("method", ["unet", "threshold", "shrunk", "interior"])
+def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, method: str, shrunk_model,
+                                                   interior_model) -> None:
     config = load_segment_config()  # the default configuration
     if method == "shrunk":  # a model trained on shrunk masks: its labels are grown back the same way
         config = replace(config, method="unet", model=str(shrunk_model))
+    elif method == "interior":  # an "interior" head: markers from its interiors, in both commands
+        config = replace(config, method="unet", model=str(interior_model))
     else:
         config = replace(config, method=method)
     result = segment([lung1 / "images/Lung1.png"], tmp_path / "out", config=config, mpp=0.25)
@@ -94,6 +117,9 @@ def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, 
     if method == "shrunk":  # grown by 1 µm: larger than the same weights' plain nuclei
         plain = segment_image(rgb, mpp=0.25, spec=method_spec(replace(config, model=None)), config=config)
         assert (mine.labels > 0).sum() > (plain.labels > 0).sum()
+    if method == "interior":  # the same weights read as a plain mask give other nuclei
+        plain = segment_image(rgb, mpp=0.25, spec=method_spec(replace(config, model=None)), config=config)
+        assert not np.array_equal(mine.labels, plain.labels)
     assert row["n_pred"] == len(table) and row["n_true"] == LUNG1_NUCLEI
 
 

@@ -141,3 +141,44 @@ def test_tile_folders_with_their_resolution_and_balanced_sources(shared_data, tm
     pool = [image(100, "big"), image(100, "big"), image(10, "small")]
     assert sampling_weights(pool, balance_groups=True) == pytest.approx([0.25, 0.25, 0.5])
     assert sampling_weights(pool) == pytest.approx(np.array([1e4, 1e4, 1e2]) / 20100)
+
+
+def test_interior_head_masks_have_a_separated_interior_channel(tmp_path) -> None:
+    labels = np.zeros((40, 40), np.uint16)
+    labels[5:15, 5:15], labels[5:15, 15:25] = 1, 2  # two touching squares
+    io.imsave(tmp_path / "a.png", labels, check_contrast=False)
+    config = DataConfig(mpp=0.5, mask_mpp=0.5, interior_um=1.0)
+    assert config.head == "interior" and CONFIG.head == "mask"
+    mask = load_masks([tmp_path / "a.png"], config=config)[0]
+    from scipy import ndimage
+
+    assert mask.shape == (40, 40, 2) and mask.dtype == np.bool_
+    assert np.array_equal(mask[..., 0], labels > 0)  # the mask channel is the plain mask
+    assert not (mask[..., 1] & ~mask[..., 0]).any()  # interiors lie inside it
+    # each square eroded by a 2 px disk, also where they touch: two 6x6 interiors, 4 px apart
+    assert ndimage.label(mask[..., 1])[1] == 2 and mask[..., 1].sum() == 2 * 36
+    crops = sample_masks([mask], n=3, crop=32, rng=np.random.default_rng(0))
+    assert crops.shape == (3, 32, 32, 2)
+
+
+def test_interior_head_pseudo_masks_and_batches_have_two_channels() -> None:
+    from nucflow.training._config import NetworkConfig, TrainConfig
+    from nucflow.training._data import IhcImage, _image
+    from nucflow.training._loop import _batch
+
+    rgb = np.full((60, 60, 3), 225, np.uint8)
+    rr, cc = np.mgrid[:60, :60]
+    for c in (22, 36):
+        rgb[(rr - 30) ** 2 + (cc - c) ** 2 <= 64] = (70, 55, 130)  # two overlapping discs
+    data = DataConfig(mpp=0.5, crop=32, tile_mpp=0.5, mask_mpp=0.5, batch_size=2,
+                      pseudo_method="deconvolution", interior_um=1.0)
+    image = _image(rgb, "discs", data)
+    from scipy import ndimage
+
+    assert isinstance(image, IhcImage) and image.pseudo.shape == (60, 60, 2)
+    assert ndimage.label(image.pseudo[..., 0])[1] == 1 and ndimage.label(image.pseudo[..., 1])[1] == 2
+    mask = np.dstack([image.pseudo[..., 0], image.pseudo[..., 1]])
+    config = TrainConfig(network=NetworkConfig(ngf=4, depth=3, ndf=4), data=data)
+    batch = _batch([image], [mask], config, step=0, rank=0, world=1, device="cpu")
+    assert tuple(batch.pseudo.shape) == tuple(batch.mask.shape) == (2, 2, 32, 32)
+    assert tuple(batch.x.shape) == (2, 3, 32, 32)

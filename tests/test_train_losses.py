@@ -161,3 +161,30 @@ def test_checkpoint_selection_rules() -> None:
 
     with pytest.raises(TrainingError, match="no checkpoint"):
         select_checkpoint([], config=by_total)
+
+
+def test_interior_head_trains_and_exports_a_segmentator_averaging_its_two_channels(tmp_path) -> None:
+    from dataclasses import replace
+
+    from nucflow.models import load_model
+    from nucflow.training._export import export_checkpoint
+
+    torch.manual_seed(0)
+    config = replace(TINY, data=replace(TINY.data, interior_um=1.0))
+    nets = build_nets(config)
+    g = torch.Generator().manual_seed(1)
+    mask = (torch.rand(2, 1, 32, 32, generator=g) > 0.5).float()
+    two = torch.cat([mask, mask * (torch.rand(2, 1, 32, 32, generator=g) > 0.5)], dim=1)
+    batch = Batch(x=torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, pseudo=two, mask=two,
+                  factors=1 + 0.1 * torch.rand(2, 2, 3, generator=g))
+    for step in (0, 1):  # the warm start, then the adversarial step (D_S judges both channels)
+        assert all(np.isfinite(v) for v in train_step(nets, batch, step=step, config=config).values())
+    card = export_checkpoint(nets.s.state_dict(), tmp_path / "m.safetensors", config=config, steps=1,
+                             losses={}, training={})
+    assert card.head == "interior" and card.out_channels == 2
+    loaded = load_model(tmp_path / "m.safetensors")
+    assert loaded.card.head == "interior"
+    x = torch.rand(1, 3, 32, 32)
+    both = torch.sigmoid(60.0 * nets.s.eval()(x * 2 - 1))
+    assert both.shape == (1, 2, 32, 32)
+    assert torch.allclose(loaded.build()(x), both.mean(dim=1, keepdim=True), atol=1e-6)

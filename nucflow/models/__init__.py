@@ -4,7 +4,7 @@
 points at the bundled default model when one ships.
 """
 
-from nucflow.models._card import CARD_FORMAT, CARD_VERSION, STAIN_PROFILES, ModelCard
+from nucflow.models._card import CARD_FORMAT, CARD_VERSION, HEADS, STAIN_PROFILES, ModelCard
 from nucflow.models._io import (
     LoadedModel,
     Segmentator,
@@ -17,6 +17,7 @@ from nucflow.models._networks import PatchGAN, UNet, UNetSpec, build_unet, unet_
 __all__ = [
     "CARD_FORMAT",
     "CARD_VERSION",
+    "HEADS",
     "STAIN_PROFILES",
     "LoadedModel",
     "ModelCard",

@@ -17,7 +17,8 @@ from nucflow.errors import ConfigError, ModelError
 from nucflow.models._networks import UNetSpec
 
 __all__ = [
-    "CARD_FORMAT", "CARD_VERSION", "ModelCard", "NORMALISATIONS", "STAIN_PROFILES", "data_summary", "without_paths",
+    "CARD_FORMAT", "CARD_VERSION", "HEADS", "ModelCard", "NORMALISATIONS", "STAIN_PROFILES", "data_summary",
+    "without_paths",
 ]
 
 CARD_FORMAT = "nucflow-model-card"
@@ -26,6 +27,10 @@ CARD_VERSION = 1
 NORMALISATIONS = ("minus_one_one",)
 #: "ki67": R and D_R work on RGB; "her2": on the hematoxylin channel only (membranous stains).
 STAIN_PROFILES = ("ki67", "her2")
+#: S's output channels per head. "mask": one, the nucleus mask. "interior": two, the nucleus mask
+#: and its interior (each nucleus eroded, also where two touch); the probability map is their mean,
+#: so the map is ~0.5 on nucleus edges and ~1 in interiors, and watershed markers are the interiors.
+HEADS = {"mask": 1, "interior": 2}
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,9 @@ class ModelCard(UNetSpec):
     mask_shrink_um : float
         The model outlines every nucleus this many µm inside its edge (it was trained on
         masks shrunk so touching nuclei are apart); post-processing grows the labels back.
+    head : str
+        What S predicts (see ``HEADS``): "mask" or "interior" (mask and interior channels,
+        whose mean is the probability map; post-processing takes markers from interiors).
     """
 
     architecture: str = "unet"
@@ -76,8 +84,14 @@ class ModelCard(UNetSpec):
     software_version: str = ""
     model_id: str = ""
     mask_shrink_um: float = 0.0
+    head: str = "mask"
     format: str = CARD_FORMAT
     format_version: int = CARD_VERSION
+
+    @property
+    def out_channels(self) -> int:
+        """S's output channels (see ``HEADS``)."""
+        return HEADS[self.head]
 
     def to_json(self) -> str:
         """The card as JSON (derived fields ``input_multiple`` and ``widths`` included)."""
@@ -119,6 +133,7 @@ class ModelCard(UNetSpec):
             (self.stain_profile in STAIN_PROFILES, f"stain_profile {self.stain_profile!r}"),
             (self.mpp > 0 and self.r > 0, f"mpp {self.mpp} / r {self.r}"),
             (0 <= self.mask_shrink_um < 5, f"mask_shrink_um {self.mask_shrink_um}"),
+            (self.head in HEADS, f"head {self.head!r} (expected one of {', '.join(HEADS)})"),
             (self.tile_size % self.input_multiple == 0, f"tile_size {self.tile_size}"),
         ]
         for ok, what in checks:

@@ -34,7 +34,8 @@ class Segmentator(nn.Module):
     """RGB (N, 3, H, W) float32 in [0, 1] -> nucleus probability (N, 1, H, W) in [0, 1].
 
     Normalises to [-1, 1], runs the UNet, multiplies the logits by ``r`` and applies the
-    sigmoid. H and W must be multiples of ``unet.input_multiple``.
+    sigmoid; with several output channels (the "interior" head: mask and interior), the map
+    is their mean. H and W must be multiples of ``unet.input_multiple``.
     """
 
     def __init__(self, unet: UNet, *, r: float) -> None:
@@ -43,7 +44,8 @@ class Segmentator(nn.Module):
         self.r = float(r)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.r * self.unet(rgb * 2.0 - 1.0))
+        prob = torch.sigmoid(self.r * self.unet(rgb * 2.0 - 1.0))
+        return prob if prob.shape[1] == 1 else prob.mean(dim=1, keepdim=True)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class LoadedModel:
 
     def build(self, device: str | torch.device = "cpu") -> Segmentator:
         """The segmentator in eval mode on ``device`` (see :class:`Segmentator`)."""
-        unet = build_unet(self.card)
+        unet = build_unet(self.card, out_channels=self.card.out_channels)
         _load_state(unet, self.state_dict, self.path)
         return Segmentator(unet, r=self.card.r).to(device).eval()
 
@@ -123,7 +125,7 @@ def load_model(path: str | Path) -> LoadedModel:
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"weights {weights} are corrupt or not safetensors: {exc}") from None
     model = LoadedModel(card=card, state_dict=state, path=weights)
-    _load_state(build_unet(card), state, weights)
+    _load_state(build_unet(card, out_channels=card.out_channels), state, weights)
     return model
 
 

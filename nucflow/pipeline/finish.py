@@ -58,7 +58,7 @@ def finish_slide(
     started = time.perf_counter()
     waiter = _TileWaiter(plan, poll_s=poll_s)
     out_dir = Path(plan.out_dir)
-    profile = postprocess_profile(config, shrink_um=plan.mask_shrink_um)
+    profile = postprocess_profile(config, shrink_um=plan.mask_shrink_um, interior=plan.interior_markers)
     level0_mpp = plan.mpp / plan.level0_scale
     with open_slide(plan.path, mpp=plan.mpp_override) as slide:
         thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)

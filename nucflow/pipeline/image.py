@@ -29,8 +29,8 @@ from nucflow.slide.reader import array_slide
 
 __all__ = [
     "DEFAULT_STAIN_PROFILE", "ImageSegmentation", "build_predictor", "find_tissue", "fit_params", "input_multiple",
-    "mask_shrink_um", "method_spec", "positive_calls", "postprocess_profile", "resample_labels", "segment_image",
-    "with_stain_profile",
+    "interior_markers", "mask_shrink_um", "method_spec", "positive_calls", "postprocess_profile", "resample_labels",
+    "segment_image", "with_stain_profile",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,13 +89,21 @@ def mask_shrink_um(spec: MethodSpec) -> float:
     return float(card.mask_shrink_um) * spec.mpp / card.mpp
 
 
-def postprocess_profile(config: SegmentConfig, *, shrink_um: float = 0.0) -> Any:
+def interior_markers(spec: MethodSpec) -> bool:
+    """Whether the method's map comes from an "interior" head (the model card's ``head``), whose
+    interiors are the watershed markers. False for the baselines."""
+    return spec.model is not None and spec.model.card.head == "interior"
+
+
+def postprocess_profile(config: SegmentConfig, *, shrink_um: float = 0.0, interior: bool = False) -> Any:
     """The stain profile of ``config`` (see :func:`with_stain_profile`), growing labels back by
-    ``shrink_um`` (see :func:`mask_shrink_um`)."""
+    ``shrink_um`` (see :func:`mask_shrink_um`), with markers from interiors when ``interior``
+    (see :func:`interior_markers`)."""
     from nucflow.postprocess import load_stain_profile
 
     profile = load_stain_profile(config.stain_profile or DEFAULT_STAIN_PROFILE)
-    return replace(profile, expand_um=shrink_um) if shrink_um else profile
+    profile = replace(profile, expand_um=shrink_um) if shrink_um else profile
+    return replace(profile, interior_markers=True) if interior else profile
 
 
 def build_predictor(spec: MethodSpec, config: SegmentConfig, *, device: str = "cpu") -> Any:
@@ -174,7 +182,8 @@ def segment_image(
     prob = np.zeros(shape, np.float32)
     for tile, core in predict_tiles(read, grid.tiles, predictor, batch_size=batch_size, params=params):
         prob[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols] = core
-    labels = label_nuclei(prob, mpp=spec.mpp, config=postprocess_profile(config, shrink_um=mask_shrink_um(spec)))
+    labels = label_nuclei(prob, mpp=spec.mpp, config=postprocess_profile(
+        config, shrink_um=mask_shrink_um(spec), interior=interior_markers(spec)))
     return ImageSegmentation(labels=labels, probability=prob, rgb=work, mpp=spec.mpp)
 
 

@@ -24,7 +24,14 @@ from nucflow.inference.store import MapMetadata, create_map, open_map
 from nucflow.inference.tiled import auto_tile_size
 from nucflow.pipeline.config import SegmentConfig
 from nucflow.pipeline.failures import clear_error_log, error_line, record_failure
-from nucflow.pipeline.image import find_tissue, fit_params, input_multiple, mask_shrink_um, postprocess_profile
+from nucflow.pipeline.image import (
+    find_tissue,
+    fit_params,
+    input_multiple,
+    interior_markers,
+    mask_shrink_um,
+    postprocess_profile,
+)
 from nucflow.roi import DEFAULT_EXCLUDE, Regions, load_regions
 from nucflow.slide import TileGrid, open_slide, safe_slide_name, slide_stem, tile_grid
 from nucflow.storage import expand_uri, is_uri, published_uri, remote_identity, unpublish
@@ -62,6 +69,7 @@ class SlidePlan:
     map_hash: str = ""
     run_hash: str = ""
     mask_shrink_um: float = 0.0
+    interior_markers: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
     #: The slide's scanned area (x, y, width, height; level-0 px) where its format records one.
     bounds: tuple[int, int, int, int] | None = None
@@ -272,13 +280,14 @@ def _plan(
     params = fit_params(spec, thumb, tissue)
     map_hash = config_hash(spec.model_id, spec.mpp, spec.sigma, size, margin, to_dict(config.tissue), params, mpp,
                            *([spec.tta] if spec.tta != "none" else []))
-    shrink = mask_shrink_um(spec)
-    run_hash = config_hash(map_hash, to_dict(config), __version__, *([shrink] if shrink else []), *roi_hash)
+    shrink, interior = mask_shrink_um(spec), interior_markers(spec)
+    run_hash = config_hash(map_hash, to_dict(config), __version__, *([shrink] if shrink else []),
+                           *(["interior"] if interior else []), *roi_hash)
     plan = SlidePlan(
         key, str(path), str(out_dir), "todo", mpp_override=mpp, mpp=spec.mpp, level0_scale=spec.mpp / slide_mpp,
         grid=grid, params=params, tissue_area_mm2=float(area_mask.sum()) * (thumb_mpp / 1000.0) ** 2,
         thumbnail_mpp=thumb_mpp, model_id=spec.model_id, map_hash=map_hash, run_hash=run_hash,
-        mask_shrink_um=shrink, identity=identity, bounds=bounds,
+        mask_shrink_um=shrink, interior_markers=interior, identity=identity, bounds=bounds,
         roi=None if roi is None else str(roi), roi_exclude=tuple(roi_exclude),
     )
     return _reconcile(plan, slide_mpp=slide_mpp, overwrite=overwrite)

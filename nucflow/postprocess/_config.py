@@ -58,6 +58,10 @@ class PostprocessConfig:
     leaks into the DAB channel of the standard stain vectors). ``expand_um`` grows every
     label by that many µm after the watershed (into background only): it is set from the
     model card of a model trained on shrunk masks (``mask_shrink_um``), never in a profile.
+    ``interior_markers`` is set from the model card of an "interior" head (the map is the mean of
+    S's mask and interior channels), never in a profile: nuclei are the map at or above
+    ``threshold / 2`` and the watershed markers are the interiors, the map at or above
+    ``(1 + threshold) / 2``, instead of the distance transform's maxima.
 
     Scoring (see :mod:`nucflow.scoring`): a positive nucleus is 1+, and 2+ / 3+ from the
     mean DAB OD ``intensity_thresholds`` (two increasing values above ``dab_threshold``;
@@ -78,6 +82,7 @@ class PostprocessConfig:
     max_diameter_um: float = setting(30.0, positive())
     erosion_um: float = setting(0.0, at_least(0))
     expand_um: float = setting(0.0, at_least(0))
+    interior_markers: bool = False
     dab_threshold: float = 0.18
     dab_min_fraction: float = setting(0.4, between(0, 1, closed=True))
     intensity_thresholds: tuple[float, ...] = (0.4, 0.6)

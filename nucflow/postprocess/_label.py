@@ -49,7 +49,8 @@ def label_nuclei(
     """Label nuclei in a probability map with the paper's post-processing.
 
     Threshold, median filter, opening and closing, optional filling of nucleus-sized holes,
-    distance transform, markers at its local maxima, watershed; labels grown by
+    distance transform, markers at its local maxima (or, for an "interior" head, the
+    interiors: see ``PostprocessConfig.interior_markers``), watershed; labels grown by
     ``expand_um`` (models trained on shrunk masks); objects smaller than
     ``min_area_um2`` or wider than ``max_diameter_um`` are dropped; then the optional
     per-nucleus erosion (HER2), and labels renumbered 1..N.
@@ -75,8 +76,13 @@ def label_nuclei(
     """
     px = config.in_pixels(mpp)
     on = backend(device)
-    mask = foreground_mask(on.asarray(as_uint8_probability(prob)), config=config, px=px, on=on)
-    squared, peaks = distance_maxima(mask, px=px, on=on)
+    prob = on.asarray(as_uint8_probability(prob))
+    mask = foreground_mask(prob, config=config, px=px, on=on)
+    if config.interior_markers:
+        squared = on.squared_distance(mask)
+        peaks = _majority(prob >= math.ceil((1.0 + config.threshold) / 2.0 * 255.0), config.median_size, on) & mask
+    else:
+        squared, peaks = distance_maxima(mask, px=px, on=on)
     labels = split_touching(on.to_host(mask), px=px, squared=on.to_host(squared), peaks=on.to_host(peaks),
                             within=None if px.expansion else within)
     if px.expansion:
@@ -99,14 +105,9 @@ def foreground_mask(
     """
     on = on or backend("cpu")
     xp = on.xp
-    mask = prob >= math.ceil(config.threshold * 255.0)
-    size = config.median_size
-    if size > 1:
-        # The median of a binary window is its majority: count it with two 1-D box sums
-        # (exact in uint8 up to 15 x 15), much cheaper than a median or a 2-D convolution.
-        box = xp.ones(size, xp.uint8)
-        counts = on.ndi.correlate1d(on.ndi.correlate1d(mask.view(xp.uint8), box, axis=0), box, axis=1)
-        mask = counts > (size * size) // 2
+    # An "interior" head's map is ~0.5 on a nucleus' edge: the nucleus starts at half the threshold.
+    threshold = config.threshold / 2.0 if config.interior_markers else config.threshold
+    mask = _majority(prob >= math.ceil(threshold * 255.0), config.median_size, on)
     if config.opening_radius:
         footprint = disk(config.opening_radius).astype(bool)
         mask = _dilate(_erode(mask, footprint, xp), footprint, xp)
@@ -116,6 +117,16 @@ def foreground_mask(
     if config.fill_holes:  # component labelling: on the CPU
         mask = on.asarray(fill_small_holes(on.to_host(mask), px.max_hole_area, px.max_diameter))
     return mask
+
+
+def _majority(mask: Any, size: int, on: ArrayBackend) -> Any:
+    """The ``size`` x ``size`` median filter of a bool mask, i.e. its majority: counted with two
+    1-D box sums (exact in uint8 up to 15 x 15), much cheaper than a median or a 2-D convolution."""
+    if size <= 1:
+        return mask
+    box = on.xp.ones(size, on.xp.uint8)
+    counts = on.ndi.correlate1d(on.ndi.correlate1d(mask.view(on.xp.uint8), box, axis=0), box, axis=1)
+    return counts > (size * size) // 2
 
 
 def distance_maxima(mask: Any, *, px: PixelSizes, on: ArrayBackend) -> tuple[Any, Any]:

@@ -83,6 +83,9 @@ class DataConfig:
     ``mask_shrink_um`` shrinks every nucleus of the prior masks and of the pseudo-masks by
     this many µm (touching nuclei then stand apart, so S learns to separate them); the model
     card records it and post-processing grows the labels back.
+    ``interior_um`` > 0 gives S a second output, each nucleus's interior (the nucleus eroded by
+    this many µm, also where two touch), learnt from the prior's instances and judged by D_S
+    together with the mask; the model card's head is then "interior" (see ``HEADS``).
     ``balance_sources`` draws each source (a tile folder, a slide, scikit-image's image)
     equally often instead of by area, so one large collection does not dominate.
     """
@@ -98,9 +101,15 @@ class DataConfig:
     pseudo_method: str = setting("threshold", one_of(*BASELINES))
     balance_sources: bool = False
     mask_shrink_um: float = setting(0.0, at_least(0), below(5))
+    interior_um: float = setting(0.0, at_least(0), below(5))
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+    @property
+    def head(self) -> str:
+        """The model card's head (``nucflow.models.HEADS``) this data trains."""
+        return "interior" if self.interior_um > 0 else "mask"
 
 
 @dataclass(frozen=True)

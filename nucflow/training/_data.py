@@ -134,11 +134,19 @@ def _rescale_rgb(rgb: np.ndarray, scale: float) -> np.ndarray:
 
 def _image(rgb: np.ndarray, source: str, config: DataConfig, group: str = "") -> IhcImage:
     pseudo = pseudo_mask(rgb, config.pseudo_method, shrink_px=_shrink_px(config), mpp=config.mpp)
+    if config.interior_um > 0:  # the "interior" head: mask and interior channels
+        interior = pseudo_mask(rgb, config.pseudo_method, shrink_px=_shrink_px(config) + _interior_px(config),
+                               mpp=config.mpp)
+        pseudo = np.dstack([pseudo, interior & pseudo])
     return IhcImage(rgb=np.ascontiguousarray(rgb), pseudo=pseudo, source=source, group=group or source)
 
 
 def _shrink_px(config: DataConfig) -> int:
     return round(config.mask_shrink_um / config.mpp)
+
+
+def _interior_px(config: DataConfig) -> int:
+    return max(1, round(config.interior_um / config.mpp)) if config.interior_um > 0 else 0
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -227,19 +235,25 @@ def load_masks(paths: Sequence[Path], *, config: DataConfig) -> list[np.ndarray]
     """Binary masks (rows, cols) bool at ``config.mpp`` from instance/binary images or ``.npy``.
 
     With ``config.mask_shrink_um``, every nucleus is shrunk by that much first (at ``mpp``).
+    With ``config.interior_um`` (the "interior" head), each mask is (rows, cols, 2): the mask
+    and its interior, every nucleus eroded by that many µm more (also where two touch).
     """
     scale = config.mask_mpp / config.mpp
-    shrink = _shrink_px(config)
+    shrink, interior = _shrink_px(config), _interior_px(config)
     masks: list[np.ndarray] = []
     for path in paths:
         for labels in _instance_masks(path):
             if abs(scale - 1.0) > 1e-3:
-                if shrink:
+                if shrink or interior:
                     labels = transform.rescale(labels, scale, order=0, preserve_range=True,
                                                anti_aliasing=False).astype(np.int32)
                 else:
                     labels = (transform.rescale((labels > 0).astype(np.float32), scale, order=1) > 0.5).astype(np.int32)
-            masks.append(shrink_labels(labels, shrink) > 0)
+            mask = shrink_labels(labels, shrink)
+            if interior:
+                masks.append(np.dstack([mask > 0, shrink_labels(mask, interior) > 0]))
+            else:
+                masks.append(mask > 0)
     return masks
 
 
@@ -277,7 +291,8 @@ def sample_ihc(
     images: Sequence[IhcImage], *, n: int, crop: int, scale_jitter: float,
     rng: np.random.Generator, balance_groups: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` augmented crops: RGB (n, crop, crop, 3) float32 in [0, 1], pseudo (n, crop, crop).
+    """``n`` augmented crops: RGB (n, crop, crop, 3) float32 in [0, 1], pseudo (n, crop, crop)
+    bool, or (n, crop, crop, 2) for the "interior" head.
 
     Images are drawn with :func:`sampling_weights`.
     """
@@ -291,13 +306,13 @@ def sample_ihc(
         if side != crop:
             window = transform.resize(window, (crop, crop), order=1, anti_aliasing=side > crop)
         rgbs.append(window[..., :3])
-        pseudos.append(window[..., 3] > 0.5)
+        pseudos.append(window[..., 3] > 0.5 if window.shape[-1] == 4 else window[..., 3:] > 0.5)
     return np.stack(rgbs).astype(np.float32), np.stack(pseudos)
 
 
 def sample_masks(
     masks: Sequence[np.ndarray], *, n: int, crop: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """``n`` augmented mask crops, (n, crop, crop) bool."""
+    """``n`` augmented mask crops, (n, crop, crop) bool, or (n, crop, crop, 2) for the "interior" head."""
     picks = rng.integers(len(masks), size=n)
     return np.stack([_augment(_crop(masks[i], crop, rng, fill=0), rng) for i in picks])

@@ -43,10 +43,10 @@ def export_checkpoint(
     card = ModelCard(
         **asdict(config.network.unet_spec()), r=config.loss.r, mpp=config.data.mpp, tile_size=config.data.crop,
         stain_profile=config.stain_profile, training=dict(training), steps=steps,
-        mask_shrink_um=config.data.mask_shrink_um,
+        mask_shrink_um=config.data.mask_shrink_um, head=config.data.head,
         losses={k: float(v) for k, v in losses.items() if k != "step"},
     )
-    unet = build_unet(card)
+    unet = build_unet(card, out_channels=card.out_channels)
     unet.load_state_dict(dict(state_s))
     return save_model(path, unet, card)
 

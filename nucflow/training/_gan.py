@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from nucflow.models import PatchGAN, build_unet
+from nucflow.models import HEADS, PatchGAN, build_unet
 from nucflow.training._config import TrainConfig
 from nucflow.training._losses import (
     HEMATOXYLIN_MAX,
@@ -40,8 +40,9 @@ class GanNets:
 
 @dataclass
 class Batch:
-    """One batch: IHC ``x`` (N, 3, H, W) in [-1, 1], ``pseudo`` and prior ``mask`` (N, 1, H, W)
-    in {0, 1}, and stain-jitter ``factors`` (2, N, 3) for the two views."""
+    """One batch: IHC ``x`` (N, 3, H, W) in [-1, 1], ``pseudo`` and prior ``mask`` (N, C, H, W)
+    in {0, 1} (C = 1, or 2 for the "interior" head: mask and interior), and stain-jitter
+    ``factors`` (2, N, 3) for the two views."""
 
     x: torch.Tensor
     pseudo: torch.Tensor
@@ -61,9 +62,10 @@ def build_nets(config: TrainConfig, *, wrap: Any = None) -> GanNets:
     wrap = wrap or (lambda m: m)
     n, o = config.network, config.optim
     ihc_channels = 1 if config.stain_profile == "her2" else 3
-    s = wrap(build_unet(n, 3, 1))
-    r = wrap(build_unet(n, 1, ihc_channels))
-    d_s = wrap(PatchGAN(1, ndf=n.ndf, n_layers=n.d_layers, norm=n.d_norm))
+    mask_channels = HEADS[config.data.head]
+    s = wrap(build_unet(n, 3, mask_channels))
+    r = wrap(build_unet(n, mask_channels, ihc_channels))
+    d_s = wrap(PatchGAN(mask_channels, ndf=n.ndf, n_layers=n.d_layers, norm=n.d_norm))
     d_r = wrap(PatchGAN(ihc_channels, ndf=n.ndf, n_layers=n.d_layers, norm=n.d_norm))
     betas = (o.beta1, o.beta2)
     opt_g = torch.optim.Adam([*s.parameters(), *r.parameters()], lr=o.lr, betas=betas)

@@ -76,12 +76,12 @@ def _batch(images: list[IhcImage], masks: list[np.ndarray], config: TrainConfig,
     j = config.loss.jitter
     factors = rng.uniform(1 - j, 1 + j, size=(2, n, 3))
 
-    def tensor(a: np.ndarray, channels_last: bool) -> torch.Tensor:
+    def tensor(a: np.ndarray) -> torch.Tensor:  # (n, H, W[, C]) -> (n, C, H, W)
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-        return (t.permute(0, 3, 1, 2) if channels_last else t[:, None]).contiguous().to(device)
+        return (t.permute(0, 3, 1, 2) if t.ndim == 4 else t[:, None]).contiguous().to(device)
 
-    return Batch(x=tensor(rgb, True) * 2 - 1, pseudo=tensor(pseudo, False),
-                 mask=tensor(mask, False), factors=torch.from_numpy(factors).float().to(device))
+    return Batch(x=tensor(rgb) * 2 - 1, pseudo=tensor(pseudo),
+                 mask=tensor(mask), factors=torch.from_numpy(factors).float().to(device))
 
 
 def _state(nets: GanNets, step: int) -> dict[str, Any]:
