@@ -108,7 +108,7 @@ def expand_uri(pattern: str) -> list[str]:
 
 
 def remote_identity(uri: str) -> dict[str, Any]:
-    """A remote slide's identity, as :func:`nucflow.pipeline.plan.slide_identity` gives a local one:
+    """A remote slide's identity, as :func:`nucflow.pipeline.outputs.slide_identity` gives a local one:
     its URI, size, version tag, and the SHA-256 of its size with its first and last MiB."""
     info = remote_info(uri)
     fs, inner = _filesystem(uri)

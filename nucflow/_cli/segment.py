@@ -82,12 +82,15 @@ def _stopped(exc: KeyboardInterrupt, out: Path) -> NoReturn:
 
 
 def _demo_slide(out: Path) -> Path:
-    from nucflow.slide.synthetic import write_demo_slide
     from nucflow.storage import cache_dir, is_uri
 
     base = cache_dir().parent if is_uri(out) else Path(out)  # outputs in a bucket: the demo slide stays local
     path = base / "_demo" / "ihc-demo.svs"
-    return path if path.is_file() else write_demo_slide(path)
+    if path.is_file():
+        return path
+    from nucflow.slide.synthetic import write_demo_slide
+
+    return write_demo_slide(path)
 
 
 def _report(result: Any) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from nucflow.errors import InputError
-from nucflow.methods import METHODS, TTA_MODES
+from nucflow.methods import METHODS, TTA_MODES, parse_method
 
 __all__ = [
     "METHODS", "TTA_MODES", "BaselinePredictor", "MethodSpec", "Predictor", "UNetPredictor", "cpu_has_native_bf16",
@@ -28,13 +28,6 @@ class Predictor(Protocol):
     input_multiple: int
 
     def __call__(self, batch: np.ndarray, *, params: dict[str, Any] | None = None) -> np.ndarray: ...
-
-
-def parse_method(method: str) -> str:
-    """Validate a ``--method`` value."""
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return method
 
 
 @dataclass(frozen=True)

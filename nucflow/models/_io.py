@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from torch import nn
 from nucflow import __version__
 from nucflow.errors import ModelError
 from nucflow.models._card import ModelCard, without_paths
+from nucflow.models._files import DEFAULT_MODEL_DIR, default_model_path, file_id, model_files
 from nucflow.models._networks import UNet, build_unet
 
 __all__ = [
@@ -26,8 +26,6 @@ __all__ = [
     "load_model",
     "save_model",
 ]
-
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
 
 
 class Segmentator(nn.Module):
@@ -73,10 +71,6 @@ def _load_state(unet: nn.Module, state: dict[str, torch.Tensor], path: Path) -> 
         ) from None
 
 
-def _file_id(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def save_model(path: str | Path, unet: nn.Module, card: ModelCard) -> ModelCard:
     """Write ``unet``'s weights to ``path`` (.safetensors) and its card beside it (.json).
 
@@ -84,23 +78,14 @@ def save_model(path: str | Path, unet: nn.Module, card: ModelCard) -> ModelCard:
     Returns the card as written (``model_id`` and ``software_version`` filled in, and no
     machine path in its training record: see :func:`nucflow.models._card.without_paths`).
     """
-    weights, card_path = _paths(Path(path), creating=True)
+    weights, card_path = model_files(Path(path), creating=True)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
     save_file(state, str(weights), metadata={"format": card.format})
-    written = dataclasses.replace(card, model_id=_file_id(weights), software_version=__version__,
+    written = dataclasses.replace(card, model_id=file_id(weights), software_version=__version__,
                                   training=without_paths(card.training))
     card_path.write_text(written.to_json() + "\n")
     return written
-
-
-def _paths(path: Path, *, creating: bool = False) -> tuple[Path, Path]:
-    if path.is_dir() or (creating and path.suffix == ""):
-        path.mkdir(parents=True, exist_ok=True)
-        return path / "model.safetensors", path / "model.json"
-    if path.suffix != ".safetensors":
-        raise ModelError(f"model path {path} must be a .safetensors file or a folder")
-    return path, path.with_suffix(".json")
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -110,15 +95,15 @@ def load_model(path: str | Path) -> LoadedModel:
     understood, the weights hash differs from the card's ``model_id``, or the weights do
     not fit the card's architecture.
     """
-    weights, card_path = _paths(Path(path))
+    weights, card_path = model_files(Path(path))
     for p, what in ((weights, "weights"), (card_path, "model card")):
         if not p.is_file():
             raise ModelError(f"model {what} {p} does not exist")
     card = ModelCard.from_json(_read_card(card_path), source=str(card_path))
-    if card.model_id and card.model_id != _file_id(weights):
+    if card.model_id and card.model_id != file_id(weights):
         raise ModelError(
             f"weights {weights} do not match their model card {card_path} (model_id "
-            f"{card.model_id} != file hash {_file_id(weights)}): the files were mixed up or altered"
+            f"{card.model_id} != file hash {file_id(weights)}): the files were mixed up or altered"
         )
     try:
         state = load_file(str(weights))
@@ -136,11 +121,3 @@ def _read_card(path: Path) -> str:
         raise ModelError(f"model card {path} is not text (binary or corrupt); it must be a JSON model card") from None
     except OSError as exc:
         raise ModelError(f"model card {path} cannot be read: {exc.strerror or exc}") from None
-
-
-def default_model_path() -> Path | None:
-    """The bundled default model's weights file, or None when none ships."""
-    weights = DEFAULT_MODEL_DIR / "model.safetensors"
-    if weights.is_file() and weights.with_suffix(".json").is_file():
-        return weights
-    return None

@@ -16,8 +16,7 @@ from nucflow.config import (
     positive,
     setting,
 )
-from nucflow.methods import METHODS, TTA_MODES
-from nucflow.postprocess._device import DEVICES
+from nucflow.methods import DEVICES, METHODS, TTA_MODES
 
 __all__ = ["DEFAULT_SEGMENT_CONFIG", "InferenceConfig", "SegmentConfig", "TissueConfig", "load_segment_config"]
 

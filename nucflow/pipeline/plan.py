@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
 import logging
 import shutil
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,11 +28,22 @@ from nucflow.pipeline.image import (
     mask_shrink_um,
     postprocess_profile,
 )
+from nucflow.pipeline.outputs import (  # re-exported: the planning's names for them
+    expand_slides,
+    map_location,
+    output_names,
+    recorded_identity,
+    same_slide,
+    slide_identity,
+)
 from nucflow.roi import DEFAULT_EXCLUDE, Regions, load_regions
-from nucflow.slide import TileGrid, open_slide, safe_slide_name, slide_stem, tile_grid
-from nucflow.storage import expand_uri, is_uri, published_uri, remote_identity, unpublish
+from nucflow.slide import TileGrid, open_slide, tile_grid
+from nucflow.storage import unpublish
 
-__all__ = ["SlidePlan", "expand_slides", "output_names", "plan_slide", "slide_regions"]
+__all__ = [
+    "SlidePlan", "expand_slides", "map_location", "output_names", "plan_slide", "recorded_identity", "slide_identity",
+    "slide_regions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,142 +93,6 @@ class SlidePlan:
     def map_path(self) -> str:
         """The Zarr map: in the output folder, or in the bucket itself for outputs there."""
         return map_location(self.out_dir)
-
-
-def map_location(out_dir: str | Path) -> str:
-    """Where a slide folder's probability map lives: beside its other outputs, or, for outputs
-    staged for a bucket (:func:`nucflow.storage.stage_outputs`), in the bucket itself, which
-    every node's model actors write to."""
-    local = Path(out_dir) / "probability.zarr"
-    return published_uri(local) or str(local)
-
-
-def expand_slides(patterns: Sequence[str | Path]) -> list[Path | str]:
-    """Expand paths and globs in order, without duplicates (resolved paths; URIs as given).
-
-    Every pattern matching nothing is an error, one line each. A URI (``s3://``, ``gs://``,
-    ``https://``) names a remote slide (see :mod:`nucflow.storage`); its glob is expanded by
-    its store, and an unreachable store or missing credentials is an error here.
-    """
-    found: list[Path | str] = []
-    missing: list[str] = []
-    for pattern in patterns:
-        text = str(pattern)
-        if is_uri(text):
-            try:
-                uris = expand_uri(text)
-            except SlideError as exc:
-                missing.append(str(exc))
-                continue
-            if not uris:
-                missing.append(f"no slide matches {text!r}; check the bucket, key or glob")
-            found.extend(uris)
-            continue
-        matches = sorted(glob.glob(text, recursive=True)) if glob.has_magic(text) else [text]
-        matches = [m for m in matches if Path(m).exists()]
-        if not matches:
-            missing.append(f"no slide matches {text!r}; check the path or glob (quote globs for the shell)")
-        found.extend(Path(m).resolve() for m in matches)
-    if missing:
-        raise InputError("\n".join(missing))
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        raise InputError("no slides given; pass one or more slide paths or globs")
-    return unique
-
-
-def output_names(paths: Sequence[Path | str], out: Path | None = None) -> list[str]:
-    """Output folder names, unique by construction for distinct (resolved) slide paths.
-
-    A slide keeps its plain name (its file stem) when that is already safe (nothing to
-    replace) and no other slide of the run shares it, ignoring case. Otherwise it gets its
-    safe name plus 8 hex digits of the hash of its full resolved path (``my_slide-1a2b3c4d``).
-    Either way, a folder of ``out`` that already holds this same file's results from an earlier
-    run (under the plain or the hashed name) keeps serving it, so a slide's folder does not
-    change with the other slides of a run. Any collision left (say, a slide literally named
-    like another's hashed name) is an :class:`InputError`.
-    """
-    safe = [safe_slide_name(p) for p in paths]
-    shared = Counter(name.lower() for name in safe)
-    names = []
-    for path, name in zip(paths, safe, strict=True):
-        plain = name == slide_stem(path) and shared[name.lower()] == 1
-        hashed = f"{name}-{_path_hash(path)}"
-        earlier = [n for n in (name, hashed) if out is not None and _recorded_path(out / n) == str(path)]
-        names.append(earlier[0] if earlier else name if plain else hashed)
-    owner: dict[str, Path | str] = {}
-    for path, name in zip(paths, names, strict=True):
-        other = owner.setdefault(name.lower(), path)
-        if other != path:
-            raise InputError(
-                f"slides {other} and {path} would share the output folder {name!r}; "
-                "rename one, or segment them with different -o"
-            )
-    return names
-
-
-def _path_hash(path: Path | str) -> str:
-    return hashlib.sha256(str(path).encode()).hexdigest()[:8]
-
-
-#: Bytes hashed at each end of a slide file for its identity.
-_IDENTITY_SAMPLE = 1 << 20
-
-
-def slide_identity(path: str | Path) -> dict[str, Any]:
-    """What says that outputs belong to this slide: path, size, modification time, and the
-    SHA-256 of the size with the first and last MiB (the content sample).
-
-    Two files are the same slide when size and sample agree (a moved or copied slide still
-    resumes); the path and time are recorded for people. A remote slide records its URI, size,
-    version tag (ETag) and the same sample.
-    """
-    if is_uri(path):
-        return remote_identity(str(path))
-    path = Path(path)
-    stat = path.stat()
-    digest = hashlib.sha256(str(stat.st_size).encode())
-    if path.is_dir():  # a slide stored as a folder (DICOM): its listing
-        for entry in sorted(path.iterdir()):
-            digest.update(f"{entry.name}:{entry.stat().st_size}".encode())
-    else:
-        with open(path, "rb") as handle:
-            digest.update(handle.read(_IDENTITY_SAMPLE))
-            if stat.st_size > 2 * _IDENTITY_SAMPLE:
-                handle.seek(-_IDENTITY_SAMPLE, 2)
-                digest.update(handle.read(_IDENTITY_SAMPLE))
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sample_sha256": digest.hexdigest()}
-
-
-def recorded_identity(out_dir: Path) -> dict[str, Any] | None:
-    """The slide identity recorded with the outputs in ``out_dir`` (summary, else map); None if none.
-
-    Outputs of earlier versions record only the slide's path (``{"path": ...}``).
-    """
-    try:
-        summary = json.loads((out_dir / "summary.json").read_text())
-        return dict(summary.get("slide_identity") or {"path": summary.get("path")})
-    except (OSError, ValueError, AttributeError):
-        pass
-    existing = open_map(map_location(out_dir))
-    if existing is None:
-        return None
-    try:
-        meta = existing.metadata
-    except (OSError, ValueError, TypeError):  # an unreadable map records nothing
-        return None
-    return dict(meta.slide_identity or {"path": meta.slide_path or None})
-
-
-def _recorded_path(out_dir: Path) -> str | None:
-    recorded = recorded_identity(out_dir) if out_dir.is_dir() else None
-    return recorded.get("path") if recorded else None
-
-
-def _same_slide(recorded: dict[str, Any], identity: dict[str, Any]) -> bool:
-    if "sample_sha256" in recorded:
-        return recorded["sample_sha256"] == identity["sample_sha256"] and recorded.get("size") == identity["size"]
-    return recorded.get("path") == identity["path"]
 
 
 class OutputFolderError(InputError):
@@ -310,7 +181,7 @@ def _reconcile(plan: SlidePlan, *, slide_mpp: float, overwrite: bool) -> SlidePl
     if overwrite and out_dir.exists():
         shutil.rmtree(out_dir)
     recorded = recorded_identity(out_dir) if out_dir.is_dir() else None
-    if recorded is not None and not _same_slide(recorded, plan.identity):
+    if recorded is not None and not same_slide(recorded, plan.identity):
         raise OutputFolderError(
             f"{out_dir} holds results of another slide ({recorded.get('path')}), not of {plan.path}; "
             "pass --overwrite to replace them, or choose another -o"

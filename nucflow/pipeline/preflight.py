@@ -13,17 +13,17 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nucflow.errors import InputError, NucflowError, PreflightError
-from nucflow.inference.predictors import MethodSpec
 from nucflow.pipeline.config import SegmentConfig
-from nucflow.pipeline.image import with_stain_profile
-from nucflow.pipeline.plan import expand_slides, output_names
-from nucflow.slide import check_mpp, metadata_mpp
+from nucflow.pipeline.outputs import expand_slides, output_names, output_problems
+
+if TYPE_CHECKING:
+    from nucflow.inference.predictors import MethodSpec
 
 __all__ = ["MPP_TOLERANCE", "Ready", "local_output", "preflight"]
 
@@ -82,7 +82,7 @@ def preflight(
         paths = expand_slides(slides)
     except InputError as exc:
         problems.extend(str(exc).splitlines())
-    problems.extend(_output_problems(out))
+    problems.extend(output_problems(out))
     problems.extend(_stain_problems(config))
     spec = None
     try:
@@ -97,19 +97,9 @@ def preflight(
         problems.append(str(exc))
     if problems or spec is None:
         raise PreflightError(problems)
+    from nucflow.pipeline.image import with_stain_profile
+
     return Ready(paths, names, spec, with_stain_profile(config, spec))
-
-
-def _output_problems(out: Path) -> list[str]:
-    if out.exists() and not out.is_dir():
-        return [f"output folder {out} is a file; choose another -o"]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".nucflow-write-test-"):
-            pass
-    except OSError as exc:
-        return [f"output folder {out} cannot be written ({exc.strerror or exc}); choose another -o"]
-    return []
 
 
 def _stain_problems(config: SegmentConfig) -> list[str]:
@@ -128,6 +118,8 @@ def _mpp_problems(paths: list[Path | str], mpp: float | None, *, force: bool) ->
     """``--mpp`` invalid, or too far from slides' metadata; logs which metadata it overrides."""
     if mpp is None:
         return []
+    from nucflow.slide import check_mpp, metadata_mpp
+
     try:
         check_mpp(mpp)
     except InputError as exc:

@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
-import functools
 import io
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ray
-
-from nucflow.atomic import remove_partials, write_text
-from nucflow.cluster import ClusterConfig, check_shared_path, load_cluster_config, ray_session
 from nucflow.errors import PreflightError
-from nucflow.inference.actors import TileScheduler, WorkItem, actor_options_for_cluster
-from nucflow.inference.predictors import MethodSpec, parse_method
-from nucflow.inference.store import DoneRecorder
-from nucflow.pipeline.config import SegmentConfig
-from nucflow.pipeline.failures import record_failure
-from nucflow.pipeline.finishing import FinishingQueue
-from nucflow.pipeline.image import method_spec
-from nucflow.pipeline.plan import SlidePlan, plan_slide
-from nucflow.pipeline.preflight import local_output, preflight
-from nucflow.report import slides_of_folder, write_region_table, write_report
-from nucflow.roi import DEFAULT_EXCLUDE, match_rois
-from nucflow.slide import slide_stem
+from nucflow.methods import parse_method
+from nucflow.pipeline.config import SegmentConfig, load_segment_config
+from nucflow.pipeline.outputs import FinishedSlide, finished_run, read_summary, record_request, request_key
+from nucflow.pipeline.preflight import local_output
 from nucflow.storage import output_uri, stage_outputs
+
+if TYPE_CHECKING:  # loaded when a slide has work left (see segment)
+    from nucflow.cluster import ClusterConfig
+    from nucflow.inference.actors import TileScheduler, WorkItem
+    from nucflow.inference.predictors import MethodSpec
+    from nucflow.pipeline.plan import SlidePlan
 
 __all__ = ["Progress", "SegmentResult", "SlideResult", "segment"]
 
@@ -90,7 +82,7 @@ def segment(
     cluster_config: ClusterConfig | None = None,
     progress: ProgressCallback | None = None,
     roi: str | Path | None = None,
-    roi_exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    roi_exclude: Sequence[str] | None = None,
 ) -> SegmentResult:
     """Segment every nucleus of ``slides`` into ``out/<slide>/``.
 
@@ -110,7 +102,8 @@ def segment(
     roi : regions of interest (:mod:`nucflow.roi`): a QuPath GeoJSON export or mask image for
         one slide, or a folder of ``<slide stem>.geojson`` (or mask) files; only those regions
         are segmented and every figure is also given per region (``out/regions.csv``).
-    roi_exclude : annotation classes or names (globs, any case) whose areas are left out.
+    roi_exclude : annotation classes or names (globs, any case) whose areas are left out
+        (None: :data:`nucflow.roi.DEFAULT_EXCLUDE`).
 
     Returns
     -------
@@ -122,16 +115,54 @@ def segment(
     PreflightError
         Before any work starts, listing every problem found (see :mod:`nucflow.pipeline.preflight`).
     """
-    from nucflow.pipeline.config import load_segment_config
-
     config = config or load_segment_config()
+    if roi_exclude is None:
+        from nucflow.roi import DEFAULT_EXCLUDE  # only for regions: nucflow.roi loads shapely
+
+        roi_exclude = DEFAULT_EXCLUDE if roi is not None else ()
     config = replace(config, method=parse_method(method or config.method), model=str(model) if model else config.model)
     # -o s3://...: maps in the bucket, other outputs staged locally and published (nucflow.storage)
     out_uri = output_uri(out)
+    # What this request asks for, hashed as given (no model load): a slide finished by the same
+    # request is done. Recorded in each finished slide's summary.json; not for outputs in a bucket.
+    key = None if out_uri else request_key(config, mpp=mpp, force_mpp=force_mpp, roi=roi, roi_exclude=roi_exclude)
+    if key is not None and not overwrite and roi is None:
+        local = local_output(out).resolve()
+        finished = finished_run(slides, local, key=key)
+        if finished is not None:  # nothing to do: no model, thumbnail, Ray, torch or Dask loaded
+            log.info("nothing to run: every slide is finished with this request (nothing loaded)")
+            return _finished_result(local, finished)
     try:
         out = stage_outputs(out_uri) if out_uri else local_output(out).resolve()
     except OSError as exc:
         raise PreflightError([str(exc)]) from exc
+    results = _segment(slides, out, config=config, mpp=mpp, force_mpp=force_mpp, overwrite=overwrite,
+                       geojson=geojson, address=address, cluster_config=cluster_config, progress=progress,
+                       roi=roi, roi_exclude=roi_exclude, out_uri=out_uri)
+    result = SegmentResult(out, tuple(results))
+    if key is not None:
+        for s in result.slides:
+            if s.status in ("ok", "skipped"):
+                record_request(out / s.slide, key)
+    _write_run_outputs(result)
+    return result
+
+
+def _segment(
+    slides: Sequence[str | Path], out: Path, *, config: SegmentConfig, mpp: float | None, force_mpp: bool,
+    overwrite: bool, geojson: bool | str, address: str | None, cluster_config: ClusterConfig | None,
+    progress: ProgressCallback | None, roi: str | Path | None, roi_exclude: Sequence[str], out_uri: str | None,
+) -> list[SlideResult]:
+    """Plan every slide, and run the ones with work left on Ray (see :func:`segment`)."""
+    import concurrent.futures
+    import functools
+
+    from nucflow.cluster import check_shared_path, load_cluster_config, ray_session
+    from nucflow.pipeline.image import method_spec
+    from nucflow.pipeline.preflight import preflight
+    from nucflow.roi import match_rois
+    from nucflow.slide import slide_stem
+
     ready = preflight(slides, out, config=config, mpp=mpp, force_mpp=force_mpp, load_spec=method_spec)
     paths, spec, config = ready.paths, ready.spec, ready.config
     rois = [None] * len(paths) if roi is None else match_rois(roi, [slide_stem(p) for p in paths])
@@ -150,23 +181,30 @@ def segment(
     early = plan() if _maybe_finished(out, ready.names, overwrite=overwrite) else None
     if early is not None and not any(p.status == "todo" for p in early):
         log.info("nothing to run: every slide is finished with this configuration (Ray not started)")
-        results = [_outcome(p) for p in early]
-    else:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            with ray_session(address, config=cluster) as info:
-                planned = pool.submit(plan) if early is None else pool.submit(lambda: early)
-                scheduler = _start_actors(spec, config, cluster)
-                try:
-                    if info.nodes > 1 and cluster.check_shared_output:
-                        check_shared_path(out_uri or out, timeout_s=cluster.shared_check_timeout_s)
-                    results = _run(planned.result(), scheduler, config, geojson=geojson, progress=progress)
-                finally:
-                    scheduler.shutdown()
-    result = SegmentResult(out, tuple(results))
-    _write_run_summary(out / "summary.csv", result)
-    report_slides = slides_of_folder(out, result.slides)
-    write_report(out / "report.html", report_slides)
-    write_region_table(out / "regions.csv", report_slides)
+        return [_outcome(p) for p in early]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        with ray_session(address, config=cluster) as info:
+            planned = pool.submit(plan) if early is None else pool.submit(lambda: early)
+            scheduler = _start_actors(spec, config, cluster)
+            try:
+                if info.nodes > 1 and cluster.check_shared_output:
+                    check_shared_path(out_uri or out, timeout_s=cluster.shared_check_timeout_s)
+                return _run(planned.result(), scheduler, config, geojson=geojson, progress=progress)
+            finally:
+                scheduler.shutdown()
+
+
+def _finished_result(out: Path, finished: list[FinishedSlide]) -> SegmentResult:
+    """The result of a rerun whose slides are all finished with its request (see :func:`segment`)."""
+    from nucflow.atomic import remove_partials
+    from nucflow.pipeline.failures import clear_error_log
+
+    remove_partials(out)  # a killed run's summary.csv
+    for f in finished:  # as planning does for a finished slide
+        remove_partials(out / f.key)
+        clear_error_log(out / f.key)
+    result = SegmentResult(out, tuple(SlideResult(f.key, f.path, "skipped") for f in finished))
+    _write_run_outputs(result, summaries={f.key: f.summary for f in finished})
     return result
 
 
@@ -194,6 +232,9 @@ def _plan_all(
     rois: Sequence[Path | None],
     roi_exclude: tuple[str, ...],
 ) -> list[SlidePlan]:
+    from nucflow.atomic import remove_partials
+    from nucflow.pipeline.plan import plan_slide
+
     started = time.perf_counter()
     remove_partials(out)  # a killed run's summary.csv
     plans = [
@@ -206,6 +247,10 @@ def _plan_all(
 
 def _start_actors(spec: MethodSpec, config: SegmentConfig, cluster: ClusterConfig) -> TileScheduler:
     """The model actors, starting (their processes load the model while the driver plans)."""
+    import ray
+
+    from nucflow.inference.actors import TileScheduler, actor_options_for_cluster
+
     options = actor_options_for_cluster(
         ray.cluster_resources(), cluster=cluster, amp=config.inference.amp, channels_last=config.inference.channels_last
     )
@@ -235,6 +280,8 @@ def _run(
 
 
 def _work_items(plan: SlidePlan, batch_size: int) -> list[WorkItem]:
+    from nucflow.inference.actors import WorkItem
+
     assert plan.grid is not None
     tiles = [plan.grid.tiles[i] for i in plan.todo]
     return [
@@ -259,6 +306,9 @@ class _Tracker:
         self.errors: dict[str, tuple[str, str]] = {}  # slide -> (error line, error log)
         self.total, self.done = sum(self.remaining.values()), 0
         self.progress = progress
+        from nucflow.inference.store import DoneRecorder
+        from nucflow.pipeline.finishing import FinishingQueue
+
         self.recorder = DoneRecorder(
             {p.key: (p.map_path, p.grid.tiles if p.grid is not None else ()) for p in plans}, every_s=_RECORD_EVERY_S
         )
@@ -283,6 +333,8 @@ class _Tracker:
     def failed(self, item: WorkItem, exc: BaseException) -> None:
         key = item.slide_key
         if key not in self.errors:
+            from nucflow.pipeline.failures import record_failure
+
             plan = self.plans[key]
             self.errors[key] = record_failure(plan.out_dir, plan.path, exc, stage="inference")
             log.info("slide %s failed: %s", key, self.errors[key][0])  # the caller reports it, once
@@ -303,6 +355,10 @@ class _Tracker:
         return results
 
     def _collect(self, key: str, ref: Any) -> SlideResult:
+        import ray
+
+        from nucflow.pipeline.failures import record_failure
+
         path = self.plans[key].path
         try:
             summary = ray.get(ref)
@@ -324,18 +380,44 @@ _CSV_FIELDS = (
 )
 
 
-def _write_run_summary(path: Path, result: SegmentResult) -> None:
-    """``summary.csv``: one row per slide of this run (finished ones read from their summary.json)."""
-    import json
+def _write_run_outputs(result: SegmentResult, *, summaries: dict[str, dict[str, Any]] | None = None) -> None:
+    """``summary.csv``, ``report.html`` and ``regions.csv`` of the run.
 
+    When a rerun's ``summary.csv`` comes out the same as the one there (the same slides, statuses
+    and figures) and ``report.html`` was written after it, the report is left as it is: it would
+    say the same (a rerun with nothing to do then writes nothing).
+    """
+    from nucflow.atomic import write_text
+
+    out = result.out
+    text = _run_summary(result, summaries or {})
+    table, report = out / "summary.csv", out / "report.html"
+    try:
+        with open(table, newline="") as written:  # as written: csv ends its lines with \r\n
+            same = written.read() == text and report.stat().st_mtime_ns >= table.stat().st_mtime_ns
+    except (OSError, UnicodeDecodeError):
+        same = False
+    if same:
+        return
+    write_text(table, text)
+    from nucflow.report import slides_of_folder, write_region_table, write_report
+
+    report_slides = slides_of_folder(out, result.slides)
+    write_report(report, report_slides)
+    write_region_table(out / "regions.csv", report_slides)
+
+
+def _run_summary(result: SegmentResult, summaries: dict[str, dict[str, Any]]) -> str:
+    """``summary.csv``: one row per slide of this run (finished ones from their summary.json,
+    or from ``summaries`` when given)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=_CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for s in result.slides:
         summary = s.summary
         if s.status == "skipped":
-            summary = json.loads((result.out / s.slide / "summary.json").read_text())
+            summary = summaries.get(s.slide) or read_summary(result.out / s.slide) or {}
         seconds = sum(summary.get("seconds", {}).values())
         writer.writerow({**summary, "slide": s.slide, "path": s.path, "status": s.status, "error": s.error,
                          "error_log": s.error_log, "seconds_total": round(seconds, 3) if summary else ""})
-    write_text(path, buffer.getvalue())
+    return buffer.getvalue()

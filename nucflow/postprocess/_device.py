@@ -20,11 +20,9 @@ from typing import Any
 import numpy as np
 
 from nucflow.errors import ConfigError
+from nucflow.methods import DEVICES
 
 __all__ = ["DEVICES", "ArrayBackend", "backend", "gpu_available", "resolve_device"]
-
-#: Accepted values of ``postprocess_device``.
-DEVICES = ("auto", "cpu", "gpu")
 
 
 @functools.cache

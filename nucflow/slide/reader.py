@@ -14,7 +14,6 @@ level), so a region read whole and the same region read as tiles agree pixel for
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +23,7 @@ from scipy import ndimage
 
 from nucflow.errors import InputError, SlideError
 from nucflow.slide._tiff import is_tiff, open_tiff, tiff_mpp
+from nucflow.slide.names import safe_slide_name, slide_stem
 from nucflow.slide.tiles import crop_padded
 from nucflow.storage import is_uri, local_copy
 
@@ -427,22 +427,3 @@ def _as_rgb(image: np.ndarray, path: Path) -> np.ndarray:
     if image.dtype != np.uint8:
         raise SlideError(f"image {path} has dtype {image.dtype}; expected 8-bit RGB")
     return np.ascontiguousarray(image[..., :3])
-
-
-def slide_stem(path: str | Path) -> str:
-    """A slide's file name without its format suffix (``.ome.tif`` counts as one)."""
-    name = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
-def safe_slide_name(path: str | Path) -> str:
-    """A file-system-safe name for a slide: its stem without odd characters.
-
-    Not unique (``a.svs`` and ``a.tif``, or names differing only in dropped characters,
-    share it); :func:`nucflow.pipeline.plan.output_names` makes output folders unique.
-    """
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", slide_stem(path)).strip("._")
-    return cleaned or "slide"
