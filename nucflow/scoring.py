@@ -28,6 +28,8 @@ from typing import Any, Protocol
 import numpy as np
 from scipy.spatial import cKDTree
 
+from nucflow.stain import StainVectors
+
 __all__ = [
     "AREA_BINS_UM2", "CLASS_COLOURS", "DAB_BINS", "INTENSITY_CLASSES", "HotSpot", "ScoreAccumulator",
     "ScoringProfile", "class_name", "h_score", "hot_spot", "hot_spot_candidates", "score_nuclei",
@@ -221,6 +223,9 @@ class ScoreAccumulator:
                 for name in names
             }
         out["intensity_bounds"] = [self.profile.dab_threshold, *self.profile.intensity_thresholds]
+        vectors = getattr(self.profile, "stain_vectors", None)
+        if isinstance(vectors, StainVectors):  # the ones used (estimated for this slide, or why not)
+            out["stain_vectors"] = vectors.summary()
         out["histograms"] = {
             "area_um2": {"edges": AREA_BINS_UM2.tolist(), "counts": self._area_hist.tolist()},
             "dab_od": {"edges": DAB_BINS.tolist(), "counts": self._dab_hist.tolist()},

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from nucflow.postprocess import (
 from nucflow.roi import Regions
 from nucflow.scoring import ScoreAccumulator
 from nucflow.slide import open_slide
+from nucflow.stain import resolve_stain_vectors
 
 __all__ = ["finish_slide", "slide_summary"]
 
@@ -62,6 +64,8 @@ def finish_slide(
     level0_mpp = plan.mpp / plan.level0_scale
     with open_slide(plan.path, mpp=plan.mpp_override) as slide:
         thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)
+        profile = replace(profile, stain_vectors=resolve_stain_vectors(  # this slide's, if estimated
+            profile.stain_vectors, thumb, tissue, name=plan.key))
         regions, region_areas, regions_mask = None, None, None
         if plan.roi is not None:  # only the regions' tissue, as planned
             regions = slide_regions(plan.roi, plan.roi_exclude, size=slide.size, offset=plan.qupath_offset)

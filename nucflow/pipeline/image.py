@@ -143,9 +143,12 @@ class ImageSegmentation:
     probability: np.ndarray  # (rows, cols) float32
     rgb: np.ndarray  # (rows, cols, 3) uint8 at ``mpp``
     mpp: float
+    stain_vectors: Any = None  # the profile's, estimated on the image's thumbnail if "macenko"
 
     def positive(self, profile: Any) -> dict[int, bool]:
         """Each nucleus' DAB call with the stain profile's rule, from the working-resolution RGB."""
+        if self.stain_vectors is not None:
+            profile = replace(profile, stain_vectors=self.stain_vectors)
         return positive_calls(self.rgb, self.labels, profile)
 
     def labels_at(self, shape: tuple[int, int], mpp: float) -> np.ndarray:
@@ -184,11 +187,15 @@ def segment_image(
         prob[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols] = core
     labels = label_nuclei(prob, mpp=spec.mpp, config=postprocess_profile(
         config, shrink_um=mask_shrink_um(spec), interior=interior_markers(spec)))
-    return ImageSegmentation(labels=labels, probability=prob, rgb=work, mpp=spec.mpp)
+    from nucflow.stain import resolve_stain_vectors
+
+    vectors = resolve_stain_vectors(postprocess_profile(config).stain_vectors, thumb, tissue)
+    return ImageSegmentation(labels=labels, probability=prob, rgb=work, mpp=spec.mpp, stain_vectors=vectors)
 
 
 def positive_calls(rgb: np.ndarray, labels: np.ndarray, profile: Any) -> dict[int, bool]:
-    """Object id -> DAB-positive, by the stain profile's rule on the nucleus' mean ODs."""
+    """Object id -> DAB-positive, by the stain profile's rule on the nucleus' mean ODs (its
+    ``stain_vectors``; "macenko" estimated on ``rgb``)."""
     from scipy import ndimage
 
     from nucflow.postprocess import stain_od
@@ -196,7 +203,9 @@ def positive_calls(rgb: np.ndarray, labels: np.ndarray, profile: Any) -> dict[in
     ids = np.unique(labels[labels > 0])
     if len(ids) == 0:
         return {}
-    hematoxylin, dab = stain_od(rgb)
+    from nucflow.stain import resolve_stain_vectors
+
+    hematoxylin, dab = stain_od(rgb, resolve_stain_vectors(profile.stain_vectors, rgb))
     calls = profile.positive(ndimage.mean(dab, labels=labels, index=ids),
                              ndimage.mean(hematoxylin, labels=labels, index=ids))
     return {int(i): bool(c) for i, c in zip(ids, calls, strict=True)}

@@ -298,7 +298,7 @@ def _block_table(
         labels, stats, indices, prob, rgb,
         geometry=geometry, origin=origin,
         dab_threshold=config.dab_threshold, dab_min_fraction=config.dab_min_fraction,
-        intensity_thresholds=config.intensity_thresholds,
+        intensity_thresholds=config.intensity_thresholds, stain_vectors=config.stain_vectors,
     )
 
 

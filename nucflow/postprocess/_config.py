@@ -22,6 +22,7 @@ from nucflow.config import (
     setting,
 )
 from nucflow.errors import ConfigError
+from nucflow.stain import StainVectors
 
 __all__ = [
     "PixelSizes", "PostprocessConfig", "dab_intensity", "dab_positive", "load_stain_profile", "stain_profiles",
@@ -69,6 +70,10 @@ class PostprocessConfig:
     ``hotspot_area_mm2`` (a ``hotspot_shape`` "circle" or "square") holding the most
     positive nuclei. ``class_colours`` replaces QuPath's colour (RGB 0-255) of a class
     (Negative, Positive, 1+, 2+, 3+) in the QuPath GeoJSON and the QC picture.
+
+    ``stain_vectors`` (see :mod:`nucflow.stain`) unmixes the nuclei's hematoxylin and DAB densities:
+    "fixed" (Ruifrok and Johnston's), "macenko" (estimated per slide on its thumbnail's tissue,
+    the fixed ones when that fails) or ``{hematoxylin: [r, g, b], dab: [r, g, b]}``.
     """
 
     stain_profile: str = "ki67"
@@ -89,6 +94,7 @@ class PostprocessConfig:
     hotspot_area_mm2: float = setting(0.2, positive())
     hotspot_shape: str = setting("circle", one_of("circle", "square"))
     class_colours: dict[str, list[int]] = field(default_factory=dict)
+    stain_vectors: str | StainVectors = "fixed"
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -109,6 +115,10 @@ class PostprocessConfig:
                     f"class_colours.{name}", rgb, f"name a class ({', '.join(CLASS_NAMES)}) and be [R, G, B], "
                     "integers 0-255", template="{key} must {requirement}; got {value!r}",
                 )
+
+        if isinstance(self.stain_vectors, str) and self.stain_vectors not in ("fixed", "macenko"):
+            raise InvalidValue("stain_vectors", self.stain_vectors, "be 'fixed', 'macenko' or "
+                               "{hematoxylin: [r, g, b], dab: [r, g, b]}")
 
     def intensity(self, dab_od: np.ndarray, hematoxylin_od: np.ndarray) -> np.ndarray:
         """DAB intensity class (0, 1, 2, 3 for negative, 1+, 2+, 3+) of nuclei (see :func:`dab_intensity`)."""

@@ -14,7 +14,7 @@ from scipy import ndimage as ndi
 from nucflow.errors import InputError
 from nucflow.postprocess._config import dab_intensity, dab_positive
 from nucflow.slide.tiles import crop_padded
-from nucflow.stain import stain_od
+from nucflow.stain import StainVectors, stain_od
 
 __all__ = [
     "COLUMNS",
@@ -127,10 +127,12 @@ def region_measures(
     dab_threshold: float,
     dab_min_fraction: float,
     intensity_thresholds: tuple[float, ...] = (),
+    stain_vectors: StainVectors | str | None = None,
 ) -> tuple[dict[str, np.ndarray], list[shapely.Polygon]]:
     """Measure the nuclei ``indices`` of ``labels`` (a region of the map at ``origin``).
 
-    ``rgb`` covers the same region as ``labels`` (None: OD columns are NaN, none positive).
+    ``rgb`` covers the same region as ``labels`` (None: OD columns are NaN, none positive),
+    unmixed with ``stain_vectors`` (None: the fixed ones; see :func:`nucflow.stain.stain_od`).
     Perimeter and solidity are those of the outline polygon (through pixel-edge midpoints).
     Returns the columns of :data:`COLUMNS` except ``id``, and level-0 outlines.
     """
@@ -138,7 +140,7 @@ def region_measures(
     columns = _moment_columns(stats, indices, geometry=geometry, origin=origin)
     columns["perimeter_um"] = shapely.length(outlines) * geometry.um_per_level0_px
     columns["solidity"] = shapely.area(outlines) / shapely.area(shapely.convex_hull(outlines))
-    means = _label_means(labels, stats.sums[:, 0], indices, prob, rgb)
+    means = _label_means(labels, stats.sums[:, 0], indices, prob, rgb, stain_vectors)
     columns["mean_probability"] = means["probability"][indices]
     columns["hematoxylin_od"] = means["hematoxylin"][indices]
     columns["dab_od"] = means["dab"][indices]
@@ -179,7 +181,8 @@ def _eccentricity(var_r: np.ndarray, var_c: np.ndarray, cov: np.ndarray) -> np.n
 
 
 def _label_means(
-    labels: np.ndarray, sizes: np.ndarray, indices: np.ndarray, prob: np.ndarray, rgb: np.ndarray | None
+    labels: np.ndarray, sizes: np.ndarray, indices: np.ndarray, prob: np.ndarray, rgb: np.ndarray | None,
+    stain_vectors: StainVectors | str | None = None,
 ) -> dict[str, np.ndarray]:
     """Mean probability and stain ODs of the labels ``indices`` (others' means are 0), from
     those labels' pixels only (a block's halo nuclei are labelled, never measured)."""
@@ -197,7 +200,7 @@ def _label_means(
     if rgb is None:
         means["hematoxylin"] = means["dab"] = np.full(count + 1, np.nan)
     else:
-        hematoxylin, dab = stain_od(rgb.reshape(-1, 3)[inside])
+        hematoxylin, dab = stain_od(rgb.reshape(-1, 3)[inside], stain_vectors)
         means["hematoxylin"], means["dab"] = mean(hematoxylin), mean(dab)
     return means
 
