@@ -2,9 +2,16 @@
 
 A table of slides (status, error, nuclei, tissue, labelling index global and in the hot
 spot, H-score, time), plots (labelling index across the cohort, nucleus area and DAB
-intensity distributions, time per stage) as inline SVG, and each slide's QC overlay as an
-inline JPEG with its hot spot marked. No script, stylesheet, font or image is fetched: the
-page opens from a disk, a mail attachment or an archive without a network.
+intensity distributions, time per stage) as inline SVG, and each slide's QC overlay as a
+small inline JPEG with its hot spot marked, linked to the full ``overlay.png`` by relative
+path. No script, stylesheet, font or image is fetched: the page opens from a disk, a mail
+attachment or an archive without a network (the full overlays open from the output folder).
+
+The page grows slowly with the cohort: the thumbnails share a fixed pixel budget
+(:data:`PAGE_THUMBNAIL_PIXELS`, each between :data:`MIN_THUMBNAIL_PIXELS` and
+:data:`THUMBNAIL_PIXELS`), and past a few slides the distributions are drawn as the cohort's
+median and 10-90th percentile band, and the time per stage as one box per stage, instead of
+one line or bar per slide.
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ import datetime
 import html
 import io
 import json
+import math
+import os
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +40,19 @@ from nucflow.scoring import CLASS_COLOURS, INTENSITY_CLASSES
 
 __all__ = ["ReportSlide", "slides_of_folder", "write_region_table", "write_report"]
 
-#: Width (px) of each slide's overlay thumbnail in the page.
-THUMBNAIL_PX = 480
+#: Most pixels of one slide's overlay thumbnail (480 x 360: the whole width of a small cohort's card).
+THUMBNAIL_PIXELS = 480 * 360
+#: The pixels all thumbnails of a page share: past 18 slides each gets less, down to ...
+PAGE_THUMBNAIL_PIXELS = 3_000_000
+#: ... this floor (160 x 120), so a cohort of 1,000 slides still shows each one.
+MIN_THUMBNAIL_PIXELS = 160 * 120
+#: JPEG quality of the thumbnails.
+THUMBNAIL_QUALITY = 75
+#: Up to this many slides the distributions have one line per slide (with a legend); past it,
+#: the cohort's median and 10-90th percentile band.
+LINES_MAX_SLIDES = 8
+#: Up to this many slides the time plot has one bar per slide; past it, one box per stage.
+BARS_MAX_SLIDES = 40
 
 
 @dataclass(frozen=True)
@@ -80,7 +101,9 @@ class _Found:
 
 def write_report(path: str | Path, slides: Sequence[ReportSlide], *, title: str = "nucflow run") -> Path:
     """Write the report page to ``path`` (atomically); returns the path."""
+    path = Path(path)
     done = [s for s in slides if s.summary]
+    pixels = thumbnail_pixels(sum(s.overlay is not None for s in done))
     parts = [
         _HEAD.format(title=html.escape(title)),
         f"<h1>{html.escape(title)}</h1>",
@@ -91,14 +114,21 @@ def write_report(path: str | Path, slides: Sequence[ReportSlide], *, title: str 
     ]
     if done:
         parts += ["<h2>Cohort</h2>", "<div class='plots'>",
-                  _figure("Labelling index per slide", _index_plot(done)),
+                  _figure("Labelling index per slide" if len(done) <= BARS_MAX_SLIDES
+                          else "Labelling index across the cohort", _index_plot(done)),
                   _figure("Nucleus area", _histogram_plot(done, "area_um2", "nucleus area (µm²; last bin: larger)")),
                   _figure("Nucleus DAB intensity", _histogram_plot(done, "dab_od", "mean DAB optical density",
                                                                    thresholds=_thresholds(done))),
                   _figure("Time per stage", _time_plot(done)), "</div>"]
-        parts += ["<h2>Slides</h2>"] + [_slide_card(s) for s in done]
+        parts += ["<h2>Slides</h2>"] + [_slide_card(s, page=path.parent, pixels=pixels) for s in done]
     parts.append("</body></html>\n")
     return write_text(path, "\n".join(parts))
+
+
+def thumbnail_pixels(count: int) -> int:
+    """Pixels of each of ``count`` thumbnails: :data:`PAGE_THUMBNAIL_PIXELS` shared, within
+    [:data:`MIN_THUMBNAIL_PIXELS`, :data:`THUMBNAIL_PIXELS`]."""
+    return max(MIN_THUMBNAIL_PIXELS, min(THUMBNAIL_PIXELS, PAGE_THUMBNAIL_PIXELS // max(count, 1)))
 
 
 _REGION_FIELDS = ("slide", "region", "nuclei", "positive", "labelling_index_percent",
@@ -133,14 +163,17 @@ h1 {{ font-size: 1.4em; margin-bottom: 0.2em; }} h2 {{ font-size: 1.15em; margin
 .meta {{ color: #555; }}
 table {{ border-collapse: collapse; font-size: 0.9em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
-th {{ background: #f0f0f0; }} td.name, td.error, th.name {{ text-align: left; }}
+th {{ background: #f0f0f0; }} .scroll th {{ position: sticky; top: 0; }}
+td.name, td.error, th.name {{ text-align: left; }}
 td.error {{ color: #a00; max-width: 40em; }}
 tr.failed td {{ background: #fff0f0; }}
+.scroll {{ max-height: 70vh; overflow-y: auto; display: inline-block; }}
 .plots {{ display: flex; flex-wrap: wrap; gap: 1em; }}
 figure {{ margin: 0; }} figcaption {{ font-weight: 600; font-size: 0.9em; }}
 .card {{ display: inline-block; vertical-align: top; margin: 0 1em 1em 0; }}
-.card img {{ width: {thumb}px; max-width: 100%; border: 1px solid #ccc; }}
-</style></head><body>""".replace("{thumb}", str(THUMBNAIL_PX))
+.card img {{ max-width: 100%; border: 1px solid #ccc; display: block; }}
+.card a.full {{ font-size: 0.85em; }}
+</style></head><body>"""
 
 
 def _status_counts(slides: Sequence[ReportSlide]) -> str:
@@ -154,7 +187,7 @@ _COLUMNS = ("Slide", "Status", "Error", "Nuclei", "Tissue mm²", "LI %", "Hot-sp
 
 
 def _table(slides: Sequence[ReportSlide]) -> str:
-    rows = ["<table id='slides'><thead><tr>"
+    rows = ["<div class='scroll'><table id='slides'><thead><tr>"
             + "".join(f"<th{' class=name' if c in ('Slide', 'Error') else ''}>{html.escape(c)}</th>"
                       for c in _COLUMNS)
             + "</tr></thead><tbody>"]
@@ -174,7 +207,7 @@ def _table(slides: Sequence[ReportSlide]) -> str:
             _cell(seconds, "{:.1f}"),
         ]
         rows.append(f"<tr class='{html.escape(s.status)}'>{''.join(cells)}</tr>")
-    rows.append("</tbody></table>")
+    rows.append("</tbody></table></div>")
     return "\n".join(rows)
 
 
@@ -186,7 +219,7 @@ def _anchor(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _slide_card(s: ReportSlide) -> str:
+def _slide_card(s: ReportSlide, *, page: Path, pixels: int) -> str:
     summary, scoring = s.summary, s.summary.get("scoring") or {}
     spot = scoring.get("hot_spot")
     lines = [f"{summary.get('nuclei', 0):,} nuclei, labelling index {summary.get('labelling_index_percent', 0):.1f}%"]
@@ -210,24 +243,38 @@ def _slide_card(s: ReportSlide) -> str:
         "<table><tr><th class=name>Region</th><th>Nuclei</th><th>LI %</th><th>Hot-spot LI %</th>"
         f"<th>H-score</th></tr>{region_rows}</table>" if regions else ""
     )
-    image = (f"<img alt='overlay of {html.escape(s.slide)}' src='data:image/jpeg;base64,{_thumbnail(s.overlay)}'>"
-             if s.overlay else "<p>(no overlay)</p>")
+    image = "<p>(no overlay)</p>"
+    if s.overlay:
+        data, width, height = _thumbnail(s.overlay, pixels)
+        link = html.escape(_relative_url(s.overlay, page), quote=True)
+        image = (f"<a href='{link}'><img alt='overlay of {html.escape(s.slide)}' width='{width}' height='{height}' "
+                 f"src='data:image/jpeg;base64,{data}'></a><a class='full' href='{link}'>full overlay</a>")
     return (f"<div class='card' id='slide-{_anchor(s.slide)}'><h3>{html.escape(s.slide)}</h3>{image}"
             + "".join(f"<div>{html.escape(line)}</div>" for line in lines) + region_table + "</div>")
 
 
-def _thumbnail(path: Path | None) -> str:
-    """The overlay shrunk to the page's thumbnail width, as base64 JPEG."""
+def _thumbnail(path: Path, pixels: int) -> tuple[str, int, int]:
+    """The overlay shrunk to at most ``pixels`` pixels (its aspect kept), as base64 JPEG, with
+    its width and height."""
     from PIL import Image
 
-    assert path is not None
     with Image.open(path) as picture:
+        scale = min(1.0, math.sqrt(pixels / (picture.width * picture.height)))
+        size = (max(1, math.floor(picture.width * scale)), max(1, math.floor(picture.height * scale)))
+        picture.draft("RGB", size)  # a JPEG decodes at a reduced size; a PNG ignores this
         rgb = picture.convert("RGB")
-        if rgb.width > THUMBNAIL_PX:
-            rgb = rgb.resize((THUMBNAIL_PX, round(rgb.height * THUMBNAIL_PX / rgb.width)), Image.Resampling.LANCZOS)
+        if rgb.size != size:
+            rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
         buffer = io.BytesIO()
-        rgb.save(buffer, format="JPEG", quality=85)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+        rgb.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode("ascii"), size[0], size[1]
+
+
+def _relative_url(target: Path, page: Path) -> str:
+    """``target``'s path from the folder of the page, as a relative URL (so the page and its
+    output folder move together)."""
+    relative = Path(os.path.relpath(Path(target).resolve(), Path(page).resolve()))
+    return urllib.parse.quote(relative.as_posix())
 
 
 def _figure(caption: str, svg: str) -> str:
@@ -241,8 +288,11 @@ def _new_figure(width: float = 5.0, height: float = 3.0) -> tuple[Figure, Any]:
 
 
 def _svg(figure: Figure) -> str:
+    import matplotlib
+
     buffer = io.StringIO()
-    figure.savefig(buffer, format="svg")
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text as text, not one path per glyph
+        figure.savefig(buffer, format="svg")
     text = buffer.getvalue()
     return text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE (not allowed inside HTML)
 
@@ -251,35 +301,55 @@ def _index_plot(done: Sequence[ReportSlide]) -> str:
     names = [s.slide for s in done]
     overall = [s.summary.get("labelling_index_percent") or 0.0 for s in done]
     hot = [s.summary.get("hotspot_labelling_index_percent") or 0.0 for s in done]
-    figure, axes = _new_figure(min(14.0, max(4.0, 0.5 * len(done) + 2)), 3.0)
+    colours = {"global": _hex(CLASS_COLOURS["2+"]), "hot spot": "#e000e0"}
+    if len(done) > BARS_MAX_SLIDES:  # how many slides at each index: readable at any cohort size
+        figure, axes = _new_figure()
+        edges = np.linspace(0.0, 100.0, 21)
+        axes.stairs(np.histogram(np.clip(overall, 0, 100), bins=edges)[0], edges, label="global",
+                    color=colours["global"], fill=True, alpha=0.6)
+        axes.stairs(np.histogram(np.clip(hot, 0, 100), bins=edges)[0], edges, label="hot spot",
+                    color=colours["hot spot"], linewidth=2)
+        axes.set_xlabel("labelling index (%)")
+        axes.set_ylabel(f"slides (of {len(done)})")
+        axes.legend(frameon=False, loc="upper right")
+        return _svg(figure)
+    figure, axes = _new_figure(min(10.0, max(4.0, 0.5 * len(done) + 2)), 3.0)
     x = np.arange(len(done))
-    axes.bar(x - 0.2, overall, 0.4, label="global", color=_hex(CLASS_COLOURS["2+"]))
-    axes.bar(x + 0.2, hot, 0.4, label="hot spot", color="#e000e0")
-    if len(done) <= 40:
-        axes.set_xticks(x, names, rotation=45 if len(done) > 4 else 0, ha="right" if len(done) > 4 else "center")
-    else:
-        axes.set_xlabel(f"{len(done)} slides, in the table's order")
+    axes.bar(x - 0.2, overall, 0.4, label="global", color=colours["global"])
+    axes.bar(x + 0.2, hot, 0.4, label="hot spot", color=colours["hot spot"])
+    axes.set_xticks(x, names, rotation=45 if len(done) > 4 else 0, ha="right" if len(done) > 4 else "center")
     axes.set_ylabel("labelling index (%)")
     axes.set_ylim(0, 100)
-    axes.legend(frameon=False)
+    axes.legend(frameon=False, loc="upper right")
     return _svg(figure)
 
 
 def _histogram_plot(done: Sequence[ReportSlide], key: str, label: str, *, thresholds: Sequence[float] = ()) -> str:
     figure, axes = _new_figure()
+    shares: list[tuple[str, np.ndarray, list[float]]] = []
     for s in done:
         histogram = ((s.summary.get("scoring") or {}).get("histograms") or {}).get(key)
-        if not histogram or not sum(histogram["counts"]):
-            continue
-        counts = np.asarray(histogram["counts"], float)
-        axes.stairs(counts / counts.sum(), histogram["edges"], label=s.slide)
+        if histogram and sum(histogram["counts"]):
+            counts = np.asarray(histogram["counts"], float)
+            shares.append((s.slide, counts / counts.sum(), list(histogram["edges"])))
+    if len(shares) <= LINES_MAX_SLIDES:
+        for name, share, edges in shares:
+            axes.stairs(share, edges, label=name)
+        if shares:
+            axes.legend(frameon=False, fontsize=7, loc="upper right")
+    else:  # one band for the cohort (the slides whose bins are the first's)
+        edges = shares[0][2]
+        table = np.array([share for _, share, e in shares if e == edges])
+        low, median, high = np.percentile(table, [10, 50, 90], axis=0)
+        axes.stairs(high, edges, baseline=low, fill=True, alpha=0.3, color="#4060c0",
+                    label=f"10-90th percentile of {len(table)} slides")
+        axes.stairs(median, edges, color="#203080", label="median")
+        axes.legend(frameon=False, fontsize=7, loc="upper right")
     for value, name in zip(thresholds, INTENSITY_CLASSES[1:], strict=False):
         axes.axvline(value, color=_hex(CLASS_COLOURS[name]), linestyle="--", linewidth=1)
         axes.annotate(name, (value, 1), xycoords=("data", "axes fraction"), ha="left", va="top", fontsize=8)
     axes.set_xlabel(label)
     axes.set_ylabel("share of nuclei")
-    if len(done) <= 8:
-        axes.legend(frameon=False, fontsize=7)
     return _svg(figure)
 
 
@@ -296,6 +366,13 @@ def _time_plot(done: Sequence[ReportSlide]) -> str:
     stages: list[str] = []
     for s in done:
         stages += [k for k in (s.summary.get("seconds") or {}) if k not in stages]
+    if len(done) > BARS_MAX_SLIDES:  # one box per stage: its seconds over the slides
+        figure, axes = _new_figure(5.0, max(2.4, 0.35 * len(stages) + 1.2))
+        per_stage = [[(s.summary.get("seconds") or {}).get(stage, 0.0) for s in done] for stage in stages]
+        axes.boxplot(per_stage, orientation="horizontal", tick_labels=stages, flierprops={"markersize": 3})
+        axes.invert_yaxis()
+        axes.set_xlabel(f"seconds per slide ({len(done)} slides)")
+        return _svg(figure)
     figure, axes = _new_figure(5.0, min(30.0, max(2.4, 0.3 * len(done) + 1.6)))
     left = np.zeros(len(done))
     y = np.arange(len(done))

@@ -114,10 +114,64 @@ def test_report_content_is_a_table_of_every_slide_with_its_figures(report) -> No
     assert page.images == 2  # one overlay per finished slide, none for the failed one
     assert text.count("<svg") == 4  # index, area, DAB, time plots
     assert "tumour" in text and "stroma" in text  # per-region rows
-    # self-contained: every reference is inline data or an anchor in the page
-    assert page.references and all(r.startswith(("data:", "#")) for r in page.references)
+    # self-contained: every reference is inline data, an anchor in the page, or (the full
+    # overlays) a relative path to a file of the output folder
+    assert page.references and all(r.startswith(("data:", "#")) or _local_file(path, r) for r in page.references)
+    links = [r for r in page.references if not r.startswith(("data:", "#"))]
+    assert sorted(set(links)) == ["slide-a/overlay.png", "slide-b/overlay.png"]
     assert not re.search(r"<(script|link|iframe|object|embed)\b", text) and "@import" not in text
     assert all(target.startswith("#") for target in re.findall(r"url\(([^)]*)\)", text))  # SVG clip paths
+
+
+def _local_file(page: Path, reference: str) -> bool:
+    """A relative URL naming a file beside ``page`` or under its folder (no scheme, no host)."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(reference)
+    target = (page.parent / unquote(parts.path)).resolve()
+    return not parts.scheme and not parts.netloc and not parts.path.startswith("/") and target.is_file() \
+        and page.parent.resolve() in target.parents
+
+
+def test_report_of_a_large_cohort_stays_small(tmp_path: Path) -> None:
+    """Thumbnails share a fixed pixel budget (each at most thumbnail_pixels(n) pixels), the
+    cohort plots are bands and boxes instead of a line or bar per slide, and each card links
+    its full overlay: the page grows by a few KB per slide, not by its overlay."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from nucflow.report import MIN_THUMBNAIL_PIXELS, THUMBNAIL_PIXELS, thumbnail_pixels
+
+    assert thumbnail_pixels(1) == THUMBNAIL_PIXELS and thumbnail_pixels(100_000) == MIN_THUMBNAIL_PIXELS
+    assert thumbnail_pixels(20) > thumbnail_pixels(60) > thumbnail_pixels(300)
+    n = 60
+    summary = _slide_folder(tmp_path, "first", 3)
+    noise = np.random.default_rng(0).integers(0, 256, (700, 560, 3), np.uint8)  # worst case for JPEG
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    for i in range(n):
+        folder = tmp_path / f"s{i:03d}"
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({**summary, "slide": folder.name}))
+        (folder / "overlay.png").hardlink_to(tmp_path / "noise.png")
+    slides = [s for s in slides_of_folder(tmp_path) if s.slide != "first"]
+    path = write_report(tmp_path / "report.html", slides)
+    text = path.read_text()
+    images = re.findall(r"src='data:image/jpeg;base64,([^']+)'", text)
+    assert len(images) == n
+    budget = thumbnail_pixels(n)
+    for data in images[:5]:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as thumb:
+            assert 0.95 * budget <= thumb.width * thumb.height <= budget
+            assert thumb.width / thumb.height == pytest.approx(560 / 700, rel=0.02)
+    without_images = len(text) - sum(len(d) for d in images)
+    assert without_images < 250_000  # table, plots, cards: a few KB per slide
+    assert "10-90th percentile of 60 slides" in text and "seconds per slide (60 slides)" in text
+    page = _Page()
+    page.feed(text)
+    assert all(r.startswith(("data:", "#")) or _local_file(path, r) for r in page.references)
+    assert sum(r.endswith("/overlay.png") for r in page.references) == 2 * n  # the image and "full overlay"
 
 
 def test_report_rewritten_for_a_resumed_run_reads_skipped_slides_summaries(report) -> None:
