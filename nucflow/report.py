@@ -231,6 +231,13 @@ def _slide_card(s: ReportSlide, *, page: Path, pixels: int) -> str:
         counts = scoring.get("intensity_counts", {})
         lines.append(f"H-score {scoring['h_score']:.0f} ("
                      + ", ".join(f"{k} {counts.get(k, 0)}" for k in INTENSITY_CLASSES) + ")")
+    vectors = scoring.get("stain_vectors") or {}
+    if vectors.get("method") == "macenko":
+        lines.append(f"stain vectors estimated (Macenko): hematoxylin {vectors['hematoxylin']}, DAB {vectors['dab']}")
+    elif vectors.get("method") == "given":
+        lines.append(f"stain vectors given: hematoxylin {vectors['hematoxylin']}, DAB {vectors['dab']}")
+    elif vectors.get("note"):
+        lines.append(f"fixed stain vectors ({vectors['note']})")
     regions = scoring.get("regions") or {}
     region_rows = "".join(
         f"<tr><td class='name'>{html.escape(name)}</td><td>{r['nuclei']:,}</td>"

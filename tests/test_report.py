@@ -236,3 +236,22 @@ def test_nucflow_report_rebuilds_the_page_from_an_output_folder(report, tmp_path
     empty.mkdir()
     refused = CliRunner().invoke(main, ["report", str(empty)])
     assert refused.exit_code == 1 and "nothing to report" in refused.output
+
+
+def test_each_card_says_which_stain_vectors_were_used(tmp_path: Path) -> None:
+    """A slide's estimated vectors, or why the estimate was rejected, are on its card (the
+    fixed default says nothing)."""
+    from nucflow.stain import FIXED, StainVectors
+
+    summary = _slide_folder(tmp_path, "plain", 4)
+    estimated = StainVectors((0.8, 0.53, 0.27), (0.41, 0.57, 0.71), method="macenko")
+    rejected = StainVectors(FIXED.hematoxylin, FIXED.dab, method="fixed",
+                            note="Macenko estimate rejected: 12 stained pixels <fewer> than 2000")
+    slides = [ReportSlide("plain", "ok", summary=summary)]
+    for name, vectors in (("estimated", estimated), ("rejected", rejected)):
+        slides.append(ReportSlide(name, "ok", summary={**summary, "slide": name, "scoring": {
+            **summary["scoring"], "stain_vectors": vectors.summary()}}))
+    text = write_report(tmp_path / "report.html", slides).read_text()
+    assert text.count("stain vectors") == 2
+    assert f"stain vectors estimated (Macenko): hematoxylin {list(estimated.hematoxylin)}" in text
+    assert "fixed stain vectors (Macenko estimate rejected: 12 stained pixels &lt;fewer&gt; than 2000)" in text
