@@ -197,3 +197,24 @@ def test_segment_image_estimates_the_tiles_vectors_for_its_calls(tmp_path: Path)
     assert calls == positive_calls(result.rgb, result.labels, replace(profile, stain_vectors=result.stain_vectors))
     fixed = positive_calls(result.rgb, result.labels, load_stain_profile("ki67"))
     assert calls.keys() == fixed.keys() and len(calls) > 5
+
+
+def test_slide_scores_record_the_vectors_used():
+    """summary.json's scoring names the vectors a slide was measured with (and a fallback's reason)."""
+    from dataclasses import replace
+
+    from nucflow.scoring import ScoreAccumulator
+
+    part = {"centroid_x_um": np.array([1.0, 2.0]), "centroid_y_um": np.array([1.0, 2.0]),
+            "dab_intensity": np.array([0, 2], np.int8), "area_um2": np.array([30.0, 40.0]),
+            "dab_od": np.array([0.1, 0.5])}
+    estimate = estimate_macenko(_synthetic(HEMATOXYLIN, DAB))
+    rejected = resolve_stain_vectors("macenko", np.full((10, 10, 3), 255, np.uint8))
+    for vectors in (estimate, rejected):
+        scores = ScoreAccumulator(replace(PostprocessConfig(), stain_vectors=vectors))
+        scores.add(part)
+        assert scores.summary(um_per_level0_px=1.0)["stain_vectors"] == vectors.summary()
+    assert rejected.summary()["method"] == "fixed" and "stained pixels" in rejected.summary()["note"]
+    unresolved = ScoreAccumulator(PostprocessConfig())
+    unresolved.add(part)
+    assert "stain_vectors" not in unresolved.summary(um_per_level0_px=1.0)
