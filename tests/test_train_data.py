@@ -12,7 +12,7 @@ from skimage import io
 from nucflow.cli import main
 from nucflow.errors import TrainingError
 from nucflow.training import DataConfig, load_ihc, load_masks, pseudo_mask, sample_ihc, sample_masks
-from nucflow.training._data import find_images
+from nucflow.training._data import IhcImage, find_images
 from nucflow.training._train import _data_lists
 
 CONFIG = DataConfig(mpp=0.5, crop=32, tile_mpp=0.5, mask_mpp=0.5)
@@ -182,3 +182,21 @@ def test_interior_head_pseudo_masks_and_batches_have_two_channels() -> None:
     batch = _batch([image], [mask], config, step=0, rank=0, world=1, device="cpu")
     assert tuple(batch.pseudo.shape) == tuple(batch.mask.shape) == (2, 2, 32, 32)
     assert tuple(batch.x.shape) == (2, 3, 32, 32)
+
+
+def test_low_resolution_crops_are_blurred_as_a_coarser_scan_and_keep_sharp_pseudo_masks() -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)  # noise: all high frequencies
+    pseudo = rng.random((96, 96)) > 0.5
+    image = IhcImage(rgb=rgb, pseudo=pseudo, source="noise", group="noise")
+    for seed in range(3):
+        plain_rgb, plain_pseudo = sample_ihc([image], n=1, crop=32, scale_jitter=0.0, rng=np.random.default_rng(seed))
+        low_rgb, low_pseudo = sample_ihc([image], n=1, crop=32, scale_jitter=0.0, rng=np.random.default_rng(seed),
+                                         lowres_prob=1.0, lowres_factor=2.0)
+        assert np.array_equal(plain_pseudo, low_pseudo)  # the same crop, its pseudo-mask untouched
+        assert low_rgb.shape == plain_rgb.shape == (1, 32, 32, 3)
+        # half the resolution: neighbouring pixels alike, the crop's mean kept
+        assert np.abs(np.diff(low_rgb, axis=1)).mean() < 0.5 * np.abs(np.diff(plain_rgb, axis=1)).mean()
+        assert abs(low_rgb.mean() - plain_rgb.mean()) < 0.02
+    with pytest.raises(Exception, match="lowres_prob"):
+        DataConfig(lowres_prob=1.5)

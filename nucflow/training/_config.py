@@ -78,6 +78,9 @@ class DataConfig:
     ``tile_mpp`` is the resolution assumed for tile folders without metadata and for
     scikit-image's IHC image; ``mask_mpp`` that of the mask prior (40x datasets: 0.25).
     ``scale_jitter`` rescales crops by a random factor in [1/(1+j), 1+j] (20x/40x variety).
+    ``lowres_prob`` is the share of IHC crops S sees at ``lowres_factor`` times coarser
+    resolution, brought back to ``mpp`` (down- then up-sampled): how a 20x scan looks at a 40x
+    working resolution. Its pseudo-masks stay sharp.
     ``pseudo_method`` makes the warm start's pseudo-masks: "threshold" (Otsu on smoothed
     luminance) or "deconvolution" (Otsu on the log hematoxylin + DAB optical density).
     ``mask_shrink_um`` shrinks every nucleus of the prior masks and of the pseudo-masks by
@@ -96,6 +99,8 @@ class DataConfig:
     tile_mpp: float = setting(0.25, between(0, 100))
     mask_mpp: float = setting(0.25, between(0, 100))
     scale_jitter: float = setting(0.0, at_least(0))
+    lowres_prob: float = setting(0.0, between(0, 1, closed=True))
+    lowres_factor: float = setting(2.0, at_least(1))
     tiles_per_slide: int = setting(64, positive())
     skimage_ihc: bool = False
     pseudo_method: str = setting("threshold", one_of(*BASELINES))

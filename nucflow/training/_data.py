@@ -289,12 +289,13 @@ def sampling_weights(images: Sequence[IhcImage], *, balance_groups: bool = False
 
 def sample_ihc(
     images: Sequence[IhcImage], *, n: int, crop: int, scale_jitter: float,
-    rng: np.random.Generator, balance_groups: bool = False,
+    rng: np.random.Generator, balance_groups: bool = False, lowres_prob: float = 0.0, lowres_factor: float = 2.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` augmented crops: RGB (n, crop, crop, 3) float32 in [0, 1], pseudo (n, crop, crop)
     bool, or (n, crop, crop, 2) for the "interior" head.
 
-    Images are drawn with :func:`sampling_weights`.
+    Images are drawn with :func:`sampling_weights`. A ``lowres_prob`` share of the RGB crops is
+    down-sampled by ``lowres_factor`` and up-sampled back (a coarser scan at this resolution).
     """
     picks = rng.choice(len(images), size=n, p=sampling_weights(images, balance_groups=balance_groups))
     rgbs, pseudos = [], []
@@ -305,7 +306,12 @@ def sample_ihc(
         window = _augment(_crop(stack, side, rng, fill=1.0), rng)
         if side != crop:
             window = transform.resize(window, (crop, crop), order=1, anti_aliasing=side > crop)
-        rgbs.append(window[..., :3])
+        rgb = window[..., :3]
+        if lowres_prob > 0 and rng.random() < lowres_prob:  # seen as a coarser scan would show it
+            small = max(8, round(crop / lowres_factor))
+            rgb = transform.resize(transform.resize(rgb, (small, small), order=1, anti_aliasing=True),
+                                   (crop, crop), order=1)
+        rgbs.append(rgb)
         pseudos.append(window[..., 3] > 0.5 if window.shape[-1] == 4 else window[..., 3:] > 0.5)
     return np.stack(rgbs).astype(np.float32), np.stack(pseudos)
 

@@ -71,7 +71,8 @@ def _batch(images: list[IhcImage], masks: list[np.ndarray], config: TrainConfig,
     n = max(1, config.data.batch_size // world)
     d = config.data
     rgb, pseudo = sample_ihc(images, n=n, crop=d.crop, scale_jitter=d.scale_jitter, rng=rng,
-                             balance_groups=d.balance_sources)
+                             balance_groups=d.balance_sources, lowres_prob=d.lowres_prob,
+                             lowres_factor=d.lowres_factor)
     mask = sample_masks(masks, n=n, crop=d.crop, rng=rng)
     j = config.loss.jitter
     factors = rng.uniform(1 - j, 1 + j, size=(2, n, 3))
