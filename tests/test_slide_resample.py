@@ -22,4 +22,4 @@ def test_linear_resampling_equals_map_coordinates_on_real_pixels() -> None:
         grid = np.meshgrid(rr, cc, indexing="ij")
         expected = np.stack([ndimage.map_coordinates(src[..., c], grid, order=1, mode="nearest") for c in range(3)],
                             axis=-1)
-        assert np.array_equal(_linear(src, rr, cc).astype(np.float32), expected)
+        assert np.array_equal(_linear(src, rr, cc), expected)

@@ -218,20 +218,30 @@ class Slide:
             src = ndimage.gaussian_filter(src, sigma=(sigma, sigma, 0), mode="nearest")
         rr = (np.arange(row, row + rows) + 0.5) * scale - 0.5 - src_r0
         cc = (np.arange(col, col + cols) + 0.5) * scale - 0.5 - src_c0
-        out = _linear(src, rr, cc).astype(np.float32)
+        out = _linear(src, rr, cc)
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+#: Output rows interpolated at a time by :func:`_linear`: its float64 temporaries stay in cache
+#: (64 rows: 6.5 ms per 576 px window against 14 ms in one pass and 25 ms for map_coordinates).
+_LINEAR_ROWS = 64
 
 
 def _linear(src: np.ndarray, rr: np.ndarray, cc: np.ndarray) -> np.ndarray:
     """``src`` (rows, cols, channels) linearly interpolated at rows ``rr`` x columns ``cc``
-    (coordinates inside ``src``), in float64: the values of ``ndimage.map_coordinates(order=1)``
-    on that grid, computed one axis at a time (a fifth of its CPU time on a 2x upsampling)."""
+    (coordinates inside ``src``), as float32: the values of ``ndimage.map_coordinates(order=1)``
+    on that grid (computed in float64 as it does), one axis at a time, a band of rows at a time:
+    about a quarter of its CPU time on a 2x upsampling."""
     r0 = np.floor(rr).astype(np.intp)
     c0 = np.floor(cc).astype(np.intp)
     fr, fc = (rr - r0)[:, None, None], (cc - c0)[None, :, None]
     r1, c1 = np.minimum(r0 + 1, src.shape[0] - 1), np.minimum(c0 + 1, src.shape[1] - 1)
-    along = src[r0] * (1.0 - fr) + src[r1] * fr
-    return along[:, c0] * (1.0 - fc) + along[:, c1] * fc
+    out = np.empty((len(rr), len(cc), src.shape[2]), np.float32)
+    for start in range(0, len(rr), _LINEAR_ROWS):
+        rows = slice(start, start + _LINEAR_ROWS)
+        along = src[r0[rows]] * (1.0 - fr[rows]) + src[r1[rows]] * fr[rows]
+        out[rows] = along[:, c0] * (1.0 - fc) + along[:, c1] * fc
+    return out
 
 
 def array_slide(rgb: np.ndarray, *, mpp: float, name: str = "<array>") -> Slide:
