@@ -144,5 +144,7 @@ class _ProgressBars:
             label = {"tiles": "tiles", "slides": "post-processing"}.get(event.stage, event.stage)
             bar = tqdm(total=event.total, desc=label, unit=event.stage[:-1], dynamic_ncols=True)
             self.bars[event.stage] = bar
+        if bar.total != event.total:  # slides planned while the first ones run add tiles
+            bar.total = event.total
         bar.set_postfix_str(event.slide, refresh=False)
         bar.update(event.done - bar.n)

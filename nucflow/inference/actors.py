@@ -136,6 +136,11 @@ _RETRY = object()
 
 OnDone = Callable[[WorkItem, tuple[int, ...]], None]
 OnError = Callable[[WorkItem, BaseException], None]
+#: More work as it comes (``block``: wait for some): new items, or None when no more will come.
+More = Callable[[bool], "list[WorkItem] | None"]
+
+#: Seconds between looks for more work while items are in flight (see :meth:`TileScheduler.run`).
+_MORE_POLL_S = 0.1
 
 
 class TileScheduler:
@@ -165,13 +170,25 @@ class TileScheduler:
             self._spec_ref, device=o.device, threads=o.threads, amp=o.amp, channels_last=o.channels_last
         )
 
-    def run(self, items: Iterable[WorkItem], *, on_done: OnDone, on_error: OnError) -> None:
+    def run(self, items: Iterable[WorkItem], *, on_done: OnDone, on_error: OnError, more: More | None = None) -> None:
+        """Process ``items``, then what ``more`` gives as it comes (slides planned while their
+        predecessors' tiles run), until ``more`` says no more will come."""
         queue: collections.deque[tuple[WorkItem, int]] = collections.deque((item, 0) for item in items)
         pending: dict[Any, _Pending] = {}
         load = [0] * len(self.actors)
-        while queue or pending:
+        while queue or pending or more is not None:
+            if more is not None:
+                new = more(not queue and not pending)  # wait for work only when there is none
+                if new is None:
+                    more = None
+                else:
+                    queue.extend((item, 0) for item in new)
             self._dispatch(queue, pending, load)
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            if not pending:
+                continue
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=None if more is None else _MORE_POLL_S)
+            if not ready:
+                continue
             job = pending.pop(ready[0])
             load[job.slot] -= 1
             outcome = self._outcome(ready[0], job)

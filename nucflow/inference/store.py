@@ -205,6 +205,10 @@ class DoneRecorder:
         self._every_s = every_s
         self._flushed_at = time.monotonic()
 
+    def watch(self, key: str, path: str, tiles: Sequence[Tile]) -> None:
+        """Record the tiles of slide ``key`` too (a slide planned after the run started)."""
+        self._maps[key] = (path, tiles)
+
     def add(self, key: str, indices: Iterable[int]) -> None:
         self._pending.setdefault(key, []).extend(indices)
 

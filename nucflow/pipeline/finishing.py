@@ -39,6 +39,12 @@ class FinishingQueue:
         self.started: dict[str, Any] = {}  # slide -> task, for every task started
         self.pump()
 
+    def add(self, plan: SlidePlan) -> None:
+        """One more slide (planned after the run started), after the ones waiting."""
+        self.plans[plan.key] = plan
+        self.waiting.append(plan.key)
+        self.pump()
+
     def pump(self) -> None:
         """Forget tasks that ended; start waiting ones while fewer than one per node run."""
         if self.running:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import queue
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,7 +156,6 @@ def _segment(
     progress: ProgressCallback | None, roi: str | Path | None, roi_exclude: Sequence[str], out_uri: str | None,
 ) -> list[SlideResult]:
     """Plan every slide, and run the ones with work left on Ray (see :func:`segment`)."""
-    import concurrent.futures
     import functools
 
     from nucflow.cluster import check_shared_path, load_cluster_config, ray_session
@@ -167,31 +168,35 @@ def _segment(
     paths, spec, config = ready.paths, ready.spec, ready.config
     rois = [None] * len(paths) if roi is None else match_rois(roi, [slide_stem(p) for p in paths])
     cluster = cluster_config or load_cluster_config()
-    # Slides are planned (thumbnail, tissue, Zarr map) while the model actors start, but only
-    # once ray.init has returned: it forks Ray's processes, and a fork while the planning thread
-    # is inside a multi-threaded OpenBLAS call (numpy's matmul) deadlocks in OpenBLAS's fork
-    # handler (seen: the driver hung in blas_thread_shutdown_ under ray.init).
-    plan = functools.partial(
-        _plan_all, paths, ready.names, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite,
+    # Slides are planned (thumbnail, tissue, Zarr map) one by one in a thread while the model
+    # actors start and predict the tiles of the slides planned before (many small images do not
+    # wait for the planning of all), but only once ray.init has returned: it forks Ray's
+    # processes, and a fork while the planning thread is inside a multi-threaded OpenBLAS call
+    # (numpy's matmul) deadlocks in OpenBLAS's fork handler (seen: the driver hung in
+    # blas_thread_shutdown_ under ray.init).
+    plans = functools.partial(
+        _plan_each, paths, ready.names, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite,
         rois=rois, roi_exclude=tuple(roi_exclude),
     )
     # A rerun whose slides all have results is planned first: when nothing is left to do (every
     # slide finished with this configuration, or failing before any tile), it ends here without
     # starting Ray or the model actors.
-    early = plan() if _maybe_finished(out, ready.names, overwrite=overwrite) else None
+    early = list(plans()) if _maybe_finished(out, ready.names, overwrite=overwrite) else None
     if early is not None and not any(p.status == "todo" for p in early):
         log.info("nothing to run: every slide is finished with this configuration (Ray not started)")
         return [_outcome(p) for p in early]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        with ray_session(address, config=cluster) as info:
-            planned = pool.submit(plan) if early is None else pool.submit(lambda: early)
+    with ray_session(address, config=cluster) as info:
+        feed = _PlanFeed(plans if early is None else functools.partial(iter, early))
+        try:
             scheduler = _start_actors(spec, config, cluster)
             try:
                 if info.nodes > 1 and cluster.check_shared_output:
                     check_shared_path(out_uri or out, timeout_s=cluster.shared_check_timeout_s)
-                return _run(planned.result(), scheduler, config, geojson=geojson, progress=progress)
+                return _run(feed, scheduler, config, geojson=geojson, progress=progress)
             finally:
                 scheduler.shutdown()
+        finally:
+            feed.close()
 
 
 def _finished_result(out: Path, finished: list[FinishedSlide]) -> SegmentResult:
@@ -220,7 +225,7 @@ def _outcome(plan: SlidePlan) -> SlideResult:
     return SlideResult(plan.key, plan.path, "skipped")
 
 
-def _plan_all(
+def _plan_each(
     paths: list[Path | str],
     names: list[str],
     out: Path,
@@ -231,18 +236,71 @@ def _plan_all(
     overwrite: bool,
     rois: Sequence[Path | None],
     roi_exclude: tuple[str, ...],
-) -> list[SlidePlan]:
+) -> Iterator[SlidePlan]:
+    """Each slide's plan, in order, with the seconds it took."""
     from nucflow.atomic import remove_partials
     from nucflow.pipeline.plan import plan_slide
 
-    started = time.perf_counter()
     remove_partials(out)  # a killed run's summary.csv
-    plans = [
-        plan_slide(p, key, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite, roi=r, roi_exclude=roi_exclude)
-        for p, key, r in zip(paths, names, rois, strict=True)
-    ]
-    per_slide = round((time.perf_counter() - started) / max(1, len(plans)), 3)
-    return [replace(p, seconds={"plan": per_slide}) for p in plans]
+    for path, key, roi in zip(paths, names, rois, strict=True):
+        started = time.perf_counter()
+        plan = plan_slide(path, key, out, spec=spec, config=config, mpp=mpp, overwrite=overwrite, roi=roi,
+                          roi_exclude=roi_exclude)
+        yield replace(plan, seconds={"plan": round(time.perf_counter() - started, 3)})
+
+
+_END = object()
+
+
+class _PlanFeed:
+    """Plans made in a thread, handed over as they come (see :func:`_segment`)."""
+
+    def __init__(self, plans: Callable[[], Iterable[SlidePlan]]) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._stop = threading.Event()
+        self._ended = False
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._fill, args=(plans,), name="nucflow-planning", daemon=True)
+        self._thread.start()
+
+    def _fill(self, plans: Callable[[], Iterable[SlidePlan]]) -> None:
+        try:
+            for plan in plans():
+                self._queue.put(plan)
+                if self._stop.is_set():  # the run stopped: plan no further slide
+                    break
+        except Exception as exc:  # noqa: BLE001 - raised in the driver's thread by take()
+            self._queue.put(exc)
+        self._queue.put(_END)
+
+    def take(self, *, block: bool) -> list[SlidePlan] | None:
+        """The plans made since the last call (``block``: wait for at least one); None after the last."""
+        if self._error is not None:
+            raise self._error
+        if self._ended:
+            return None
+        taken: list[SlidePlan] = []
+        while True:
+            try:
+                item = self._queue.get(timeout=0.5) if block and not taken else self._queue.get_nowait()
+            except queue.Empty:
+                if block and not taken:
+                    continue  # a short wait at a time, so that signals (Ctrl-C, SIGTERM) get through
+                return taken
+            if item is _END:
+                self._ended = True
+                return taken or None
+            if isinstance(item, Exception):  # raised after the plans made before it are handed over
+                self._error = item
+                if not taken:
+                    raise item
+                return taken
+            taken.append(item)
+
+    def close(self) -> None:
+        """Stop planning after the current slide, and wait for it (its map written whole)."""
+        self._stop.set()
+        self._thread.join()
 
 
 def _start_actors(spec: MethodSpec, config: SegmentConfig, cluster: ClusterConfig) -> TileScheduler:
@@ -258,25 +316,39 @@ def _start_actors(spec: MethodSpec, config: SegmentConfig, cluster: ClusterConfi
 
 
 def _run(
-    plans: list[SlidePlan],
+    feed: _PlanFeed,
     scheduler: TileScheduler,
     config: SegmentConfig,
     *,
     geojson: bool | str,
     progress: ProgressCallback | None,
 ) -> list[SlideResult]:
-    outcome = {p.key: _outcome(p) for p in plans if p.status != "todo"}
-    active = [p for p in plans if p.status == "todo"]
-    tracker = _Tracker(active, config, geojson=geojson, progress=progress)
-    items = [item for p in active for item in _work_items(p, scheduler.options.batch_size)]
-    if items:
-        try:
-            scheduler.run(items, on_done=tracker.tiles_done, on_error=tracker.failed)
-        finally:
-            tracker.record_done()
+    """Predict each slide's tiles as its plan comes, then wait for the finishing tasks."""
+    tracker = _Tracker(config, geojson=geojson, progress=progress)
+    order: list[str] = []
+    outcome: dict[str, SlideResult] = {}
+
+    def more(block: bool) -> list[WorkItem] | None:
+        plans = feed.take(block=block)
+        if plans is None:
+            return None
+        items = []
+        for p in plans:
+            order.append(p.key)
+            if p.status != "todo":
+                outcome[p.key] = _outcome(p)
+                continue
+            tracker.add(p)
+            items += _work_items(p, scheduler.options.batch_size)
+        return items
+
+    try:
+        scheduler.run([], on_done=tracker.tiles_done, on_error=tracker.failed, more=more)
+    finally:
+        tracker.record_done()
     scheduler.shutdown()  # free the actors' slots and memory for the finishing tasks
     outcome.update(tracker.finish())
-    return [outcome[p.key] for p in plans]
+    return [outcome[key] for key in order]
 
 
 def _work_items(plan: SlidePlan, batch_size: int) -> list[WorkItem]:
@@ -297,22 +369,26 @@ class _Tracker:
     A slide's inference time goes into its map's metadata with its last tiles; its finishing
     task writes ``summary.json``, once, with it."""
 
-    def __init__(
-        self, plans: list[SlidePlan], config: SegmentConfig, *, geojson: bool | str, progress: ProgressCallback | None
-    ) -> None:
-        self.plans = {p.key: p for p in plans}
-        self.remaining = {p.key: len(p.todo) for p in plans}
-        self.started = {p.key: time.perf_counter() for p in plans}
-        self.errors: dict[str, tuple[str, str]] = {}  # slide -> (error line, error log)
-        self.total, self.done = sum(self.remaining.values()), 0
-        self.progress = progress
+    def __init__(self, config: SegmentConfig, *, geojson: bool | str, progress: ProgressCallback | None) -> None:
         from nucflow.inference.store import DoneRecorder
         from nucflow.pipeline.finishing import FinishingQueue
 
-        self.recorder = DoneRecorder(
-            {p.key: (p.map_path, p.grid.tiles if p.grid is not None else ()) for p in plans}, every_s=_RECORD_EVERY_S
-        )
-        self.queue = FinishingQueue(plans, config, geojson=geojson)
+        self.plans: dict[str, SlidePlan] = {}
+        self.remaining: dict[str, int] = {}
+        self.started: dict[str, float] = {}
+        self.errors: dict[str, tuple[str, str]] = {}  # slide -> (error line, error log)
+        self.total, self.done = 0, 0
+        self.progress = progress
+        self.recorder = DoneRecorder({}, every_s=_RECORD_EVERY_S)
+        self.queue = FinishingQueue([], config, geojson=geojson)
+
+    def add(self, plan: SlidePlan) -> None:
+        """A slide with work left, as its plan comes: its tiles counted, its finishing task queued."""
+        key = plan.key
+        self.plans[key], self.remaining[key], self.started[key] = plan, len(plan.todo), time.perf_counter()
+        self.total += len(plan.todo)
+        self.recorder.watch(key, plan.map_path, plan.grid.tiles if plan.grid is not None else ())
+        self.queue.add(plan)
 
     def tiles_done(self, item: WorkItem, indices: tuple[int, ...]) -> None:
         key = item.slide_key
