@@ -76,3 +76,26 @@ def test_evaluate_uses_the_card_profile(tmp_path: Path, her2_model: Path) -> Non
     report = evaluate(tmp_path / "images", tmp_path / "truth", methods=["unet", "threshold"], model=her2_model,
                       mpp=0.5, truth_format="labels")
     assert report.settings["stain_profiles"] == {"unet": "her2", "threshold": "ki67"}
+
+
+def test_editing_a_profile_file_changes_the_run_hash_but_not_the_map(tmp_path: Path, small_svs: Path) -> None:
+    """The run hash holds the profile's contents, not its path: a slide finished with a profile
+    is finished again after the file changes (its probability map is kept)."""
+    from nucflow.pipeline.plan import plan_slide
+    from nucflow.postprocess._config import STAIN_DIR
+
+    profile = tmp_path / "mine.yaml"
+    profile.write_text((STAIN_DIR / "ki67.yaml").read_text())
+    config = replace(load_segment_config(), method="threshold", stain_profile=str(profile))
+    spec = method_spec(config)
+
+    def plan():
+        result = plan_slide(small_svs, "small", tmp_path / "out", spec=spec, config=config, mpp=None, overwrite=True)
+        assert result.status == "todo", result.error
+        return result
+
+    before = plan()
+    profile.write_text(profile.read_text().replace("min_area_um2: 10.0", "min_area_um2: 12.5"))
+    after = plan()
+    assert after.map_hash == before.map_hash and after.run_hash != before.run_hash
+    assert plan().run_hash == after.run_hash  # and it is stable

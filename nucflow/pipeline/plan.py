@@ -152,8 +152,10 @@ def _plan(
     map_hash = config_hash(spec.model_id, spec.mpp, spec.sigma, size, margin, to_dict(config.tissue), params, mpp,
                            *([spec.tta] if spec.tta != "none" else []))
     shrink, interior = mask_shrink_um(spec), interior_markers(spec)
-    run_hash = config_hash(map_hash, to_dict(config), __version__, *([shrink] if shrink else []),
-                           *(["interior"] if interior else []), *roi_hash)
+    # The post-processing as it will run (the profile file's contents, not just its name or path,
+    # plus what the card adds): editing a profile re-finishes the slides it made.
+    profile = to_dict(postprocess_profile(config, shrink_um=shrink, interior=interior))
+    run_hash = config_hash(map_hash, to_dict(config), profile, __version__, *roi_hash)
     plan = SlidePlan(
         key, str(path), str(out_dir), "todo", mpp_override=mpp, mpp=spec.mpp, level0_scale=spec.mpp / slide_mpp,
         grid=grid, params=params, tissue_area_mm2=float(area_mask.sum()) * (thumb_mpp / 1000.0) ** 2,
