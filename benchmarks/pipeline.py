@@ -10,13 +10,17 @@
   the implementation it replaced (``postprocess_reference.py``), interleaved in one run.
 * :func:`naive_loop`: what users write by hand, in one fresh process: read a tile, predict,
   post-process, append.
+* :func:`noop_rerun`: ``nucflow segment`` (the command, in fresh processes) over a finished
+  cohort of small images: nothing to do.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pickle
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,8 +35,8 @@ import numpy as np
 import psutil
 
 __all__ = [
-    "MemorySampler", "cpu_at", "naive_loop", "postprocess_rate", "postprocess_versus_reference", "run_pipeline",
-    "steady_rate",
+    "MemorySampler", "cpu_at", "naive_loop", "noop_rerun", "postprocess_rate", "postprocess_versus_reference",
+    "run_pipeline", "steady_rate",
 ]
 
 CHILD = Path(__file__).with_name("segment_child.py")
@@ -54,6 +58,7 @@ class MemorySampler:
         self.peak_processes = 0
         self.peak_top: list[tuple[str, float]] = []
         self.cpu: dict[int, float] = {}
+        self.by_name: dict[str, float] = {}
         self.series: list[tuple[float, float]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -82,13 +87,23 @@ class MemorySampler:
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 seen.append((rss, name))
-                self.cpu[proc.pid] = times.user + times.system
+                cpu = times.user + times.system
+                # CPU since the last sample goes to what the process is called now (Ray renames
+                # a worker after the task it runs).
+                self.by_name[name] = self.by_name.get(name, 0.0) + cpu - self.cpu.get(proc.pid, 0.0)
+                self.cpu[proc.pid] = cpu
             self.series.append((time.monotonic(), sum(self.cpu.values())))
             total = sum(rss for rss, _ in seen)
             if total > self.peak:
                 self.peak, self.peak_processes = total, len(seen)
                 self.peak_top = [(name, round(rss / 2**30, 3)) for rss, name in sorted(seen, reverse=True)[:4]]
         return total
+
+    def cpu_by_name(self) -> dict[str, float]:
+        """CPU seconds so far per process name (``/proc/PID/comm``: the driver is ``python``;
+        Ray names a worker after the task or actor it runs, ``ray::TileWorker``), each sampling
+        interval's CPU counted under the name seen at its end."""
+        return {k: round(v, 2) for k, v in sorted(self.by_name.items(), key=lambda kv: -kv[1])}
 
     def cpu_seconds(self) -> float:
         self.sample()
@@ -187,10 +202,14 @@ def run_pipeline(
         "peak_processes": memory.peak_processes,
         "peak_top_processes_gb": memory.peak_top,
         "cpu_s": round(sum(memory.cpu.values()), 1),
+        # The driver is "python"; Ray's workers are named after what they last ran.
+        "cpu_s_by_process": memory.cpu_by_name(),
         "steady_cpu_s_per_tile": round(_steady_cpu(events, cpu, skip=actors), 4) if events else None,
         # Everything after the first batch (inference, post-processing, writing, Ray) per tile.
         "cpu_s_per_tile_after_first_batch": round((total_cpu - cpu[0]) / after_first, 4)
         if after_first > 0 else None,
+        "cpu_s_after_first_batch": round(total_cpu - cpu[0], 2) if events else None,
+        "tiles_after_first_batch": after_first,
         "map": str(out / child["slides"][0]["slide"] / "probability.zarr"),
     }
 
@@ -219,6 +238,48 @@ def _run_child(job: dict, tmp: Path) -> tuple[dict, MemorySampler, float, float]
         tail = (tmp / "child.log").read_text(errors="replace")[-4000:]
         raise RuntimeError(f"benchmark segment child exited with code {code}; its output ends:\n{tail}")
     return json.loads((tmp / "result.json").read_text()), memory, launched, wall
+
+
+def noop_rerun(images: list[Path], out: Path, *, mpp: float, config: Path | None = None, rounds: int = 3) -> dict:
+    """``nucflow segment IMAGES -o OUT --mpp MPP -q`` over a finished cohort: seconds with nothing to do.
+
+    Each call is a fresh ``python -m nucflow`` process, as a user runs it. The first call
+    finishes the cohort (it may be finished already: the folder is cached between benchmark
+    runs); then ``rounds`` reruns with nothing to do (``wall_s``, ``cpu_s``: medians, from
+    launch to exit, the CPU time of the process); then one rerun after ``report.html`` is
+    removed, which writes the report again (``rewriting_report_*``), as the first rerun after a
+    run does (its statuses change from ok to skipped).
+    """
+    command = [sys.executable, "-m", "nucflow", "segment", *map(str, images), "-o", str(out), "--mpp", str(mpp), "-q"]
+    if config is not None:
+        command += ["--config", str(config)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="nf-noop-")  # short: Ray's socket paths
+    prepare = _timed(command, env)
+    reruns = [_timed(command, env) for _ in range(rounds)]
+    with open(out / "summary.csv", newline="", encoding="utf-8") as table:
+        statuses = sorted({row["status"] for row in csv.DictReader(table)})
+    (out / "report.html").unlink()
+    rewriting = _timed(command, env)
+    return {
+        "slides": len(images), "finishing_run_s": round(prepare[0], 2), "rounds": rounds,
+        "wall_s": round(float(np.median([w for w, _ in reruns])), 3),
+        "cpu_s": round(float(np.median([c for _, c in reruns])), 3),
+        "walls_s": [round(w, 3) for w, _ in reruns], "statuses": statuses,
+        "rewriting_report_wall_s": round(rewriting[0], 3), "rewriting_report_cpu_s": round(rewriting[1], 3),
+    }
+
+
+def _timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run ``command`` to its end: its wall seconds and its CPU seconds (user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:5])} ... exited with {done.returncode}: {done.stderr[-3000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def postprocess_rate(map_path: str, *, threads: int, block: int, stain_profile: str) -> dict:
