@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nucflow import __version__
-from nucflow.config import config_file, config_hash, to_dict
+from nucflow.config import CONFIG_DIR, config_file, config_hash, to_dict
 from nucflow.errors import InputError, NucflowError, SlideError
 from nucflow.slide.names import safe_slide_name, slide_stem
 from nucflow.storage import expand_uri, is_uri, published_uri, remote_identity
@@ -184,7 +184,8 @@ def request_key(
     ``config`` (a :class:`~nucflow.pipeline.config.SegmentConfig` with its method and model
     set, before the stain profile is resolved) with its model path replaced by the model
     files' content (the weights' id and the card's bytes: :mod:`nucflow.models._files`), the
-    stain profile file's bytes when one is named, ``--mpp`` (and ``--force-mpp`` with it), the
+    stain profile file's bytes (every shipped profile's when none is named: the card's is one
+    of them), ``--mpp`` (and ``--force-mpp`` with it), the
     regions of interest as given, and nucflow's version. Every input of the slide's
     ``config_hash`` is a function of these and the slide itself, so a slide finished with the
     same key and the same slide (:func:`same_slide`) is finished with the same configuration.
@@ -192,15 +193,26 @@ def request_key(
     """
     try:
         model = _model_fingerprint(config)
-        stain = None
-        if config.stain_profile is not None:
-            stain = hashlib.sha256(config_file(config.stain_profile, "stains", what="stain profile").read_bytes())
+        stain = _stain_fingerprint(config.stain_profile)
     except (OSError, NucflowError):
         return None
     settings = to_dict(replace(config, model=None))
     regions = [str(roi), sorted(roi_exclude)] if roi is not None else None
-    return config_hash("segment-request", settings, model, stain.hexdigest() if stain else None, mpp,
-                       bool(force_mpp) if mpp is not None else None, regions, __version__)
+    return config_hash("segment-request", settings, model, stain, mpp, bool(force_mpp) if mpp is not None else None,
+                       regions, __version__)
+
+
+def _stain_fingerprint(name_or_path: str | None) -> str:
+    """The stain profile file's bytes, hashed; for None (the model card's profile, or the
+    baselines' default: a shipped one), every shipped profile's."""
+    digest = hashlib.sha256()
+    if name_or_path is not None:
+        digest.update(config_file(name_or_path, "stains", what="stain profile").read_bytes())
+        return digest.hexdigest()
+    for path in sorted((CONFIG_DIR / "stains").iterdir(), key=lambda p: p.name):
+        if path.name.endswith(".yaml"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _model_fingerprint(config: Any) -> list[str] | None:
