@@ -112,7 +112,7 @@ def finish_slide(
                "inference": round(ProbabilityMap(plan.map_path).metadata.inference_s, 3)}
     summary = slide_summary(plan, nuclei=writer.rows, positive=scoring["positive"], seconds=seconds,
                             scoring=scoring)
-    write_json(out_dir / "summary.json", summary)  # the one writer of summary.json
+    write_json(out_dir / "summary.json", summary)  # the driver then adds its request key (outputs.record_request)
     return summary
 
 
