@@ -46,13 +46,15 @@ def test_request_key_follows_every_input_and_nothing_else(config, tiny_model: Pa
     shutil.copy(tiny_model, folder / "model.safetensors")
     shutil.copy(tiny_model.with_suffix(".json"), folder / "model.json")
     assert _key(replace(config, model=str(folder))) == base
+    roi = tmp_path / "roi.geojson"
+    roi.write_text('{"type": "FeatureCollection", "features": []}')
     changed = {
         "setting": _key(replace(model, tissue=replace(model.tissue, min_saturation=0.1))),
         "tta": _key(replace(model, inference=replace(model.inference, tta="flips"))),
         "stain": _key(replace(model, stain_profile="her2")),
         "mpp": _key(model, mpp=0.5),
         "force": _key(model, mpp=0.5, force_mpp=True),
-        "roi": _key(model, roi=tmp_path / "roi.geojson", roi_exclude=("Ignore*",)),
+        "roi": _key(model, roi=roi, roi_exclude=("Ignore*",)),
         "method": _key(replace(model, method="threshold")),
     }
     weights = folder / "model.safetensors"
@@ -70,9 +72,19 @@ def test_request_key_follows_every_input_and_nothing_else(config, tiny_model: Pa
     first = _key(replace(model, stain_profile=str(profile)))
     profile.write_text("stain_profile: ki67\nmin_area_um2: 12\n")
     assert first is not None and _key(replace(model, stain_profile=str(profile))) != first
+    # Regions count by content: a ROI file edited in place, or a file of a ROI folder.
+    first = _key(model, roi=roi)
+    roi.write_text('{"type": "FeatureCollection", "features": [], "edited": true}')
+    assert first is not None and _key(model, roi=roi) != first
+    (tmp_path / "rois").mkdir()
+    (tmp_path / "rois" / "a.geojson").write_text("{}")
+    first = _key(model, roi=tmp_path / "rois")
+    (tmp_path / "rois" / "b.geojson").write_text("{}")
+    assert first is not None and _key(model, roi=tmp_path / "rois") != first
     # Files that cannot be read: no key (the full planning reports why).
     assert _key(replace(config, model=str(tmp_path / "missing.safetensors"))) is None
     assert _key(replace(model, stain_profile=str(tmp_path / "missing.yaml"))) is None
+    assert _key(model, roi=tmp_path / "missing.geojson") is None
 
 
 def _finished_cohort(tmp_path: Path, key: str, n: int = 3) -> tuple[list[Path], Path]:

@@ -185,11 +185,12 @@ def request_key(
     set, before the stain profile is resolved) with its model path replaced by the model
     files' content (the weights' id and the card's bytes: :mod:`nucflow.models._files`), the
     stain profile file's bytes (every shipped profile's when none is named: the card's is one
-    of them), ``--mpp`` (and ``--force-mpp`` with it), the
-    regions of interest as given, and nucflow's version. Every input of the slide's
+    of them), ``--mpp`` (and ``--force-mpp`` with it), the regions of interest by content (the
+    ROI file's bytes, or every file of the ROI folder), and nucflow's version. Every input of the slide's
     ``config_hash`` is a function of these and the slide itself, so a slide finished with the
     same key and the same slide (:func:`same_slide`) is finished with the same configuration.
-    None when a file cannot be read (the model, the stain profile): the full planning says why.
+    None when a file cannot be read (the model, the stain profile, the regions): the full
+    planning says why.
     """
     try:
         model = _model_fingerprint(config)
@@ -197,7 +198,10 @@ def request_key(
     except (OSError, NucflowError):
         return None
     settings = to_dict(replace(config, model=None))
-    regions = [str(roi), sorted(roi_exclude)] if roi is not None else None
+    try:
+        regions = [_roi_fingerprint(Path(roi)), sorted(roi_exclude)] if roi is not None else None
+    except OSError:
+        return None
     return config_hash("segment-request", settings, model, stain, mpp, bool(force_mpp) if mpp is not None else None,
                        regions, __version__)
 
@@ -213,6 +217,13 @@ def _stain_fingerprint(name_or_path: str | None) -> str:
         if path.name.endswith(".yaml"):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+def _roi_fingerprint(roi: Path) -> list[str]:
+    """The regions of interest by content: a file's bytes, or a folder's files (names and bytes),
+    so an annotation edited in place makes the rerun plan (the plan's hash holds the regions)."""
+    files = [roi] if roi.is_file() else sorted(p for p in roi.iterdir() if p.is_file())
+    return [f"{p.name}:{hashlib.sha256(p.read_bytes()).hexdigest()}" for p in files]
 
 
 def _model_fingerprint(config: Any) -> list[str] | None:
