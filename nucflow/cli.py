@@ -42,6 +42,9 @@ def _register() -> None:
     from nucflow._cli.report import report
 
     main.add_command(report)
+    from nucflow._cli.export import export
+
+    main.add_command(export)
 
 
 _register()
