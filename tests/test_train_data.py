@@ -39,7 +39,7 @@ def test_bad_mask_array_is_refused(tmp_path) -> None:
         load_masks([tmp_path / "masks.npy"], config=CONFIG)
 
 
-@pytest.mark.parametrize("method", ["threshold", "deconvolution", "consensus"])
+@pytest.mark.parametrize("method", ["threshold", "deconvolution"])
 def test_pseudo_mask_marks_dark_nuclei(method: str) -> None:
     rgb = np.full((40, 40, 3), 220, np.uint8)
     rgb[10:20, 10:20] = (60, 50, 120)
@@ -200,13 +200,3 @@ def test_low_resolution_crops_are_blurred_as_a_coarser_scan_and_keep_sharp_pseud
         assert abs(low_rgb.mean() - plain_rgb.mean()) < 0.02
     with pytest.raises(Exception, match="lowres_prob"):
         DataConfig(lowres_prob=1.5)
-
-
-def test_consensus_pseudo_masks_are_where_both_baselines_agree() -> None:
-    rgb = np.full((60, 60, 3), 225, np.uint8)
-    rgb[10:22, 10:22] = (70, 55, 130)  # a hematoxylin nucleus: both call it
-    rgb[30:52, 30:52] = (200, 150, 120)  # pale brown: not as dark to both
-    threshold, deconvolution = pseudo_mask(rgb, "threshold"), pseudo_mask(rgb, "deconvolution")
-    both = pseudo_mask(rgb, "consensus")
-    assert np.array_equal(both, threshold & deconvolution) and both[12:20, 12:20].all()
-    assert both.sum() < max(threshold.sum(), deconvolution.sum())

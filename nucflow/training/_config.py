@@ -22,9 +22,6 @@ from nucflow.methods import BASELINES
 from nucflow.models._card import STAIN_PROFILES
 from nucflow.models._networks import NORMS, UNetSpec
 
-#: How the warm start's pseudo-masks are made: a baseline, or "consensus" (pixels both call nucleus).
-PSEUDO_METHODS = (*BASELINES, "consensus")
-
 __all__ = [
     "DataConfig",
     "LossConfig",
@@ -85,8 +82,7 @@ class DataConfig:
     resolution, brought back to ``mpp`` (down- then up-sampled): how a 20x scan looks at a 40x
     working resolution. Its pseudo-masks stay sharp.
     ``pseudo_method`` makes the warm start's pseudo-masks: "threshold" (Otsu on smoothed
-    luminance), "deconvolution" (Otsu on the log hematoxylin + DAB optical density) or
-    "consensus" (the pixels both call nucleus).
+    luminance) or "deconvolution" (Otsu on the log hematoxylin + DAB optical density).
     ``mask_shrink_um`` shrinks every nucleus of the prior masks and of the pseudo-masks by
     this many µm (touching nuclei then stand apart, so S learns to separate them); the model
     card records it and post-processing grows the labels back.
@@ -107,7 +103,7 @@ class DataConfig:
     lowres_factor: float = setting(2.0, at_least(1))
     tiles_per_slide: int = setting(64, positive())
     skimage_ihc: bool = False
-    pseudo_method: str = setting("threshold", one_of(*PSEUDO_METHODS))
+    pseudo_method: str = setting("threshold", one_of(*BASELINES))
     balance_sources: bool = False
     mask_shrink_um: float = setting(0.0, at_least(0), below(5))
     interior_um: float = setting(0.0, at_least(0), below(5))

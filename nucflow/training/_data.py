@@ -93,8 +93,7 @@ def pseudo_mask(rgb: np.ndarray, method: str = "threshold", *, shrink_px: int = 
     """Label-free nuclei guess, holes filled: ``rgb`` (rows, cols, 3) uint8 -> (rows, cols) bool.
 
     "threshold": Otsu on the Gaussian-smoothed luminance (dark = nucleus); "deconvolution":
-    the paper's deconvolution baseline (Otsu on the log hematoxylin + DAB optical density);
-    "consensus": the pixels both call nucleus.
+    the paper's deconvolution baseline (Otsu on the log hematoxylin + DAB optical density).
     With ``shrink_px``, touching blobs are split as post-processing splits them (watershed of
     the distance transform at ``mpp``) and every piece is shrunk by that many pixels.
     """
@@ -116,8 +115,6 @@ def shrink_labels(labels: np.ndarray, shrink_px: int) -> np.ndarray:
 
 
 def _pseudo_foreground(rgb: np.ndarray, method: str) -> np.ndarray:
-    if method == "consensus":  # both label-free guesses agree (holes of either filled)
-        return _pseudo_foreground(rgb, "deconvolution") & _pseudo_foreground(rgb, "threshold")
     if method == "deconvolution":
         from nucflow.inference.baselines import baseline_probability
 
