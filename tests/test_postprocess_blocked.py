@@ -47,11 +47,22 @@ def as_zarr(prob: np.ndarray, path: Path, *, chunks: tuple[int, int], **attrs) -
     return path
 
 
-def in_memory_centroids(prob: np.ndarray) -> np.ndarray:
-    """Level-0 (x, y) centroids (scale 1, offset 0) of label_nuclei on the whole map, sorted."""
-    labels = label_nuclei(prob, mpp=MPP, config=CONFIG)
+def label_centroids(labels: np.ndarray) -> np.ndarray:
+    """Level-0 (x, y) centroids (scale 1, offset 0) of labelled nuclei, sorted."""
     rows_cols = np.array(ndi.center_of_mass(labels > 0, labels, range(1, labels.max() + 1)))
     return np.array(sorted(map(tuple, rows_cols[:, ::-1] + 0.5)))
+
+
+def in_memory_centroids(prob: np.ndarray) -> np.ndarray:
+    """Centroids of label_nuclei on the whole map (see :func:`label_centroids`)."""
+    return label_centroids(label_nuclei(prob, mpp=MPP, config=CONFIG))
+
+
+def blocked_table(prob: np.ndarray, tmp_path: Path, config: PostprocessConfig = CONFIG):
+    """nuclei_table of ``prob`` stored as Zarr in uneven (64, 48) chunks, read in 70 px blocks."""
+    path = as_zarr(prob, tmp_path / "probability.zarr", chunks=(64, 48), mpp=MPP)
+    rgb = np.full((*prob.shape, 3), 200, np.uint8)
+    return nuclei_table(path, config=config, read_rgb=read_rgb_from_array(rgb), block_size=70)
 
 
 def sorted_centroids(table) -> np.ndarray:
@@ -60,9 +71,7 @@ def sorted_centroids(table) -> np.ndarray:
 
 def test_blocked_table_equals_in_memory_labelling_on_uneven_zarr_chunks(tmp_path: Path):
     prob = synthetic_map()
-    path = as_zarr(prob, tmp_path / "probability.zarr", chunks=(64, 48), mpp=MPP)
-    rgb = np.full((*prob.shape, 3), 200, np.uint8)
-    blocked = nuclei_table(path, config=CONFIG, read_rgb=read_rgb_from_array(rgb), block_size=70)
+    blocked = blocked_table(prob, tmp_path)
     expected = in_memory_centroids(prob)
     assert len(blocked) == len(expected) > 50
     assert np.allclose(sorted_centroids(blocked), expected, atol=1e-9)
@@ -208,9 +217,7 @@ def test_blocked_equals_in_memory_on_a_real_ihc_region(shared_data: Path, tmp_pa
     blocked = nuclei_table(path, config=config, read_rgb=read_rgb_from_array(rgb), block_size=150)
     labels = label_nuclei(prob, mpp=0.5, config=config)
     assert len(blocked) == labels.max() > 100
-    rows_cols = np.array(ndi.center_of_mass(labels > 0, labels, range(1, labels.max() + 1)))
-    expected = np.array(sorted(map(tuple, rows_cols[:, ::-1] + 0.5)))
-    assert np.allclose(sorted_centroids(blocked), expected, atol=1e-9)
+    assert np.allclose(sorted_centroids(blocked), label_centroids(labels), atol=1e-9)
 
 
 @pytest.mark.slow
@@ -265,11 +272,8 @@ def test_grown_labels_blocked_equal_the_whole_map(tmp_path: Path):
     plain, expanded = label_nuclei(prob, mpp=MPP, config=CONFIG), label_nuclei(prob, mpp=MPP, config=grown)
     assert expanded.max() == plain.max() and (expanded > 0).sum() > (plain > 0).sum()
     assert grown.in_pixels(MPP).halo == CONFIG.in_pixels(MPP).halo + 4
-    path = as_zarr(prob, tmp_path / "probability.zarr", chunks=(64, 48), mpp=MPP)
-    rgb = np.full((*prob.shape, 3), 200, np.uint8)
-    blocked = nuclei_table(path, config=grown, read_rgb=read_rgb_from_array(rgb), block_size=70)
-    rows_cols = np.array(ndi.center_of_mass(expanded > 0, expanded, range(1, expanded.max() + 1)))
-    expected = np.array(sorted(map(tuple, rows_cols[:, ::-1] + 0.5)))
+    blocked = blocked_table(prob, tmp_path, grown)
+    expected = label_centroids(expanded)
     assert len(blocked) == len(expected) > 40
     assert np.allclose(sorted_centroids(blocked), expected, atol=1e-9)
 
@@ -283,10 +287,7 @@ def test_interior_marker_labels_blocked_equal_the_whole_map(tmp_path: Path):
     core = ndi.binary_erosion(prob >= 128, iterations=2)
     prob = np.where(prob >= 128, np.where(core, 250, 128), prob // 2).astype(np.uint8)
     whole = label_nuclei(prob, mpp=MPP, config=config)
-    path = as_zarr(prob, tmp_path / "probability.zarr", chunks=(64, 48), mpp=MPP)
-    rgb = np.full((*prob.shape, 3), 200, np.uint8)
-    blocked = nuclei_table(path, config=config, read_rgb=read_rgb_from_array(rgb), block_size=70)
-    rows_cols = np.array(ndi.center_of_mass(whole > 0, whole, range(1, whole.max() + 1)))
-    expected = np.array(sorted(map(tuple, rows_cols[:, ::-1] + 0.5)))
+    blocked = blocked_table(prob, tmp_path, config)
+    expected = label_centroids(whole)
     assert len(blocked) == len(expected) > 40
     assert np.allclose(sorted_centroids(blocked), expected, atol=1e-9)
