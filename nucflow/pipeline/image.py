@@ -185,11 +185,11 @@ def segment_image(
     prob = np.zeros(shape, np.float32)
     for tile, core in predict_tiles(read, grid.tiles, predictor, batch_size=batch_size, params=params):
         prob[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols] = core
-    labels = label_nuclei(prob, mpp=spec.mpp, config=postprocess_profile(
-        config, shrink_um=mask_shrink_um(spec), interior=interior_markers(spec)))
+    profile = postprocess_profile(config, shrink_um=mask_shrink_um(spec), interior=interior_markers(spec))
+    labels = label_nuclei(prob, mpp=spec.mpp, config=profile)
     from nucflow.stain import resolve_stain_vectors
 
-    vectors = resolve_stain_vectors(postprocess_profile(config).stain_vectors, thumb, tissue)
+    vectors = resolve_stain_vectors(profile.stain_vectors, thumb, tissue)
     return ImageSegmentation(labels=labels, probability=prob, rgb=work, mpp=spec.mpp, stain_vectors=vectors)
 
 
