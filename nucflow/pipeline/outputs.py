@@ -146,11 +146,9 @@ def recorded_identity(out_dir: Path) -> dict[str, Any] | None:
 
     Outputs of earlier versions record only the slide's path (``{"path": ...}``).
     """
-    try:
-        summary = json.loads((out_dir / "summary.json").read_text())
-        return dict(summary.get("slide_identity") or {"path": summary.get("path")})
-    except (OSError, ValueError, AttributeError):
-        pass
+    summary = read_summary(out_dir)
+    if summary is not None:
+        return _summary_identity(summary)
     from nucflow.inference.store import open_map
 
     existing = open_map(map_location(out_dir))
@@ -161,6 +159,11 @@ def recorded_identity(out_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, TypeError):  # an unreadable map records nothing
         return None
     return dict(meta.slide_identity or {"path": meta.slide_path or None})
+
+
+def _summary_identity(summary: dict[str, Any]) -> dict[str, Any]:
+    """The slide identity a ``summary.json`` records (earlier versions: only the slide's path)."""
+    return dict(summary.get("slide_identity") or {"path": summary.get("path")})
 
 
 def _recorded_path(out_dir: Path) -> str | None:
@@ -174,8 +177,6 @@ def same_slide(recorded: dict[str, Any], identity: dict[str, Any]) -> bool:
     return recorded.get("path") == identity["path"]
 
 
-
-
 def request_key(
     config: Any, *, mpp: float | None, force_mpp: bool, roi: str | Path | None = None, roi_exclude: Sequence[str] = ()
 ) -> str | None:
@@ -186,8 +187,8 @@ def request_key(
     files' content (the weights' id and the card's bytes: :mod:`nucflow.models._files`), the
     stain profile file's bytes (every shipped profile's when none is named: the card's is one
     of them), ``--mpp`` (and ``--force-mpp`` with it), the regions of interest by content (the
-    ROI file's bytes, or every file of the ROI folder), and nucflow's version. Every input of the slide's
-    ``config_hash`` is a function of these and the slide itself, so a slide finished with the
+    ROI file's bytes, or every file of the ROI folder), and nucflow's version. Every input of
+    the slide's ``config_hash`` is a function of these and the slide itself, so a slide finished with the
     same key and the same slide (:func:`same_slide`) is finished with the same configuration.
     None when a file cannot be read (the model, the stain profile, the regions): the full
     planning says why.
@@ -195,13 +196,10 @@ def request_key(
     try:
         model = _model_fingerprint(config)
         stain = _stain_fingerprint(config.stain_profile)
+        regions = [_roi_fingerprint(Path(roi)), sorted(roi_exclude)] if roi is not None else None
     except (OSError, NucflowError):
         return None
     settings = to_dict(replace(config, model=None))
-    try:
-        regions = [_roi_fingerprint(Path(roi)), sorted(roi_exclude)] if roi is not None else None
-    except OSError:
-        return None
     return config_hash("segment-request", settings, model, stain, mpp, bool(force_mpp) if mpp is not None else None,
                        regions, __version__)
 
@@ -273,7 +271,7 @@ def finished_run(slides: Sequence[str | Path], out: Path, *, key: str) -> list[F
             identity = slide_identity(path)
         except (OSError, NucflowError):
             return None
-        if not same_slide(dict(summary.get("slide_identity") or {"path": summary.get("path")}), identity):
+        if not same_slide(_summary_identity(summary), identity):
             return None
         found.append(FinishedSlide(name, str(path), summary))
     return found
