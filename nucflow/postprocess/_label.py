@@ -75,16 +75,7 @@ def label_nuclei(
         0 for background, 1..N for nuclei.
     """
     px = config.in_pixels(mpp)
-    on = backend(device)
-    prob = on.asarray(as_uint8_probability(prob))
-    mask = foreground_mask(prob, config=config, px=px, on=on)
-    if config.interior_markers:
-        squared = on.squared_distance(mask)
-        peaks = _majority(prob >= math.ceil((1.0 + config.threshold) / 2.0 * 255.0), config.median_size, on) & mask
-    else:
-        squared, peaks = distance_maxima(mask, px=px, on=on)
-    labels = split_touching(on.to_host(mask), px=px, squared=on.to_host(squared), peaks=on.to_host(peaks),
-                            within=None if px.expansion else within)
+    labels = split_labels(prob, mpp=mpp, config=config, device=device, within=None if px.expansion else within)
     if px.expansion:
         labels = expand_labels(labels, px.expansion)
     keep = plausible(labels, px=px)
@@ -94,6 +85,29 @@ def label_nuclei(
     # Renumber the kept labels 1..N in order (relabel_sequential) with one lookup.
     new_id = np.where(keep, np.cumsum(keep, dtype=np.int32), 0).astype(np.int32)
     return new_id[labels]
+
+
+def split_labels(
+    prob: np.ndarray, *, mpp: float, config: PostprocessConfig, device: str = "cpu",
+    within: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
+    """The labels of :func:`label_nuclei` before they are grown, filtered and renumbered.
+
+    Threshold, filters, markers and watershed (:func:`split_touching`); each label is a
+    marker's number (``ndi.label`` order of the markers, so in the order of the final
+    labels), with gaps. ``within`` as in :func:`label_nuclei`, without the growth exception.
+    """
+    px = config.in_pixels(mpp)
+    on = backend(device)
+    prob = on.asarray(as_uint8_probability(prob))
+    mask = foreground_mask(prob, config=config, px=px, on=on)
+    if config.interior_markers:
+        squared = on.squared_distance(mask)
+        peaks = _majority(prob >= math.ceil((1.0 + config.threshold) / 2.0 * 255.0), config.median_size, on) & mask
+    else:
+        squared, peaks = distance_maxima(mask, px=px, on=on)
+    return split_touching(on.to_host(mask), px=px, squared=on.to_host(squared), peaks=on.to_host(peaks),
+                          within=within)
 
 
 def foreground_mask(
@@ -120,21 +134,64 @@ def foreground_mask(
 
 
 def _majority(mask: Any, size: int, on: ArrayBackend) -> Any:
-    """The ``size`` x ``size`` median filter of a bool mask, i.e. its majority: counted with two
-    1-D box sums (exact in uint8 up to 15 x 15), much cheaper than a median or a 2-D convolution."""
+    """The ``size`` x ``size`` median filter of a bool mask, i.e. its majority (borders
+    mirrored, as ``ndi.median_filter``'s "reflect"): the count of set pixels as two 1-D box
+    sums, each a sum of shifted views (exact in uint8 up to 15 x 15), much cheaper than a
+    median, a 2-D convolution or ``correlate1d``."""
     if size <= 1:
         return mask
-    box = on.xp.ones(size, on.xp.uint8)
-    counts = on.ndi.correlate1d(on.ndi.correlate1d(mask.view(on.xp.uint8), box, axis=0), box, axis=1)
+    counts = _box_sum(_box_sum(mask.view(on.xp.uint8), size, 0, on.xp), size, 1, on.xp)
     return counts > (size * size) // 2
+
+
+def _box_sum(values: Any, size: int, axis: int, xp: Any) -> Any:
+    """Sums of ``size`` (odd) consecutive values along ``axis``, mirrored at the ends."""
+    half = size // 2
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (half, half)
+    padded = xp.pad(values, pad, mode="symmetric")
+    length = values.shape[axis]
+
+    def shifted(start: int) -> Any:
+        return padded[start : start + length] if axis == 0 else padded[:, start : start + length]
+
+    out = shifted(0).copy()
+    for start in range(1, size):
+        out += shifted(start)
+    return out
 
 
 def distance_maxima(mask: Any, *, px: PixelSizes, on: ArrayBackend) -> tuple[Any, Any]:
     """The exact squared distance transform of ``mask`` and its local maxima within
     ``px.min_distance`` (bool), on ``on``'s device."""
     squared = on.squared_distance(mask)
-    peaks = (squared == on.ndi.maximum_filter(squared, size=2 * px.min_distance + 1)) & mask
+    size = 2 * px.min_distance + 1
+    if on.device == "gpu":
+        largest = on.ndi.maximum_filter(squared, size=size)
+    else:
+        largest = _window_max(_window_max(squared, size, 1), size, 0)
+    peaks = (squared == largest) & mask
     return squared, peaks
+
+
+def _window_max(values: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Maximum over ``size`` (odd) consecutive values along ``axis`` of a non-negative
+    array: ``ndi.maximum_filter1d`` (its mirrored border adds only values already in each
+    window, and zero padding adds none above them) as maxima of shifted views: the maxima of
+    ``step`` consecutive values, then of those ``step`` apart, about 2 sqrt(size) passes."""
+    half, length = size // 2, values.shape[axis]
+    step = max(1, math.isqrt(size))
+    moved = values if axis == 1 else values.T
+    padded = np.zeros((moved.shape[0], length + 2 * half), values.dtype)
+    padded[:, half : half + length] = moved
+    runs = padded[:, : padded.shape[1] - step + 1].copy()  # runs[j]: max of padded[j : j + step]
+    for offset in range(1, step):
+        np.maximum(runs, padded[:, offset : offset + runs.shape[1]], out=runs)
+    out = runs[:, :length].copy()
+    starts = [*range(step, size - step + 1, step), size - step]  # runs covering [i, i + size)
+    for start in starts:
+        np.maximum(out, runs[:, start : start + length], out=out)
+    return out if axis == 1 else out.T
 
 
 def _erode(mask: Any, footprint: np.ndarray, xp: Any = np) -> Any:
@@ -237,8 +294,9 @@ def _flood_component(
     distance = squared[box]
     priority = np.arange(distance.size, dtype=np.float64).reshape(distance.shape)
     priority -= distance * np.float64(distance.size)
-    flooded = watershed(priority, np.where(member, markers[box], 0), mask=member)
-    labels[box][member] = flooded[member]
+    # watershed zeroes the markers outside the mask itself (other components' markers)
+    flooded = watershed(priority, markers[box], mask=member)
+    np.copyto(labels[box], flooded, where=member, casting="unsafe")
 
 
 def _seed_unmarked_components(peaks: np.ndarray, components: np.ndarray, count: int, distance: np.ndarray) -> None:
@@ -270,11 +328,14 @@ def plausible(labels: np.ndarray, *, px: PixelSizes) -> np.ndarray:
     """Which labels 0..max to keep (bool): at least ``px.min_area`` px (and present), at most
     ``px.max_diameter`` px wide (bounding box); never the background."""
     count = int(labels.max(initial=0))
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    return plausible_sizes(np.bincount(labels.ravel(), minlength=count + 1), ndi.find_objects(labels), px=px)
+
+
+def plausible_sizes(sizes: np.ndarray, boxes: list, *, px: PixelSizes) -> np.ndarray:
+    """:func:`plausible` from the labels' pixel counts (0..max) and ``ndi.find_objects`` boxes."""
     keep = (sizes >= px.min_area) & (sizes > 0)
-    for index, box in enumerate(ndi.find_objects(labels), start=1):
+    for index, box in enumerate(boxes, start=1):
         if box is not None and max(s.stop - s.start for s in box) > px.max_diameter:
             keep[index] = False
     keep[0] = False
     return keep
-
