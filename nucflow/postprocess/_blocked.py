@@ -31,7 +31,7 @@ from nucflow.postprocess._features import (
     region_measures,
     region_stats,
 )
-from nucflow.postprocess._label import as_uint8_probability, label_nuclei
+from nucflow.postprocess._label import as_uint8_probability, label_nuclei, plausible_sizes, split_labels
 
 __all__ = ["Block", "blocks", "empty_table", "iter_nuclei_parts", "nuclei_table", "open_probability"]
 
@@ -287,10 +287,21 @@ def _block_table(
     r0, r1, c0, c1 = block.region
     core = (block.core[0] - r0, block.core[1] - r0, block.core[2] - c0, block.core[3] - c0)
     # Nuclei of components away from the core cannot be owned: they are left unlabelled.
-    labels = label_nuclei(prob, mpp=geometry.mpp, config=config, device=device, within=core)
-    stats = region_stats(labels)
+    px = config.in_pixels(geometry.mpp)
+    if px.expansion or px.erosion:  # growth and erosion need the filtered labels
+        labels = label_nuclei(prob, mpp=geometry.mpp, config=config, device=device, within=core)
+        stats = region_stats(labels)
+        keep = None
+    else:
+        # label_nuclei's labels before its size filter and renumbering (which keeps their
+        # order): filtered here from the counts and boxes measured anyway.
+        labels = split_labels(prob, mpp=geometry.mpp, config=config, device=device, within=core)
+        stats = region_stats(labels)
+        keep = plausible_sizes(stats.sums[:, 0], stats.boxes, px=px)
     origin = (block.region[0], block.region[2])
     indices = owned_labels(stats, origin=origin, core=block.core)
+    if keep is not None:
+        indices = indices[keep[indices]]
     if indices.size == 0:
         return None
     rgb = None if read_rgb is None else _checked(read_rgb(r0, c0, r1 - r0, c1 - c0), labels.shape)

@@ -9,7 +9,6 @@ from typing import cast
 import numpy as np
 import shapely
 from contourpy import LineType, contour_generator
-from scipy import ndimage as ndi
 
 from nucflow.errors import InputError
 from nucflow.postprocess._config import dab_intensity, dab_positive
@@ -21,6 +20,7 @@ __all__ = [
     "MapGeometry",
     "RegionStats",
     "RgbReader",
+    "Runs",
     "read_rgb_from_array",
     "region_stats",
     "stain_od",
@@ -96,23 +96,86 @@ class RegionStats:
     boxes: list[tuple[slice, slice] | None]  # ndimage.find_objects, label i at i - 1
     start: np.ndarray  # (labels + 1, 2) int64: bounding-box corner (row, col)
     sums: np.ndarray  # (labels + 1, 6) float64: n, Σdr, Σdc, Σdr², Σdc², Σdr·dc
+    runs: Runs  # the labels' row runs they were counted from
+
+
+@dataclass(frozen=True)
+class Runs:
+    """The labelled pixels of a (rows, cols) label image as row runs, in raster order."""
+
+    label: np.ndarray  # (runs,) int64, > 0
+    start: np.ndarray  # (runs,) int64: flat index of the run's first pixel
+    length: np.ndarray  # (runs,) int64
+
+    @classmethod
+    def of(cls, labels: np.ndarray) -> Runs:
+        """The runs of equal non-zero labels along each row of ``labels``."""
+        new = np.empty(labels.shape, bool)
+        new[:, 0] = True
+        np.not_equal(labels[:, 1:], labels[:, :-1], out=new[:, 1:])
+        start = np.flatnonzero(new)  # every run, background too; none crosses a row end
+        length = np.diff(start, append=labels.size)
+        label = labels.ravel()[start].astype(np.int64)
+        inside = label > 0
+        return cls(label=label[inside], start=start[inside], length=length[inside])
+
+    def pixels(self, which: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Flat indices of the pixels of the runs ``which`` (bool, default all), in raster
+        order (``np.flatnonzero`` of their labels' mask), and each pixel's label."""
+        label, start, length = (
+            (self.label, self.start, self.length) if which is None
+            else (self.label[which], self.start[which], self.length[which])
+        )
+        before = np.cumsum(length) - length  # pixels of the runs before each run
+        index = np.arange(int(length.sum()), dtype=np.int64) + np.repeat(start - before, length)
+        return index, np.repeat(label, length)
 
 
 def region_stats(labels: np.ndarray) -> RegionStats:
-    """Counts and moments of the labels 1..max of a (rows, cols) int label image."""
+    """Counts and moments of the labels 1..max of a (rows, cols) int label image.
+
+    Summed over the row runs of each label (closed forms of a run's Σc and Σc²) in exact
+    integer arithmetic, then moved to the bounding-box corner: the same numbers as summing
+    every pixel's offsets from the corner, with a pass over the image instead of several.
+    """
     count = int(labels.max(initial=0))
-    boxes = ndi.find_objects(labels, max_label=count)
-    start = np.zeros((count + 1, 2), np.int64)
-    corners = [(box[0].start, box[1].start) if box is not None else (0, 0) for box in boxes]
-    start[1:] = np.array(corners, np.int64).reshape(-1, 2)
-    inside = np.flatnonzero(labels.ravel())  # background needs no moments: skip its pixels
-    flat = labels.ravel()[inside]
-    rows, cols = np.divmod(inside, labels.shape[1])
-    d_row = (rows - start[flat, 0]).astype(np.float64)
-    d_col = (cols - start[flat, 1]).astype(np.float64)
-    weights = (None, d_row, d_col, d_row * d_row, d_col * d_col, d_row * d_col)
-    sums = np.stack([np.bincount(flat, weights=w, minlength=count + 1) for w in weights], axis=1)
-    return RegionStats(boxes=boxes, start=start, sums=sums)
+    runs = Runs.of(labels)
+    label, n = runs.label, runs.length
+    row, col = np.divmod(runs.start, labels.shape[1])
+    # Bounding boxes: rows from the first and last run (raster order), columns by min / max.
+    first = np.zeros(count + 1, np.int64)
+    last = np.zeros(count + 1, np.int64)
+    first[label[::-1]] = row[::-1]
+    last[label] = row
+    left = np.full(count + 1, labels.shape[1], np.int64)
+    right = np.zeros(count + 1, np.int64)
+    np.minimum.at(left, label, col)
+    np.maximum.at(right, label, col + n)
+    present = np.zeros(count + 1, bool)
+    present[label] = True
+    start = np.where(present[:, None], np.column_stack([first, left]), 0)
+    start[0] = 0
+    boxes: list[tuple[slice, slice] | None] = [
+        (slice(int(r0), int(r1) + 1), slice(int(c0), int(c1))) if here else None
+        for r0, r1, c0, c1, here in zip(first[1:], last[1:], left[1:], right[1:], present[1:], strict=True)
+    ]
+    # Per run (absolute coordinates, integers): Σc, Σc², Σr, Σr², Σr·c.
+    s_c = n * col + n * (n - 1) // 2
+    s_cc = n * col * col + col * n * (n - 1) + (n - 1) * n * (2 * n - 1) // 6
+    totals = np.zeros((count + 1, 6), np.int64)
+    for j, values in enumerate((n, n * row, s_c, n * row * row, s_cc, row * s_c)):
+        np.add.at(totals[:, j], label, values)
+    size, s_r, s_c, s_rr, s_cc, s_rc = totals.T
+    r0, c0 = start[:, 0], start[:, 1]
+    sums = np.column_stack([
+        size,
+        s_r - size * r0,
+        s_c - size * c0,
+        s_rr - 2 * r0 * s_r + size * r0 * r0,
+        s_cc - 2 * c0 * s_c + size * c0 * c0,
+        s_rc - c0 * s_r - r0 * s_c + size * r0 * c0,
+    ]).astype(np.float64)
+    return RegionStats(boxes=boxes, start=start, sums=sums, runs=runs)
 
 
 def region_measures(
@@ -140,7 +203,7 @@ def region_measures(
     columns = _moment_columns(stats, indices, geometry=geometry, origin=origin)
     columns["perimeter_um"] = shapely.length(outlines) * geometry.um_per_level0_px
     columns["solidity"] = shapely.area(outlines) / shapely.area(shapely.convex_hull(outlines))
-    means = _label_means(labels, stats.sums[:, 0], indices, prob, rgb, stain_vectors)
+    means = _label_means(stats, indices, prob, rgb, stain_vectors)
     columns["mean_probability"] = means["probability"][indices]
     columns["hematoxylin_od"] = means["hematoxylin"][indices]
     columns["dab_od"] = means["dab"][indices]
@@ -181,16 +244,17 @@ def _eccentricity(var_r: np.ndarray, var_c: np.ndarray, cov: np.ndarray) -> np.n
 
 
 def _label_means(
-    labels: np.ndarray, sizes: np.ndarray, indices: np.ndarray, prob: np.ndarray, rgb: np.ndarray | None,
+    stats: RegionStats, indices: np.ndarray, prob: np.ndarray, rgb: np.ndarray | None,
     stain_vectors: StainVectors | str | None = None,
 ) -> dict[str, np.ndarray]:
     """Mean probability and stain ODs of the labels ``indices`` (others' means are 0), from
-    those labels' pixels only (a block's halo nuclei are labelled, never measured)."""
+    those labels' pixels only (a block's halo nuclei are labelled, never measured), taken
+    from their runs in raster order."""
+    sizes = stats.sums[:, 0]
     count = len(sizes) - 1
     wanted = np.zeros(count + 1, bool)
     wanted[indices] = True
-    inside = np.flatnonzero(wanted[labels.ravel()])
-    flat = labels.ravel()[inside]
+    inside, flat = stats.runs.pixels(wanted[stats.runs.label])
     sizes = np.maximum(sizes, 1)
 
     def mean(values: np.ndarray) -> np.ndarray:
