@@ -25,11 +25,21 @@ from nucflow.errors import ConfigError, InputError, PreflightError
 from nucflow.inference import predict_image, predict_whole
 from nucflow.inference.actors import ACTOR_PREFIX
 from nucflow.inference.predictors import UNetPredictor
+from nucflow.inference.store import create_map
+from nucflow.inference.store import read_rgb as read_stored_rgb
 from nucflow.models import load_model
 from nucflow.pipeline import load_segment_config, segment
-from nucflow.postprocess import label_nuclei, load_stain_profile
+from nucflow.pipeline.image import (
+    interior_markers,
+    mask_shrink_um,
+    method_spec,
+    postprocess_profile,
+    with_stain_profile,
+)
+from nucflow.postprocess import label_nuclei, load_stain_profile, nuclei_table, read_rgb_from_array
 from nucflow.slide import open_slide
 from nucflow.slide.synthetic import demo_ihc_image, write_svs
+from nucflow.slide.tiles import Tile
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -109,6 +119,52 @@ def test_blocked_postprocessing_counts_equal_in_memory(unet_run) -> None:
     prob = zarr.open_array(str(out / "demo" / "probability.zarr" / "probability"), mode="r")[:]
     labels = label_nuclei(prob, mpp=0.5, config=load_stain_profile("ki67"))
     assert len(_table(out, "demo")) == len(np.unique(labels)) - 1
+
+
+def test_stain_columns_equal_in_memory_from_the_tiles_pixels(unet_run, demo_svs: Path, tiny_model: Path) -> None:
+    """The finishing task takes the stain columns' pixels from the ``rgb`` array the model actors
+    wrote beside the map (then removes it): the table equals the blocked table computed on the
+    slide's pixels read whole, every column."""
+    out, _ = unet_run
+    group = zarr.open_group(str(out / "demo" / "probability.zarr"), mode="r")
+    assert "rgb" not in group  # a working copy, removed once the slide is finished
+    with open_slide(demo_svs) as slide:
+        rgb = slide.read(mpp=0.5, row=0, col=0, rows=512, cols=512)
+    config = replace(SMALL_TILES, model=str(tiny_model))
+    spec = method_spec(config)
+    profile = postprocess_profile(with_stain_profile(config, spec), shrink_um=mask_shrink_um(spec),
+                                  interior=interior_markers(spec))
+    expected = nuclei_table(out / "demo" / "probability.zarr", config=profile, read_rgb=read_rgb_from_array(rgb),
+                            block_size=config.postprocess_block)
+    table = _table(out, "demo")
+    assert len(table) == len(expected) > 0 and table["dab_od"].notna().all()
+    pd.testing.assert_frame_equal(pd.DataFrame(table.drop(columns=["geometry", "geometry_um"])),
+                                  pd.DataFrame(expected.drop(columns=["geometry", "geometry_um"])))
+
+
+def test_stored_rgb_reads_the_slide_where_no_core_was_written(tmp_path: Path, demo_svs: Path) -> None:
+    """``read_rgb`` of a map whose rgb array has some cores written: those from the array, the rest
+    (a core never written) from the slide, equal to the slide read whole."""
+    with open_slide(demo_svs) as slide:
+        whole = slide.read(mpp=0.5, row=0, col=0, rows=256, cols=256)
+        store = create_map(tmp_path / "p.zarr", shape=(256, 256), core=64, attrs={"mpp": 0.5}, rgb=True)
+        array = store.rgb_array(mode="r+")
+        assert array is not None and store.array().chunks == array.chunks[:2]
+        written = [Tile(0, 0, 0, 64, 64, 32, 128), Tile(1, 64, 128, 64, 64, 32, 128)]
+        for tile in written:
+            store.write_rgb(tile, whole[tile.row : tile.row + 64, tile.col : tile.col + 64], array=array)
+        calls = []
+
+        def read_slide(row: int, col: int, rows: int, cols: int) -> np.ndarray:
+            calls.append((row, col, rows, cols))
+            return slide.read(mpp=0.5, row=row, col=col, rows=rows, cols=cols)
+
+        region = read_stored_rgb(array, read_slide, 10, 20, 150, 200)
+    assert np.array_equal(region, whole[10:160, 20:220])
+    assert (10, 20, 54, 44) not in calls and (64, 128, 64, 64) not in calls  # the written cores' parts
+    assert (10, 64, 54, 64) in calls  # a core never written, from the slide
+    store.drop_rgb()
+    assert store.rgb_array() is None
 
 
 def test_geojson_is_a_qupath_detection_collection(unet_run) -> None:

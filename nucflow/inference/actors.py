@@ -67,14 +67,21 @@ class TileWorker:
     def process(self, item: WorkItem) -> tuple[str, tuple[int, ...]]:
         """Predict and write ``item``'s tiles; returns (slide key, tile indices written)."""
         slide = self._slide(item.slide_path, item.mpp_override)
+        target = ProbabilityMap(item.map_path)
+        array, rgb = target.array(mode="r+"), target.rgb_array(mode="r+")
+        windows: dict[tuple[int, int], Any] = {}  # the windows read, for the map's rgb array
 
         def read_window(row: int, col: int, rows: int, cols: int) -> Any:
-            return slide.read(mpp=item.mpp, row=row, col=col, rows=rows, cols=cols)
+            window = slide.read(mpp=item.mpp, row=row, col=col, rows=rows, cols=cols)
+            if rgb is not None:
+                windows[row, col] = window
+            return window
 
-        target = ProbabilityMap(item.map_path)
-        array = target.array(mode="r+")
         cores = predict_tiles(read_window, item.tiles, self.predictor, batch_size=len(item.tiles), params=item.params)
         for tile, core in cores:
+            if rgb is not None:  # the core's pixels, for the stain columns (written before its probabilities)
+                m = tile.margin
+                target.write_rgb(tile, windows.pop(tile.read_origin)[m : m + tile.rows, m : m + tile.cols], array=rgb)
             target.write_core(tile, core, array=array)
         return item.slide_key, tuple(t.index for t in item.tiles)
 

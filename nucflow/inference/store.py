@@ -6,6 +6,10 @@ Layout of ``<slide>/probability.zarr``::
     done          uint8 (tile rows, tile cols): 1 once that core's chunk is written
 
     probability_2x, probability_4x ...  the same, mean of 2x2 pixels per level (OME-Zarr pyramid)
+    rgb           uint8 (rows, cols, 3), chunks = tile core (local maps only): each written core's
+                  pixels at the map's resolution, as the model read them; the finishing task takes
+                  the stain columns from it instead of reading and resampling the slide again, and
+                  removes it once the slide is finished (:meth:`ProbabilityMap.drop_rgb`)
 
 The group is an OME-Zarr image (NGFF 0.5, the version for Zarr 3): its ``ome`` attribute holds
 ``multiscales`` metadata (axes y, x in micrometres, a scale per level), so napari's ome-zarr
@@ -15,14 +19,14 @@ once every tile is, chunk by chunk, and then listed.
 
 Chunk files cannot prove a tile is finished (empty chunks are never written), hence ``done``.
 Only the driver writes ``done``; each model actor writes whole, chunk-aligned cores of
-``probability``, so concurrent writers never share a chunk.
+``probability`` (and ``rgb``), so concurrent writers never share a chunk.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,9 @@ from zarr.codecs import BloscCodec
 
 from nucflow.slide.tiles import Tile
 
-__all__ = ["DoneRecorder", "MapMetadata", "ProbabilityMap", "create_map", "ome_metadata", "open_map", "to_uint8"]
+__all__ = [
+    "DoneRecorder", "MapMetadata", "ProbabilityMap", "create_map", "ome_metadata", "open_map", "read_rgb", "to_uint8",
+]
 
 _DONE_CHUNK = 256
 #: OME-Zarr (NGFF) version written: 0.5 is the one for Zarr 3 groups.
@@ -145,6 +151,23 @@ class ProbabilityMap:
         target = array if array is not None else self.array(mode="r+")
         target[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols] = to_uint8(prob)
 
+    def rgb_array(self, *, mode: str = "r") -> zarr.Array | None:
+        """The ``rgb`` array of written cores' pixels, or None (a map without it, or removed)."""
+        try:
+            return zarr.open_array(f"{self.path}/rgb", mode=mode)
+        except (FileNotFoundError, zarr.errors.ArrayNotFoundError, zarr.errors.NodeNotFoundError):
+            return None
+
+    def write_rgb(self, tile: Tile, rgb: np.ndarray, *, array: zarr.Array) -> None:
+        """Write one tile's core pixels (rows, cols, 3) uint8 into ``array`` (:meth:`rgb_array`)."""
+        array[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols] = rgb
+
+    def drop_rgb(self) -> None:
+        """Remove the ``rgb`` array (once the slide is finished: it is a working copy)."""
+        group = zarr.open_group(self.path, mode="r+")
+        if "rgb" in group:
+            del group["rgb"]
+
     def done_chunks(self) -> set[tuple[int, int]]:
         """Chunk indices (chunk row, chunk col) whose tiles are recorded as finished."""
         done = np.asarray(zarr.open_array(f"{self.path}/done", mode="r")[:])
@@ -248,6 +271,24 @@ def _halve_into(source: zarr.Array, target: zarr.Array) -> None:
             target[r0:r1, c0:c1] = ((sums + 2) // 4).astype(np.uint8)
 
 
+def read_rgb(
+    array: zarr.Array, read_slide: Callable[[int, int, int, int], np.ndarray],
+    row: int, col: int, rows: int, cols: int,
+) -> np.ndarray:
+    """A region (rows, cols, 3) of a map's ``rgb`` ``array``; where a core's part of it was never
+    written (all zero: a tile not planned, or written without its pixels), those pixels come from
+    ``read_slide(row, col, rows, cols)``, which gives the same values as written ones."""
+    out = np.asarray(array[row : row + rows, col : col + cols])
+    step_r, step_c = array.chunks[0], array.chunks[1]
+    for r0 in range(row - row % step_r, row + rows, step_r):
+        for c0 in range(col - col % step_c, col + cols, step_c):
+            r1, c1 = min(r0 + step_r, row + rows) - row, min(c0 + step_c, col + cols) - col
+            part = out[max(r0 - row, 0) : r1, max(c0 - col, 0) : c1]
+            if not part.any():
+                part[...] = read_slide(max(r0, row), max(c0, col), part.shape[0], part.shape[1])
+    return out
+
+
 def to_uint8(prob: np.ndarray) -> np.ndarray:
     """Probabilities in [0, 1] as uint8 0-255 (rounded); uint8 input passes through."""
     if prob.dtype == np.uint8:
@@ -256,9 +297,10 @@ def to_uint8(prob: np.ndarray) -> np.ndarray:
 
 
 def create_map(path: str | Path, *, shape: tuple[int, int], core: int,
-               attrs: MapMetadata | dict[str, Any]) -> ProbabilityMap:
+               attrs: MapMetadata | dict[str, Any], rgb: bool = False) -> ProbabilityMap:
     """Create (replacing any) a probability map of ``shape`` with ``core``-sized chunks, recording
-    ``attrs`` (a :class:`MapMetadata`, or a plain dict of attributes for a bare map)."""
+    ``attrs`` (a :class:`MapMetadata`, or a plain dict of attributes for a bare map); ``rgb``: with
+    the ``rgb`` array the model actors fill beside it (see the module docstring)."""
     if isinstance(attrs, MapMetadata):
         attrs = attrs.to_attrs()
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
@@ -274,6 +316,9 @@ def create_map(path: str | Path, *, shape: tuple[int, int], core: int,
     group.create_array(
         "done", shape=grid, chunks=(_DONE_CHUNK, _DONE_CHUNK), dtype="uint8", fill_value=0
     )
+    if rgb:
+        group.create_array("rgb", shape=(*shape, 3), chunks=(core, core, 3), dtype="uint8", fill_value=0,
+                           compressors=_compressor())
     ome = {"ome": ome_metadata(float(attrs["mpp"]), ["probability"])} if attrs.get("mpp") is not None else {}
     group.attrs.update({**attrs, **ome})
     group["probability"].attrs.update(attrs)

@@ -6,6 +6,7 @@ a cluster it executes on a worker node (Dask threads inside that task), never on
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ import numpy as np
 from nucflow import __version__
 from nucflow.atomic import write_json
 from nucflow.inference.store import ProbabilityMap
+from nucflow.inference.store import read_rgb as read_stored_rgb
 from nucflow.pipeline.config import SegmentConfig
 from nucflow.pipeline.image import find_tissue, postprocess_profile
 from nucflow.pipeline.plan import SlidePlan, slide_regions
@@ -79,8 +81,13 @@ def finish_slide(
             graded=bool(profile.intensity_thresholds), colours=profile.class_colours,
         )
 
-        def read_rgb(row: int, col: int, rows: int, cols: int) -> Any:
+        def read_slide(row: int, col: int, rows: int, cols: int) -> Any:
             return slide.read(mpp=plan.mpp, row=row, col=col, rows=rows, cols=cols)
+
+        # The stain columns' pixels: those the model actors wrote beside the map (no second read
+        # and resampling of the slide), or the slide's where there are none.
+        stored = ProbabilityMap(plan.map_path).rgb_array()
+        read_rgb = read_slide if stored is None else functools.partial(read_stored_rgb, stored, read_slide)
 
         parts = iter_nuclei_parts(
             ProbabilityMap(plan.map_path).array(), config=profile, read_rgb=read_rgb,
@@ -106,6 +113,7 @@ def finish_slide(
                    path=out_dir / "overlay.png", mpp=thumb_mpp, hot_spot=scoring["hot_spot"],
                    regions_mask=regions_mask)
     ProbabilityMap(plan.map_path).write_pyramid()  # OME-Zarr levels for viewers, every tile being written
+    ProbabilityMap(plan.map_path).drop_rgb()  # a working copy: a later re-finish reads the slide
     seconds_write = time.perf_counter() - started - waiter.seconds - seconds_post
     seconds = {**plan.seconds, "postprocess": round(seconds_post, 3), "write": round(seconds_write, 3),
                "waiting_for_tiles": round(waiter.seconds, 3),

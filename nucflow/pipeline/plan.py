@@ -38,7 +38,7 @@ from nucflow.pipeline.outputs import (  # re-exported: the planning's names for 
 )
 from nucflow.roi import DEFAULT_EXCLUDE, Regions, load_regions
 from nucflow.slide import TileGrid, open_slide, tile_grid
-from nucflow.storage import unpublish
+from nucflow.storage import is_uri, unpublish
 
 __all__ = [
     "SlidePlan", "expand_slides", "map_location", "output_names", "plan_slide", "recorded_identity", "slide_identity",
@@ -204,7 +204,10 @@ def _reconcile(plan: SlidePlan, *, slide_mpp: float, overwrite: bool) -> SlidePl
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     assert plan.grid is not None
-    create_map(plan.map_path, shape=plan.grid.shape, core=plan.grid.core, attrs=_map_metadata(plan, slide_mpp))
+    # With the tiles' pixels beside the map (rgb) for the finishing task, unless the map is in a bucket
+    # (three times its bytes through the network).
+    create_map(plan.map_path, shape=plan.grid.shape, core=plan.grid.core, attrs=_map_metadata(plan, slide_mpp),
+               rgb=not is_uri(plan.map_path))
     return replace(plan, todo=tuple(t.index for t in plan.grid.tiles))
 
 
