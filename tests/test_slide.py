@@ -159,3 +159,22 @@ def test_tissue_per_core_equals_marking_each_tissue_pixel_span() -> None:
             c0, c1 = int(c * scale_c // core), int(np.nextafter((c + 1) * scale_c, 0) // core)
             expected[r0 : min(r1, n_rows - 1) + 1, c0 : min(c1, n_cols - 1) + 1] = True
         assert np.array_equal(_tissue_per_core(tissue, shape, core), expected)
+
+
+def test_hsv_saturation_equals_skimage_on_a_real_thumbnail(shared_data: Path) -> None:
+    """The tissue mask's saturation, computed without the hue, is skimage's value for value."""
+    from skimage import color
+
+    from nucflow.slide.tissue import hsv_saturation
+
+    with open_slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as slide:
+        thumb, _ = slide.thumbnail(max_size=512)
+    rng = np.random.default_rng(0)
+    odd = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    odd[:8] = odd[:8, :, :1]  # grey pixels (no saturation) and black ones (no value)
+    odd[:4] = 0
+    for rgb in (thumb, odd):
+        expected = color.rgb2hsv(rgb.astype(np.float32) / 255.0)[..., 1]
+        got = hsv_saturation(rgb)
+        assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    assert hsv_saturation(thumb).max() > 0.2 and not hsv_saturation(odd)[:8].any()

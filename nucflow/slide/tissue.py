@@ -6,7 +6,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import color, morphology
 
-__all__ = ["MAX_SPECK_FRACTION", "tissue_mask"]
+__all__ = ["MAX_SPECK_FRACTION", "hsv_saturation", "tissue_mask"]
 
 #: A speck is never larger than this share of the image: on a tile-sized image (a 512 px
 #: DeepLIIF tile is 0.016 mm², under the default 0.02 mm² speck area) the whole image
@@ -43,7 +43,7 @@ def tissue_mask(
         (rows, cols) bool.
     """
     image = rgb.astype(np.float32) / 255.0
-    saturation = color.rgb2hsv(image)[..., 1]
+    saturation = hsv_saturation(rgb)
     luminance = color.rgb2gray(image)
     mask = (ndimage.uniform_filter(saturation, 3) > min_saturation) | (
         ndimage.uniform_filter(luminance, 3) < max_luminance
@@ -52,3 +52,20 @@ def tissue_mask(
     mask = ndimage.binary_fill_holes(mask)
     min_pixels = max(1, min(int(min_area_um2 / (mpp * mpp)), int(MAX_SPECK_FRACTION * mask.size)))
     return morphology.remove_small_objects(mask, max_size=min_pixels - 1)
+
+
+#: uint8 value -> float32 value / 255, as ``rgb.astype(np.float32) / 255.0`` gives it.
+_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
+def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation of a uint8 RGB image: the values of ``skimage.color.rgb2hsv(rgb / 255)[..., 1]``
+    in float32 (max minus min over max, 0 where they are equal), without the hue it also computes
+    (a quarter of the time)."""
+    red, green, blue = (np.ascontiguousarray(rgb[..., i]) for i in range(3))
+    value = _UNIT[np.maximum(np.maximum(red, green), blue)]
+    delta = value - _UNIT[np.minimum(np.minimum(red, green), blue)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        saturation = delta / value
+    saturation[delta == 0.0] = 0.0
+    return saturation
