@@ -226,6 +226,44 @@ def test_fast_labelling_equals_the_plain_scipy_watershed(seed: int):
     np.testing.assert_array_equal(label_nuclei(prob, mpp=MPP, config=KI67), expected)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_flooding_loop_called_directly_equals_the_public_watershed(seed: int, monkeypatch: pytest.MonkeyPatch):
+    # _watershed calls scikit-image's flooding loop behind watershed(); without it (another
+    # scikit-image) the public function runs: both must give the same labels.
+    from nucflow.postprocess import _label
+
+    calls = []
+    flood = _label._watershed
+    monkeypatch.setattr(_label, "_watershed", lambda *args: calls.append(1) or flood(*args))
+    prob = _cluttered_map(seed)
+    direct = label_nuclei(prob, mpp=MPP, config=KI67)
+    assert _label._WATERSHED_RAVELED is not None and len(calls) > 3  # touching nuclei were flooded
+    monkeypatch.setattr(_label, "_WATERSHED_RAVELED", None)
+    np.testing.assert_array_equal(label_nuclei(prob, mpp=MPP, config=KI67), direct)
+
+
+def test_shifted_view_filters_and_sparse_labels_equal_scipy():
+    # The majority (binary median), window maximum and marker labelling are computed from
+    # shifted views and sparse pixels; they must equal scipy's filters and ndi.label exactly.
+    from nucflow.postprocess._device import backend
+    from nucflow.postprocess._label import _eight_connected, _majority, _window_max
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        shape = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
+        size = int(rng.integers(0, 7)) * 2 + 1
+        mask = rng.random(shape) < rng.uniform(0.05, 0.95)
+        median = ndi.median_filter(mask.astype(np.uint8), size=size) > 0
+        np.testing.assert_array_equal(_majority(mask, size, backend("cpu")), median)
+        values = rng.integers(0, 50, shape).astype(np.float32)
+        largest = _window_max(_window_max(values, size, 1), size, 0)
+        np.testing.assert_array_equal(largest, ndi.maximum_filter(values, size=size))
+        sparse = rng.random(shape) < rng.uniform(0.01, 0.4)
+        at = np.flatnonzero(sparse)
+        expected = ndi.label(sparse, structure=np.ones((3, 3)))[0].ravel()[at]
+        np.testing.assert_array_equal(_eight_connected(at, shape[1]), expected)
+
+
 def test_outlines_are_each_nucleus_contour_without_collinear_vertices():
     # One contour call traces every nucleus laid side by side; each outline must be the
     # nucleus' own 0.5 contour (same area and length as contourpy on that nucleus alone),

@@ -7,16 +7,21 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from skimage.morphology import disk
 from skimage.segmentation import expand_labels, watershed
+
+try:  # scikit-image's flooding loop behind watershed(): see _watershed
+    from skimage.segmentation._watershed_cy import watershed_raveled as _WATERSHED_RAVELED
+except ImportError:  # pragma: no cover - another scikit-image layout
+    _WATERSHED_RAVELED = None
 
 from nucflow.errors import InputError
 from nucflow.postprocess._config import PixelSizes, PostprocessConfig
 from nucflow.postprocess._device import ArrayBackend, backend
 
 __all__ = ["as_uint8_probability", "label_nuclei"]
-
-_EIGHT = np.ones((3, 3), bool)
 
 
 def as_uint8_probability(prob: np.ndarray) -> np.ndarray:
@@ -181,17 +186,23 @@ def _window_max(values: np.ndarray, size: int, axis: int) -> np.ndarray:
     ``step`` consecutive values, then of those ``step`` apart, about 2 sqrt(size) passes."""
     half, length = size // 2, values.shape[axis]
     step = max(1, math.isqrt(size))
-    moved = values if axis == 1 else values.T
-    padded = np.zeros((moved.shape[0], length + 2 * half), values.dtype)
-    padded[:, half : half + length] = moved
-    runs = padded[:, : padded.shape[1] - step + 1].copy()  # runs[j]: max of padded[j : j + step]
+    shape = list(values.shape)
+    shape[axis] = length + 2 * half
+    padded = np.zeros(shape, values.dtype)
+    _along(padded, axis, half, half + length)[...] = values
+
+    runs = _along(padded, axis, 0, shape[axis] - step + 1).copy()  # runs[j]: max of padded[j : j + step]
     for offset in range(1, step):
-        np.maximum(runs, padded[:, offset : offset + runs.shape[1]], out=runs)
-    out = runs[:, :length].copy()
-    starts = [*range(step, size - step + 1, step), size - step]  # runs covering [i, i + size)
-    for start in starts:
-        np.maximum(out, runs[:, start : start + length], out=out)
-    return out if axis == 1 else out.T
+        np.maximum(runs, _along(padded, axis, offset, offset + runs.shape[axis]), out=runs)
+    out = _along(runs, axis, 0, length).copy()
+    for start in [*range(step, size - step + 1, step), size - step]:  # runs covering [i, i + size)
+        np.maximum(out, _along(runs, axis, start, start + length), out=out)
+    return out
+
+
+def _along(array: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
+    """``array[start:stop]`` along ``axis`` (0 or 1) of a 2-D array, a view."""
+    return array[start:stop] if axis == 0 else array[:, start:stop]
 
 
 def _erode(mask: Any, footprint: np.ndarray, xp: Any = np) -> Any:
@@ -255,10 +266,11 @@ def split_touching(
     if squared is None or peaks is None:
         squared, peaks = distance_maxima(mask, px=px, on=backend("cpu"))
     components, count = ndi.label(mask)
-    _seed_unmarked_components(peaks, components, count, squared)
-    markers, _ = ndi.label(peaks, structure=_EIGHT)
-    at = np.flatnonzero(peaks)
-    component_at, marker_at = components.ravel()[at], markers.ravel()[at]
+    boxes = ndi.find_objects(components)
+    at = _seeded(np.flatnonzero(peaks), components, boxes, squared)
+    # The markers: the peaks' 8-connected groups, numbered as ndi.label numbers them.
+    marker_at = _eight_connected(at, mask.shape[1])
+    component_at = components.ravel()[at]
     # Distinct (component, marker) pairs: one marker in a component -> the component is its label.
     pairs = np.unique(component_at.astype(np.int64) * (int(marker_at.max(initial=0)) + 1) + marker_at)
     pair_component, pair_marker = np.divmod(pairs, int(marker_at.max(initial=0)) + 1)
@@ -266,7 +278,6 @@ def split_touching(
     single = np.zeros(count + 1, np.int32)
     lone = per_component[pair_component] == 1
     single[pair_component[lone]] = pair_marker[lone]
-    boxes = ndi.find_objects(components)
     if within is not None:
         r0, r1, c0, c1 = within
         away = [i for i, (rows, cols) in enumerate(boxes, start=1)
@@ -274,45 +285,107 @@ def split_touching(
         single[away] = 0
         per_component[away] = 0
     labels = single[components]
-    for index in np.flatnonzero(per_component > 1):
-        _flood_component(labels, components, int(index), boxes[index - 1], squared, markers)
+    flood = np.flatnonzero(per_component > 1)
+    if flood.size:
+        by_component = np.argsort(component_at, kind="stable")
+        bounds = np.searchsorted(component_at[by_component], np.stack([flood, flood + 1]))
+        for index, low, high in zip(flood, bounds[0], bounds[1], strict=True):
+            seeds = by_component[low:high]
+            _flood_component(labels, components, int(index), boxes[index - 1], squared, at[seeds], marker_at[seeds])
     return labels
 
 
 def _flood_component(
     labels: np.ndarray, components: np.ndarray, index: int, box: tuple[slice, slice], squared: np.ndarray,
-    markers: np.ndarray,
+    at: np.ndarray, marker_at: np.ndarray,
 ) -> None:
-    """Watershed component ``index`` (bounding box ``box``) from its markers into ``labels``, in place.
+    """Watershed component ``index`` (bounding box ``box``) from its markers (pixels ``at``,
+    flat indices, numbered ``marker_at``) into ``labels``, in place.
 
     Each component floods alone on its bounding-box crop: components never meet, and raster
     order within a crop is raster order within the map, so it floods exactly as in one
     watershed over the whole mask, with a heap that holds one component's front (one heap
-    for all of them is slower, even when the crops are packed into one call).
+    for all of them is slower, even when the crops are packed into one call). The crop is
+    built once with the one-pixel empty border the flooding needs (see :func:`_watershed`).
     """
-    member = components[box] == index
-    distance = squared[box]
-    priority = np.arange(distance.size, dtype=np.float64).reshape(distance.shape)
-    priority -= distance * np.float64(distance.size)
-    # watershed zeroes the markers outside the mask itself (other components' markers)
-    flooded = watershed(priority, markers[box], mask=member)
-    np.copyto(labels[box], flooded, where=member, casting="unsafe")
+    rows, cols = box[0].stop - box[0].start, box[1].stop - box[1].start
+    width = cols + 2
+    size = (rows + 2) * width
+    # Flooding priority: highest distance first, then raster order (exact integers in float64).
+    priority = np.arange(size, dtype=np.float64).reshape(rows + 2, width)
+    priority[1:-1, 1:-1] -= squared[box] * np.float64(size)
+    member = np.zeros((rows + 2, width), bool)
+    np.equal(components[box], index, out=member[1:-1, 1:-1])
+    flooded = np.zeros((rows + 2, width), np.int32)
+    row, col = np.divmod(at, components.shape[1])
+    seeds = (row - (box[0].start - 1)) * width + (col - (box[1].start - 1))
+    flooded.ravel()[seeds] = marker_at
+    _watershed(priority, seeds, member, flooded)
+    np.copyto(labels[box], flooded[1:-1, 1:-1], where=member[1:-1, 1:-1])
 
 
-def _seed_unmarked_components(peaks: np.ndarray, components: np.ndarray, count: int, distance: np.ndarray) -> None:
-    """Mark the first distance maximum of each component that a larger neighbour within
-    ``min_distance`` left without a peak, so no isolated nucleus is lost (in place)."""
-    marked = np.zeros(count + 1, bool)
-    marked[components[peaks]] = True
-    marked[0] = True
-    candidates = np.flatnonzero(~marked[components])
-    if candidates.size == 0:
-        return
-    component = components.ravel()[candidates]
-    # Stable sort: by component, then highest distance, then raster order.
-    order = np.lexsort((-distance.ravel()[candidates], component))
-    first = order[np.r_[True, np.diff(component[order]) != 0]]
-    peaks[np.unravel_index(candidates[first], peaks.shape)] = True
+def _watershed(priority: np.ndarray, seeds: np.ndarray, member: np.ndarray, flooded: np.ndarray) -> None:
+    """``skimage.segmentation.watershed(priority, flooded, mask=member)`` (4-connected) into
+    ``flooded``, in place, for 2-D arrays whose one-pixel border is outside ``member`` and
+    whose seeds (flat indices ``seeds``) are numbered in ``flooded``.
+
+    Calls the flooding loop behind ``watershed`` directly, which skips the copies and padding
+    the public function makes of every input (a third of a block's flooding time); the
+    public function when that loop is not there or takes other arguments (the same labels:
+    tests/test_postprocess.py compares the two).
+    """
+    if _WATERSHED_RAVELED is not None:
+        width = flooded.shape[1]
+        neighbours = np.array([-width, -1, 1, width], np.intp)
+        try:
+            _WATERSHED_RAVELED(priority.ravel(), seeds.astype(np.intp), neighbours, member.view(np.int8).ravel(),
+                               np.array([width, 1], np.intp), 0.0, flooded.ravel(), False)
+            return
+        except TypeError:  # another scikit-image's signature: the public function below
+            pass
+    flooded[...] = watershed(priority, flooded, mask=member)
+
+
+def _seeded(at: np.ndarray, components: np.ndarray, boxes: list, distance: np.ndarray) -> np.ndarray:
+    """The peaks ``at`` (sorted flat indices) and the first distance maximum (raster order)
+    of each component that a larger neighbour within ``min_distance`` left without a peak,
+    so no isolated nucleus is lost; sorted flat indices."""
+    marked = np.zeros(len(boxes) + 1, bool)
+    marked[components.ravel()[at]] = True
+    seeds = []
+    for index in np.flatnonzero(~marked[1:]) + 1:
+        box = boxes[index - 1]
+        crop = np.where(components[box] == index, distance[box], -1.0)
+        row, col = np.unravel_index(int(np.argmax(crop)), crop.shape)  # the first maximum
+        seeds.append((box[0].start + row) * components.shape[1] + box[1].start + col)
+    return np.union1d(at, np.array(seeds, np.int64)) if seeds else at
+
+
+def _eight_connected(at: np.ndarray, cols: int) -> np.ndarray:
+    """The label of each of the pixels ``at`` (sorted flat indices of a ``cols``-wide image)
+    in ``ndi.label(.., structure=ones((3, 3)))`` of those pixels: 8-connected groups,
+    numbered 1.. in the raster order of their first pixel; from the few pixels alone."""
+    if at.size == 0:
+        return np.zeros(0, np.int32)
+    col = at % cols
+    first, second = [], []
+    # Each pixel's neighbours after it in raster order: right, below left, below, below right.
+    for step, inside in ((1, col < cols - 1), (cols - 1, col > 0), (cols, None), (cols + 1, col < cols - 1)):
+        found = np.minimum(np.searchsorted(at, at + step), at.size - 1)
+        hit = at[found] == at + step
+        if inside is not None:
+            hit &= inside
+        first.append(np.flatnonzero(hit))
+        second.append(found[hit])
+    a, b = np.concatenate(first), np.concatenate(second)
+    graph = coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(at.size, at.size))
+    count, group = connected_components(graph, directed=False)
+    # Renumber by first pixel: groups in order of their smallest index into ``at``.
+    smallest = np.full(count, at.size, np.int64)
+    np.minimum.at(smallest, group, np.arange(at.size))
+    number = np.empty(count, np.int32)
+    number[np.argsort(smallest)] = np.arange(1, count + 1, dtype=np.int32)
+    return number[group]
 
 
 def erode_labels(labels: np.ndarray, radius: int) -> np.ndarray:
