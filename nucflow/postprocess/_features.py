@@ -264,7 +264,7 @@ def _label_means(
     if rgb is None:
         means["hematoxylin"] = means["dab"] = np.full(count + 1, np.nan)
     else:
-        hematoxylin, dab = stain_od(rgb.reshape(-1, 3)[inside], stain_vectors)
+        hematoxylin, dab = stain_od(np.take(rgb.reshape(-1, 3), inside, axis=0), stain_vectors)  # take: 4x [inside]
         means["hematoxylin"], means["dab"] = mean(hematoxylin), mean(dab)
     return means
 
@@ -305,7 +305,8 @@ def _rings(
     for cell, (box, index) in enumerate(zip(boxes, indices, strict=True)):
         top, left = tops[cell] + 1, lefts[cell] + 1
         packed[top : top + heights[cell] - 2, left : left + widths[cell] - 2] = labels[box] == index
-    lines = contour_generator(z=packed, line_type=LineType.ChunkCombinedOffset).lines(0.5)
+    x, y = _pixel_grid(*shape)
+    lines = contour_generator(x=x, y=y, z=packed, line_type=LineType.ChunkCombinedOffset).lines(0.5)
     chunk_points, chunk_offsets = cast(tuple[list[np.ndarray], list[np.ndarray]], lines)
     points, offsets = chunk_points[0], chunk_offsets[0].astype(np.int64)
     length = np.diff(offsets)
@@ -328,6 +329,21 @@ def _rings(
     cols = x_y[:, 0] - 1 - lefts[cell] + starts[cell, 1]
     corner = _corners(np.column_stack([rows, cols]), ring_of)
     return np.column_stack([rows, cols])[corner], ring_of[corner]
+
+
+#: (rows, cols) -> column and row index grids kept for the contour calls (see _pixel_grid).
+_GRIDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _pixel_grid(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column and row indices of a (rows, cols) image as float64 (what ``contour_generator``
+    builds with ``np.meshgrid`` when given none, over half its set-up time): views of grids
+    kept per width, grown as needed (one width, the shelves', in practice)."""
+    kept = _GRIDS.get(cols)
+    if kept is None or kept[0].shape[0] < rows:
+        x, y = np.meshgrid(np.arange(cols, dtype=np.float64), np.arange(max(rows, 256), dtype=np.float64))
+        kept = _GRIDS[cols] = (x, y)  # a whole tuple at once: other threads see the old or the new grids
+    return kept[0][:rows], kept[1][:rows]
 
 
 def _shelves(
