@@ -156,8 +156,9 @@ def region_stats(labels: np.ndarray) -> RegionStats:
     start = np.where(present[:, None], np.column_stack([first, left]), 0)
     start[0] = 0
     boxes: list[tuple[slice, slice] | None] = [
-        (slice(int(r0), int(r1) + 1), slice(int(c0), int(c1))) if here else None
-        for r0, r1, c0, c1, here in zip(first[1:], last[1:], left[1:], right[1:], present[1:], strict=True)
+        (slice(r0, r1 + 1), slice(c0, c1)) if here else None
+        for r0, r1, c0, c1, here in zip(first[1:].tolist(), last[1:].tolist(), left[1:].tolist(),
+                                        right[1:].tolist(), present[1:].tolist(), strict=True)
     ]
     # Per run (absolute coordinates, integers): Σc, Σc², Σr, Σr², Σr·c.
     s_c = n * col + n * (n - 1) // 2
