@@ -264,6 +264,30 @@ def test_shifted_view_filters_and_sparse_labels_equal_scipy():
         np.testing.assert_array_equal(_eight_connected(at, shape[1]), expected)
 
 
+def test_region_stats_from_runs_equal_per_pixel_sums_and_find_objects():
+    # region_stats sums each label's row runs in closed form; the plain computation sums every
+    # pixel's offsets from its bounding-box corner. Both are exact integers: bit-identical.
+    from nucflow.postprocess._features import region_stats
+
+    rng = np.random.default_rng(0)
+    images = [label_nuclei(_cluttered_map(seed), mpp=MPP, config=KI67) for seed in (0, 1)]
+    images += [rng.integers(0, 7, (int(rng.integers(1, 50)), int(rng.integers(1, 50)))) for _ in range(30)]
+    for labels in images:
+        count = int(labels.max(initial=0))
+        boxes = ndi.find_objects(labels, max_label=count)
+        stats = region_stats(labels)
+        assert stats.boxes == boxes
+        expected = np.zeros((count + 1, 6))
+        for index, box in enumerate(boxes, start=1):
+            if box is None:
+                continue
+            rows, cols = np.nonzero(labels[box] == index)
+            assert tuple(stats.start[index]) == (box[0].start, box[1].start)
+            expected[index] = [rows.size, rows.sum(), cols.sum(), (rows * rows).sum(), (cols * cols).sum(),
+                               (rows * cols).sum()]
+        np.testing.assert_array_equal(stats.sums, expected)
+
+
 def test_outlines_are_each_nucleus_contour_without_collinear_vertices():
     # One contour call traces every nucleus laid side by side; each outline must be the
     # nucleus' own 0.5 contour (same area and length as contourpy on that nucleus alone),

@@ -119,6 +119,31 @@ class Runs:
         inside = label > 0
         return cls(label=label[inside], start=start[inside], length=length[inside])
 
+    def boxes(self, count: int, cols: int) -> tuple[np.ndarray, list[tuple[slice, slice] | None]]:
+        """The bounding boxes of the labels 1..``count`` of a ``cols``-wide image: their
+        corners, (count + 1, 2) int64 (0 for absent labels and the background), and
+        ``ndi.find_objects(labels, count)``'s slices (None for absent labels)."""
+        row, col = np.divmod(self.start, cols)
+        # Rows from the first and last run (raster order), columns by min / max.
+        first = np.zeros(count + 1, np.int64)
+        last = np.zeros(count + 1, np.int64)
+        first[self.label[::-1]] = row[::-1]
+        last[self.label] = row
+        left = np.full(count + 1, cols, np.int64)
+        right = np.zeros(count + 1, np.int64)
+        np.minimum.at(left, self.label, col)
+        np.maximum.at(right, self.label, col + self.length)
+        present = np.zeros(count + 1, bool)
+        present[self.label] = True
+        corner = np.where(present[:, None], np.column_stack([first, left]), 0)
+        corner[0] = 0
+        boxes: list[tuple[slice, slice] | None] = [
+            (slice(r0, r1 + 1), slice(c0, c1)) if here else None
+            for r0, r1, c0, c1, here in zip(first[1:].tolist(), last[1:].tolist(), left[1:].tolist(),
+                                            right[1:].tolist(), present[1:].tolist(), strict=True)
+        ]
+        return corner, boxes
+
     def pixels(self, which: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Flat indices of the pixels of the runs ``which`` (bool, default all), in raster
         order (``np.flatnonzero`` of their labels' mask), and each pixel's label."""
@@ -142,24 +167,7 @@ def region_stats(labels: np.ndarray) -> RegionStats:
     runs = Runs.of(labels)
     label, n = runs.label, runs.length
     row, col = np.divmod(runs.start, labels.shape[1])
-    # Bounding boxes: rows from the first and last run (raster order), columns by min / max.
-    first = np.zeros(count + 1, np.int64)
-    last = np.zeros(count + 1, np.int64)
-    first[label[::-1]] = row[::-1]
-    last[label] = row
-    left = np.full(count + 1, labels.shape[1], np.int64)
-    right = np.zeros(count + 1, np.int64)
-    np.minimum.at(left, label, col)
-    np.maximum.at(right, label, col + n)
-    present = np.zeros(count + 1, bool)
-    present[label] = True
-    start = np.where(present[:, None], np.column_stack([first, left]), 0)
-    start[0] = 0
-    boxes: list[tuple[slice, slice] | None] = [
-        (slice(r0, r1 + 1), slice(c0, c1)) if here else None
-        for r0, r1, c0, c1, here in zip(first[1:].tolist(), last[1:].tolist(), left[1:].tolist(),
-                                        right[1:].tolist(), present[1:].tolist(), strict=True)
-    ]
+    start, boxes = runs.boxes(count, labels.shape[1])
     # Per run (absolute coordinates, integers): Σc, Σc², Σr, Σr², Σr·c.
     s_c = n * col + n * (n - 1) // 2
     s_cc = n * col * col + col * n * (n - 1) + (n - 1) * n * (2 * n - 1) // 6

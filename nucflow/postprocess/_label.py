@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover - another scikit-image layout
 from nucflow.errors import InputError
 from nucflow.postprocess._config import PixelSizes, PostprocessConfig
 from nucflow.postprocess._device import ArrayBackend, backend
+from nucflow.postprocess._features import Runs
 
 __all__ = ["as_uint8_probability", "label_nuclei"]
 
@@ -265,7 +266,8 @@ def split_touching(
     if squared is None or peaks is None:
         squared, peaks = distance_maxima(mask, px=px, on=backend("cpu"))
     components, count = ndi.label(mask)
-    boxes = ndi.find_objects(components)
+    # ndi.find_objects from the components' runs (cheaper); ndi.label leaves no number unused.
+    boxes = cast(list[tuple[slice, slice]], Runs.of(components).boxes(count, mask.shape[1])[1])
     at = _seeded(np.flatnonzero(peaks), components, boxes, squared)
     # The markers: the peaks' 8-connected groups, numbered as ndi.label numbers them.
     marker_at = _eight_connected(at, mask.shape[1])
