@@ -96,6 +96,9 @@ def test_suite_runs_on_a_tiny_slide(shared_data: Path, tmp_path: Path) -> None:
     assert 0 < written["cpu_efficiency"]["sum_alone"] and written["cpu_efficiency"]["efficiency"] > 0
     folder = written["small_images_folder"]
     assert folder["slides"] == 1 and folder["tiles"] > 0 and written["small_images"]["ratio"] > 0
+    whole = written["small_images_as_one_image"]  # the same pixels as one image: the same tiles
+    assert whole["slides"] == 1 and whole["tiles"] == folder["tiles"]
+    assert written["small_images"]["ratio_vs_1x_slide"] > 0
     assert written["noop_rerun"]["statuses"] == ["skipped"] and written["noop_rerun"]["slides"] == 4
     assert 0 < written["noop_rerun"]["cpu_s"] and 0 < written["noop_rerun"]["wall_s"]
     report = (out / "RESULTS.md").read_text()
