@@ -25,17 +25,19 @@ from nucflow.errors import ConfigError, InputError, PreflightError
 from nucflow.inference import predict_image, predict_whole
 from nucflow.inference.actors import ACTOR_PREFIX
 from nucflow.inference.predictors import UNetPredictor
-from nucflow.inference.store import create_map
+from nucflow.inference.store import ProbabilityMap, create_map
 from nucflow.inference.store import read_rgb as read_stored_rgb
 from nucflow.models import load_model
 from nucflow.pipeline import load_segment_config, segment
 from nucflow.pipeline.image import (
+    find_tissue,
     interior_markers,
     mask_shrink_um,
     method_spec,
     postprocess_profile,
     with_stain_profile,
 )
+from nucflow.pipeline.plan import plan_slide
 from nucflow.postprocess import label_nuclei, load_stain_profile, nuclei_table, read_rgb_from_array
 from nucflow.slide import open_slide
 from nucflow.slide.synthetic import demo_ihc_image, write_svs
@@ -127,7 +129,7 @@ def test_stain_columns_equal_in_memory_from_the_tiles_pixels(unet_run, demo_svs:
     slide's pixels read whole, every column."""
     out, _ = unet_run
     group = zarr.open_group(str(out / "demo" / "probability.zarr"), mode="r")
-    assert "rgb" not in group  # a working copy, removed once the slide is finished
+    assert not {"rgb", "thumbnail", "tissue"} & set(group)  # working copies, removed once the slide is finished
     with open_slide(demo_svs) as slide:
         rgb = slide.read(mpp=0.5, row=0, col=0, rows=512, cols=512)
     config = replace(SMALL_TILES, model=str(tiny_model))
@@ -165,6 +167,21 @@ def test_stored_rgb_reads_the_slide_where_no_core_was_written(tmp_path: Path, de
     assert (10, 64, 54, 64) in calls  # a core never written, from the slide
     store.drop_rgb()
     assert store.rgb_array() is None
+
+
+def test_planning_keeps_the_thumbnail_and_tissue_for_the_finishing_task(tmp_path: Path, demo_svs: Path,
+                                                                        tiny_model: Path) -> None:
+    """A new map holds the thumbnail and tissue mask planning found (the finishing task reads them
+    instead of finding them again): the same as find_tissue gives."""
+    config = replace(SMALL_TILES, model=str(tiny_model))
+    plan = plan_slide(demo_svs, "demo", tmp_path, spec=method_spec(config), config=config, mpp=None, overwrite=False)
+    kept = ProbabilityMap(plan.map_path).read_thumbnail()
+    with open_slide(demo_svs) as slide:
+        thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)
+    assert kept is not None and kept[1] == thumb_mpp == plan.thumbnail_mpp
+    assert np.array_equal(kept[0], thumb) and np.array_equal(kept[2], tissue) and tissue.any() and kept[2].dtype == bool
+    ProbabilityMap(plan.map_path).drop_rgb()
+    assert ProbabilityMap(plan.map_path).read_thumbnail() is None
 
 
 def test_geojson_is_a_qupath_detection_collection(unet_run) -> None:

@@ -10,6 +10,8 @@ Layout of ``<slide>/probability.zarr``::
                   pixels at the map's resolution, as the model read them; the finishing task takes
                   the stain columns from it instead of reading and resampling the slide again, and
                   removes it once the slide is finished (:meth:`ProbabilityMap.drop_rgb`)
+    thumbnail, tissue  the slide's thumbnail (uint8 RGB) and tissue mask (bool) as planning found
+                  them (local maps only), for the finishing task, which removes them with ``rgb``
 
 The group is an OME-Zarr image (NGFF 0.5, the version for Zarr 3): its ``ome`` attribute holds
 ``multiscales`` metadata (axes y, x in micrometres, a scale per level), so napari's ome-zarr
@@ -163,10 +165,33 @@ class ProbabilityMap:
         array[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols] = rgb
 
     def drop_rgb(self) -> None:
-        """Remove the ``rgb`` array (once the slide is finished: it is a working copy)."""
+        """Remove the ``rgb``, ``thumbnail`` and ``tissue`` arrays (once the slide is finished:
+        they are working copies)."""
         group = zarr.open_group(self.path, mode="r+")
-        if "rgb" in group:
-            del group["rgb"]
+        for name in ("rgb", "thumbnail", "tissue"):
+            if name in group:
+                del group[name]
+
+    def write_thumbnail(self, thumbnail: np.ndarray, mpp: float, tissue: np.ndarray) -> None:
+        """Keep the slide's thumbnail (its µm/px ``mpp``) and tissue mask for the finishing task."""
+        group = zarr.open_group(self.path, mode="r+")
+        for name, data in (("thumbnail", thumbnail), ("tissue", tissue)):
+            array = group.create_array(name, shape=data.shape, chunks=data.shape, dtype=data.dtype,
+                                       compressors=_compressor(), overwrite=True)
+            array[...] = data
+        group["thumbnail"].attrs["mpp"] = float(mpp)
+
+    def read_thumbnail(self) -> tuple[np.ndarray, float, np.ndarray] | None:
+        """The thumbnail, its µm/px and the tissue mask :meth:`write_thumbnail` kept, or None."""
+        try:
+            group = zarr.open_group(self.path, mode="r")
+            if "thumbnail" not in group or "tissue" not in group:
+                return None
+            thumbnail = zarr.open_array(f"{self.path}/thumbnail", mode="r")
+            tissue = zarr.open_array(f"{self.path}/tissue", mode="r")
+            return np.asarray(thumbnail[...]), float(str(thumbnail.attrs["mpp"])), np.asarray(tissue[...])
+        except (KeyError, FileNotFoundError, zarr.errors.NodeNotFoundError):
+            return None
 
     def done_chunks(self) -> set[tuple[int, int]]:
         """Chunk indices (chunk row, chunk col) whose tiles are recorded as finished."""

@@ -65,7 +65,8 @@ def finish_slide(
     profile = postprocess_profile(config, shrink_um=plan.mask_shrink_um, interior=plan.interior_markers)
     level0_mpp = plan.mpp / plan.level0_scale
     with open_slide(plan.path, mpp=plan.mpp_override) as slide:
-        thumb, thumb_mpp, tissue = find_tissue(slide, config.tissue)
+        # The thumbnail and tissue planning found, kept with the map (else found again: an earlier map)
+        thumb, thumb_mpp, tissue = ProbabilityMap(plan.map_path).read_thumbnail() or find_tissue(slide, config.tissue)
         profile = replace(profile, stain_vectors=resolve_stain_vectors(  # this slide's, if estimated
             profile.stain_vectors, thumb, tissue, name=plan.key))
         regions, region_areas, regions_mask = None, None, None

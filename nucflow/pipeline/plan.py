@@ -163,7 +163,7 @@ def _plan(
         mask_shrink_um=shrink, interior_markers=interior, identity=identity, bounds=bounds,
         roi=None if roi is None else str(roi), roi_exclude=tuple(roi_exclude),
     )
-    return _reconcile(plan, slide_mpp=slide_mpp, overwrite=overwrite)
+    return _reconcile(plan, slide_mpp=slide_mpp, overwrite=overwrite, thumbnail=(thumb, thumb_mpp, tissue))
 
 
 def slide_regions(
@@ -176,7 +176,9 @@ def slide_regions(
     return regions
 
 
-def _reconcile(plan: SlidePlan, *, slide_mpp: float, overwrite: bool) -> SlidePlan:
+def _reconcile(
+    plan: SlidePlan, *, slide_mpp: float, overwrite: bool, thumbnail: tuple[Any, float, Any] | None = None
+) -> SlidePlan:
     out_dir = Path(plan.out_dir)
     if overwrite:
         unpublish(out_dir, recursive=True)  # outputs in a bucket: the slide's objects there
@@ -204,10 +206,13 @@ def _reconcile(plan: SlidePlan, *, slide_mpp: float, overwrite: bool) -> SlidePl
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     assert plan.grid is not None
-    # With the tiles' pixels beside the map (rgb) for the finishing task, unless the map is in a bucket
-    # (three times its bytes through the network).
-    create_map(plan.map_path, shape=plan.grid.shape, core=plan.grid.core, attrs=_map_metadata(plan, slide_mpp),
-               rgb=not is_uri(plan.map_path))
+    # With the tiles' pixels (rgb), thumbnail and tissue beside the map for the finishing task, unless
+    # the map is in a bucket (three times its bytes through the network).
+    local = not is_uri(plan.map_path)
+    created = create_map(plan.map_path, shape=plan.grid.shape, core=plan.grid.core,
+                         attrs=_map_metadata(plan, slide_mpp), rgb=local)
+    if local and thumbnail is not None:
+        created.write_thumbnail(*thumbnail)
     return replace(plan, todo=tuple(t.index for t in plan.grid.tiles))
 
 
