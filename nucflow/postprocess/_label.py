@@ -86,11 +86,11 @@ def label_nuclei(
         labels = expand_labels(labels, px.expansion)
     keep = plausible(labels, px=px)
     if px.erosion:
-        labels = erode_labels(np.where(keep[labels], labels, 0), px.erosion)
+        labels = erode_labels(np.where(np.take(keep, labels), labels, 0), px.erosion)
         keep &= np.bincount(labels.ravel(), minlength=keep.size) > 0
     # Renumber the kept labels 1..N in order (relabel_sequential) with one lookup.
     new_id = np.where(keep, np.cumsum(keep, dtype=np.int32), 0).astype(np.int32)
-    return new_id[labels]
+    return np.take(new_id, labels)
 
 
 def split_labels(
@@ -285,7 +285,7 @@ def split_touching(
                 if rows.stop <= r0 or rows.start >= r1 or cols.stop <= c0 or cols.start >= c1]
         single[away] = 0
         per_component[away] = 0
-    labels = single[components]
+    labels = np.take(single, components)  # single[components], without an intp copy of the index
     flood = np.flatnonzero(per_component > 1)
     if flood.size:
         by_component = np.argsort(component_at, kind="stable")
