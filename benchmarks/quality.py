@@ -25,6 +25,7 @@ import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -42,14 +43,19 @@ from nucflow.evaluation.metrics import count_instances, count_points  # noqa: E4
 from nucflow.pipeline import load_segment_config  # noqa: E402
 from nucflow.pipeline.image import (  # noqa: E402
     build_predictor,
+    find_tissue,
+    fit_params,
     interior_markers,
     mask_shrink_um,
     method_spec,
     positive_calls,
+    postprocess_profile,
     resample_labels,
     segment_image,
 )
 from nucflow.postprocess import label_nuclei, load_stain_profile  # noqa: E402
+from nucflow.slide.reader import array_slide  # noqa: E402
+from nucflow.stain import stain_gate  # noqa: E402
 
 __all__ = ["main"]
 
@@ -103,13 +109,16 @@ def _probabilities(run: dict[str, Any], vset: Any, cache: Path) -> list[dict[str
         else:
             if predictor is None:
                 predictor = build_predictor(spec, config)
-            seg = segment_image(rgb, mpp=vset.mpp, spec=spec, config=config, predictor=predictor)
+            # The model's map before the stain gate: _score applies the variant's gate (tested
+            # equal to segment_image's own gating in tests/test_stain_gate.py).
+            ungated = replace(postprocess_profile(config, shrink_um=shrink, interior=interior), stain_gate=0.0)
+            seg = segment_image(rgb, mpp=vset.mpp, spec=spec, config=config, predictor=predictor, profile=ungated)
             prob, work, mpp = np.rint(seg.probability * 255).astype(np.uint8), seg.rgb, seg.mpp
             path.parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(path, prob=prob, rgb=work, mpp=mpp)
         out.append({"name": image.stem, "rgb": rgb, "truth": read_truth(truth, format=vset.truth_format),
                     "prob": prob, "work": work, "mpp": mpp, "shrink": shrink,
-                    "interior": interior})
+                    "interior": interior, "image_mpp": vset.mpp, "model": spec.method == "unet"})
     return out
 
 
@@ -118,7 +127,7 @@ def _score(images: list[dict[str, Any]], vset: Any, profile: Any, method: str) -
     for im in images:
         grown = replace(profile, expand_um=im["shrink"]) if im["shrink"] else profile
         grown = replace(grown, interior_markers=True) if im["interior"] else grown
-        labels = label_nuclei(im["prob"], mpp=im["mpp"], config=grown)
+        labels = label_nuclei(gated(im, profile.stain_gate), mpp=im["mpp"], config=grown)
         positive = positive_calls(im["work"], labels, profile)
         full = resample_labels(labels, im["rgb"].shape[:2], scale=vset.mpp / im["mpp"])
         gt = im["truth"]
@@ -129,6 +138,18 @@ def _score(images: list[dict[str, Any]], vset: Any, profile: Any, method: str) -
             counts = count_instances(full, gt.labels, pred_positive=positive, true_positive=gt.positive)
         scores.append(ImageScore(method=method, image=im["name"], truth_format=gt.format, counts=counts))
     return EvaluationReport(scores=tuple(scores), methods=(method,))
+
+
+def gated(image: dict[str, Any], factor: float) -> np.ndarray:
+    """A model's cached map with the stain gate of ``factor`` applied as ``segment`` applies it
+    (cuts fitted on the image's thumbnail tissue; the baselines are never gated)."""
+    if not factor or not image["model"]:
+        return image["prob"]
+    thumb, _, tissue = find_tissue(array_slide(image["rgb"], mpp=image["image_mpp"]), load_segment_config().tissue)
+    params = fit_params(SimpleNamespace(method="unet"), thumb, tissue, SimpleNamespace(stain_gate=factor))
+    if "stain_gate" not in params:
+        return image["prob"]
+    return np.where(stain_gate(image["work"], params["stain_gate"]), image["prob"], 0).astype(image["prob"].dtype)
 
 
 def main(argv: list[str] | None = None) -> int:

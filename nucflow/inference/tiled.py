@@ -29,11 +29,18 @@ def predict_tiles(
     """Run ``predictor`` over ``tiles`` and yield each tile with its core's probabilities.
 
     ``read_window(row, col, rows, cols)`` returns the (rows, cols, 3) uint8 context window.
-    Each yielded core is a (tile.rows, tile.cols) float32 array.
+    Each yielded core is a (tile.rows, tile.cols) float32 array. ``params["stain_gate"]`` (the
+    cuts of :func:`nucflow.pipeline.image.fit_params`) zeroes the probability of pixels without
+    a nuclear stain (:func:`nucflow.stain.stain_gate`).
     """
+    gate = (params or {}).get("stain_gate")
     for batch in _batches(tiles, batch_size):
         windows = np.stack([read_window(*t.read_origin, t.size, t.size) for t in batch])
         probs = predictor(windows, params=params)
+        if gate is not None:
+            from nucflow.stain import stain_gate
+
+            probs = np.where(stain_gate(windows, gate), probs, np.float32(0.0))
         for tile, prob in zip(batch, probs, strict=True):
             m = tile.margin
             yield tile, prob[m : m + tile.rows, m : m + tile.cols]

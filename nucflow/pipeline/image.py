@@ -126,10 +126,20 @@ def find_tissue(slide: Slide, config: TissueConfig) -> tuple[np.ndarray, float, 
     return thumb, thumb_mpp, mask
 
 
-def fit_params(spec: MethodSpec, thumb: np.ndarray, tissue: np.ndarray) -> dict[str, Any]:
-    """Per-image predictor parameters: the baselines' Otsu threshold, fitted on the thumbnail's tissue."""
-    if spec.method == "unet" or not tissue.any():
+def fit_params(spec: MethodSpec, thumb: np.ndarray, tissue: np.ndarray, profile: Any = None) -> dict[str, Any]:
+    """Per-image predictor parameters, fitted on the thumbnail's tissue: the baselines' Otsu
+    threshold; for a model, the stain gate's cuts when the stain ``profile`` sets ``stain_gate``
+    (:func:`nucflow.stain.fit_stain_gate`)."""
+    if not tissue.any():
         return {}
+    if spec.method == "unet":
+        factor = getattr(profile, "stain_gate", 0.0)
+        if not factor:
+            return {}
+        from nucflow.stain import fit_stain_gate
+
+        cuts = fit_stain_gate(thumb, tissue, factor=factor)
+        return {} if cuts is None else {"stain_gate": [cuts[0], cuts[1]]}
     from nucflow.inference.baselines import fit_threshold
 
     return {"threshold": float(fit_threshold(thumb, method=spec.method, sigma=spec.sigma, mask=tissue))}
@@ -158,11 +168,12 @@ class ImageSegmentation:
 
 def segment_image(
     rgb: np.ndarray, *, mpp: float, spec: MethodSpec, config: SegmentConfig, predictor: Any = None,
-    batch_size: int = 4,
+    batch_size: int = 4, profile: Any = None,
 ) -> ImageSegmentation:
     """Run ``spec`` on an in-memory RGB image at ``mpp`` µm/px the way ``segment`` runs it on a slide.
 
-    ``predictor`` (built from ``spec`` when None) may be passed to reuse one across images.
+    ``predictor`` (built from ``spec`` when None) may be passed to reuse one across images;
+    ``profile`` replaces the post-processing profile ``segment`` would use (:func:`postprocess_profile`).
     """
     from nucflow.postprocess import label_nuclei
 
@@ -170,7 +181,9 @@ def segment_image(
         config = with_stain_profile(config, spec)
     slide = array_slide(rgb, mpp=mpp)
     thumb, _, tissue = find_tissue(slide, config.tissue)
-    params = fit_params(spec, thumb, tissue)
+    if profile is None:
+        profile = postprocess_profile(config, shrink_um=mask_shrink_um(spec), interior=interior_markers(spec))
+    params = fit_params(spec, thumb, tissue, profile)
     shape = slide.shape_at(spec.mpp)
     work = slide.read(mpp=spec.mpp, row=0, col=0, rows=shape[0], cols=shape[1])
     margin = config.inference.margin
@@ -185,7 +198,6 @@ def segment_image(
     prob = np.zeros(shape, np.float32)
     for tile, core in predict_tiles(read, grid.tiles, predictor, batch_size=batch_size, params=params):
         prob[tile.row : tile.row + tile.rows, tile.col : tile.col + tile.cols] = core
-    profile = postprocess_profile(config, shrink_um=mask_shrink_um(spec), interior=interior_markers(spec))
     labels = label_nuclei(prob, mpp=spec.mpp, config=profile)
     from nucflow.stain import resolve_stain_vectors
 

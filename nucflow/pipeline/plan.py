@@ -148,7 +148,7 @@ def _plan(
     margin = config.inference.margin
     size = config.inference.tile_size or auto_tile_size(input_multiple(spec), margin=margin)
     grid = tile_grid(shape, tile_size=size, margin=margin, tissue=planned)
-    params = fit_params(spec, thumb, tissue)
+    params = fit_params(spec, thumb, tissue, postprocess_profile(config))
     map_hash = config_hash(spec.model_id, spec.mpp, spec.sigma, size, margin, to_dict(config.tissue), params, mpp,
                            *([spec.tta] if spec.tta != "none" else []))
     shrink, interior = mask_shrink_um(spec), interior_markers(spec)

@@ -64,6 +64,11 @@ class PostprocessConfig:
     ``threshold / 2`` and the watershed markers are the interiors, the map at or above
     ``(1 + threshold) / 2``, instead of the distance transform's maxima.
 
+    ``stain_gate`` (0 = off) applies to a model's map, not to the baselines: a pixel keeps its
+    probability only where its hematoxylin or its DAB optical density reaches ``stain_gate``
+    times that density's Otsu cut on the image's tissue (fitted once per image on its thumbnail,
+    with the predictor's other parameters; :func:`nucflow.stain.stain_gate`); elsewhere it is 0.
+
     Scoring (see :mod:`nucflow.scoring`): a positive nucleus is 1+, and 2+ / 3+ from the
     mean DAB OD ``intensity_thresholds`` (two increasing values above ``dab_threshold``;
     empty: positive/negative only, no H-score). The Ki67 hot spot is the field of
@@ -95,6 +100,7 @@ class PostprocessConfig:
     hotspot_shape: str = setting("circle", one_of("circle", "square"))
     class_colours: dict[str, list[int]] = field(default_factory=dict)
     stain_vectors: str | StainVectors = "fixed"
+    stain_gate: float = setting(0.0, at_least(0))
 
     def __post_init__(self) -> None:
         check_fields(self)
