@@ -293,27 +293,37 @@ def _outlines(
     """
     if indices.size == 0:
         return np.zeros(0, dtype=object)
-    rows_cols, ring_of = _rings(labels, [stats.boxes[i - 1] for i in indices], stats.start[indices], indices)
+    rows_cols, ring_of = _rings(stats, indices, labels.shape[1])
     x, y = geometry.to_level0(rows_cols[:, 0] + origin[0], rows_cols[:, 1] + origin[1])
     return shapely.polygons(shapely.linearrings(np.column_stack([x, y]), indices=ring_of))
 
 
-def _rings(
-    labels: np.ndarray, boxes: list, starts: np.ndarray, indices: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _rings(stats: RegionStats, indices: np.ndarray, cols: int) -> tuple[np.ndarray, np.ndarray]:
     """Every nucleus' ring in one marching-squares pass: (k, 2) rows/cols and ring number.
 
-    The masks are packed on shelves into one image, each in a cell with a 1-px empty border
-    so their contours stay apart; one contour call traces them all, and each line goes back
-    to its nucleus by where it starts (its cell).
+    The masks of the labels ``indices`` (of a ``cols``-wide label image) are packed on shelves
+    into one image, each in a cell with a 1-px empty border so their contours stay apart; one
+    contour call traces them all, and each line goes back to its nucleus by where it starts
+    (its cell).
     """
+    boxes = [stats.boxes[i - 1] for i in indices]
+    starts = stats.start[indices]
     heights = np.array([box[0].stop - box[0].start for box in boxes]) + 2
     widths = np.array([box[1].stop - box[1].start for box in boxes]) + 2
     tops, lefts, shelf, shape = _shelves(heights, widths)
-    packed = np.zeros(shape)
-    for cell, (box, index) in enumerate(zip(boxes, indices, strict=True)):
-        top, left = tops[cell] + 1, lefts[cell] + 1
-        packed[top : top + heights[cell] - 2, left : left + widths[cell] - 2] = labels[box] == index
+    # Each cell's mask from its label's row runs: +1 where a run starts, -1 after it ends, summed
+    # along the packed image (cells keep runs apart, and a run ends before its cell's empty border).
+    cell_of = np.full(len(stats.sums), -1, np.int64)
+    cell_of[indices] = np.arange(indices.size)
+    cell = cell_of[stats.runs.label]
+    packed_runs = cell >= 0
+    cell, run_length = cell[packed_runs], stats.runs.length[packed_runs]
+    row, col = np.divmod(stats.runs.start[packed_runs], cols)
+    first = (tops[cell] + 1 + row - starts[cell, 0]) * shape[1] + (lefts[cell] + 1 + col - starts[cell, 1])
+    edges = np.zeros(shape[0] * shape[1] + 1)
+    edges[first] = 1.0
+    edges[first + run_length] = -1.0
+    packed = np.cumsum(edges[:-1]).reshape(shape)
     x, y = _pixel_grid(*shape)
     lines = contour_generator(x=x, y=y, z=packed, line_type=LineType.ChunkCombinedOffset).lines(0.5)
     chunk_points, chunk_offsets = cast(tuple[list[np.ndarray], list[np.ndarray]], lines)
@@ -378,13 +388,15 @@ def _shelves(
 def _corners(ring_points: np.ndarray, ring_of: np.ndarray) -> np.ndarray:
     """Which vertices of closed rings (concatenated, without closing points) are not collinear
     with their neighbours; coordinates are multiples of 0.5, so the test is exact."""
-    first = np.r_[True, ring_of[1:] != ring_of[:-1]]
-    last = np.r_[ring_of[1:] != ring_of[:-1], True]
-    index = np.arange(len(ring_points))
-    ring_start = np.maximum.accumulate(np.where(first, index, 0))
-    ring_end = np.repeat(index[last], np.bincount(ring_of))
-    before = np.where(first, ring_end, index - 1)
-    after = np.where(last, ring_start, index + 1)
-    d_in = ring_points - ring_points[before]
-    d_out = ring_points[after] - ring_points
+    change = ring_of[1:] != ring_of[:-1]
+    first = np.flatnonzero(np.r_[True, change])  # each ring's first and last vertex, in ring order
+    last = np.flatnonzero(np.r_[change, True])
+    before = np.empty_like(ring_points)
+    before[1:] = ring_points[:-1]
+    before[first] = ring_points[last]
+    after = np.empty_like(ring_points)
+    after[:-1] = ring_points[1:]
+    after[last] = ring_points[first]
+    d_in = ring_points - before
+    d_out = after - ring_points
     return d_in[:, 0] * d_out[:, 1] != d_in[:, 1] * d_out[:, 0]
