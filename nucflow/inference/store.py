@@ -349,8 +349,9 @@ def create_map(path: str | Path, *, shape: tuple[int, int], core: int,
         group.create_array("rgb", shape=(*shape, 3), chunks=(core, core, 3), dtype="uint8", fill_value=0,
                            compressors=_compressor())
     ome = {"ome": ome_metadata(float(attrs["mpp"]), ["probability"])} if attrs.get("mpp") is not None else {}
-    group.attrs.update({**attrs, **ome})
-    group["probability"].attrs.update(attrs)
+    # put: one metadata write each (update writes zarr.json once per key); both are new and empty
+    group.attrs.put({**attrs, **ome})
+    group["probability"].attrs.put(attrs)
     return ProbabilityMap(str(path))
 
 
