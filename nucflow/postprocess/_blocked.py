@@ -297,7 +297,7 @@ def _block_table(
         # order): filtered here from the counts and boxes measured anyway.
         labels = split_labels(prob, mpp=geometry.mpp, config=config, device=device, within=core)
         stats = region_stats(labels)
-        keep = plausible_sizes(stats.sums[:, 0], stats.boxes, px=px)
+        keep = plausible_sizes(stats.sums[:, 0], (stats.stop - stats.start).max(axis=1), px=px)
     origin = (block.region[0], block.region[2])
     indices = owned_labels(stats, origin=origin, core=block.core)
     if keep is not None:

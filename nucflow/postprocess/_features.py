@@ -21,6 +21,7 @@ __all__ = [
     "RegionStats",
     "RgbReader",
     "Runs",
+    "box_slices",
     "read_rgb_from_array",
     "region_stats",
     "stain_od",
@@ -97,6 +98,7 @@ class RegionStats:
     start: np.ndarray  # (labels + 1, 2) int64: bounding-box corner (row, col)
     sums: np.ndarray  # (labels + 1, 6) float64: n, Σdr, Σdc, Σdr², Σdc², Σdr·dc
     runs: Runs  # the labels' row runs they were counted from
+    stop: np.ndarray  # (labels + 1, 2) int64: bounding-box end (row, col), past the last pixel
 
 
 @dataclass(frozen=True)
@@ -119,16 +121,16 @@ class Runs:
         inside = label > 0
         return cls(label=label[inside], start=start[inside], length=length[inside])
 
-    def boxes(self, count: int, cols: int) -> tuple[np.ndarray, list[tuple[slice, slice] | None]]:
-        """The bounding boxes of the labels 1..``count`` of a ``cols``-wide image: their
-        corners, (count + 1, 2) int64 (0 for absent labels and the background), and
-        ``ndi.find_objects(labels, count)``'s slices (None for absent labels)."""
+    def extent(self, count: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+        """The bounding boxes of the labels 1..``count`` of a ``cols``-wide image as their
+        first and past-the-end (row, col), (count + 1, 2) int64 each; 0 for absent labels and
+        the background (``ndi.find_objects``' slices, as arrays)."""
         row, col = np.divmod(self.start, cols)
         # Rows from the first and last run (raster order), columns by min / max.
         first = np.zeros(count + 1, np.int64)
         last = np.zeros(count + 1, np.int64)
         first[self.label[::-1]] = row[::-1]
-        last[self.label] = row
+        last[self.label] = row + 1
         left = np.full(count + 1, cols, np.int64)
         right = np.zeros(count + 1, np.int64)
         np.minimum.at(left, self.label, col)
@@ -136,13 +138,9 @@ class Runs:
         present = np.zeros(count + 1, bool)
         present[self.label] = True
         corner = np.where(present[:, None], np.column_stack([first, left]), 0)
-        corner[0] = 0
-        boxes: list[tuple[slice, slice] | None] = [
-            (slice(r0, r1 + 1), slice(c0, c1)) if here else None
-            for r0, r1, c0, c1, here in zip(first[1:].tolist(), last[1:].tolist(), left[1:].tolist(),
-                                            right[1:].tolist(), present[1:].tolist(), strict=True)
-        ]
-        return corner, boxes
+        stop = np.where(present[:, None], np.column_stack([last, right]), 0)
+        corner[0] = stop[0] = 0
+        return corner, stop
 
     def pixels(self, which: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Flat indices of the pixels of the runs ``which`` (bool, default all), in raster
@@ -156,6 +154,16 @@ class Runs:
         return index, np.repeat(label, length)
 
 
+def box_slices(start: np.ndarray, stop: np.ndarray) -> list[tuple[slice, slice] | None]:
+    """``ndi.find_objects``' list from bounding boxes as :meth:`Runs.extent` gives them
+    (label i at i - 1; None where a label is absent, its box empty)."""
+    return [
+        (slice(r0, r1), slice(c0, c1)) if r1 else None
+        for r0, c0, r1, c1 in zip(start[1:, 0].tolist(), start[1:, 1].tolist(), stop[1:, 0].tolist(),
+                                  stop[1:, 1].tolist(), strict=True)
+    ]
+
+
 def region_stats(labels: np.ndarray) -> RegionStats:
     """Counts and moments of the labels 1..max of a (rows, cols) int label image.
 
@@ -167,7 +175,8 @@ def region_stats(labels: np.ndarray) -> RegionStats:
     runs = Runs.of(labels)
     label, n = runs.label, runs.length
     row, col = np.divmod(runs.start, labels.shape[1])
-    start, boxes = runs.boxes(count, labels.shape[1])
+    start, stop = runs.extent(count, labels.shape[1])
+    boxes = box_slices(start, stop)
     # Per run (absolute coordinates, integers): Σc, Σc², Σr, Σr², Σr·c.
     s_c = n * col + n * (n - 1) // 2
     s_cc = n * col * col + col * n * (n - 1) + (n - 1) * n * (2 * n - 1) // 6
@@ -184,7 +193,7 @@ def region_stats(labels: np.ndarray) -> RegionStats:
         s_cc - 2 * c0 * s_c + size * c0 * c0,
         s_rc - c0 * s_r - r0 * s_c + size * r0 * c0,
     ]).astype(np.float64)
-    return RegionStats(boxes=boxes, start=start, sums=sums, runs=runs)
+    return RegionStats(boxes=boxes, start=start, sums=sums, runs=runs, stop=stop)
 
 
 def region_measures(

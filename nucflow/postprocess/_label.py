@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -266,9 +266,9 @@ def split_touching(
     if squared is None or peaks is None:
         squared, peaks = distance_maxima(mask, px=px, on=backend("cpu"))
     components, count = ndi.label(mask)
-    # ndi.find_objects from the components' runs (cheaper); ndi.label leaves no number unused.
-    boxes = cast(list[tuple[slice, slice]], Runs.of(components).boxes(count, mask.shape[1])[1])
-    at = _seeded(np.flatnonzero(peaks), components, boxes, squared)
+    # The components' bounding boxes, as arrays (ndi.find_objects from their runs, cheaper).
+    start, stop = Runs.of(components).extent(count, mask.shape[1])
+    at = _seeded(np.flatnonzero(peaks), components, start, stop, squared)
     # The markers: the peaks' 8-connected groups, numbered as ndi.label numbers them.
     marker_at = _eight_connected(at, mask.shape[1])
     component_at = components.ravel()[at]
@@ -281,8 +281,7 @@ def split_touching(
     single[pair_component[lone]] = pair_marker[lone]
     if within is not None:
         r0, r1, c0, c1 = within
-        away = [i for i, (rows, cols) in enumerate(boxes, start=1)
-                if rows.stop <= r0 or rows.start >= r1 or cols.stop <= c0 or cols.start >= c1]
+        away = (stop[:, 0] <= r0) | (start[:, 0] >= r1) | (stop[:, 1] <= c0) | (start[:, 1] >= c1)
         single[away] = 0
         per_component[away] = 0
     labels = np.take(single, components)  # single[components], without an intp copy of the index
@@ -292,7 +291,8 @@ def split_touching(
         bounds = np.searchsorted(component_at[by_component], np.stack([flood, flood + 1]))
         for index, low, high in zip(flood, bounds[0], bounds[1], strict=True):
             seeds = by_component[low:high]
-            _flood_component(labels, components, int(index), boxes[index - 1], squared, at[seeds], marker_at[seeds])
+            _flood_component(labels, components, int(index), _box(start, stop, int(index)), squared, at[seeds],
+                             marker_at[seeds])
     return labels
 
 
@@ -347,15 +347,23 @@ def _watershed(priority: np.ndarray, seeds: np.ndarray, member: np.ndarray, floo
     flooded[...] = watershed(priority, flooded, mask=member)
 
 
-def _seeded(at: np.ndarray, components: np.ndarray, boxes: list, distance: np.ndarray) -> np.ndarray:
+def _box(start: np.ndarray, stop: np.ndarray, index: int) -> tuple[slice, slice]:
+    """Label ``index``'s bounding box as slices, from :meth:`Runs.extent`'s arrays."""
+    return slice(int(start[index, 0]), int(stop[index, 0])), slice(int(start[index, 1]), int(stop[index, 1]))
+
+
+def _seeded(
+    at: np.ndarray, components: np.ndarray, start: np.ndarray, stop: np.ndarray, distance: np.ndarray
+) -> np.ndarray:
     """The peaks ``at`` (sorted flat indices) and the first distance maximum (raster order)
     of each component that a larger neighbour within ``min_distance`` left without a peak,
-    so no isolated nucleus is lost; sorted flat indices."""
-    marked = np.zeros(len(boxes) + 1, bool)
+    so no isolated nucleus is lost; sorted flat indices. ``start``, ``stop``: the components'
+    boxes (:meth:`Runs.extent`)."""
+    marked = np.zeros(len(start), bool)
     marked[components.ravel()[at]] = True
     seeds = []
     for index in np.flatnonzero(~marked[1:]) + 1:
-        box = boxes[index - 1]
+        box = _box(start, stop, int(index))
         crop = np.where(components[box] == index, distance[box], -1.0)
         row, col = np.unravel_index(int(np.argmax(crop)), crop.shape)  # the first maximum
         seeds.append((box[0].start + row) * components.shape[1] + box[1].start + col)
@@ -402,14 +410,13 @@ def plausible(labels: np.ndarray, *, px: PixelSizes) -> np.ndarray:
     """Which labels 0..max to keep (bool): at least ``px.min_area`` px (and present), at most
     ``px.max_diameter`` px wide (bounding box); never the background."""
     count = int(labels.max(initial=0))
-    return plausible_sizes(np.bincount(labels.ravel(), minlength=count + 1), ndi.find_objects(labels), px=px)
+    sides = [0] + [0 if box is None else max(s.stop - s.start for s in box) for box in ndi.find_objects(labels)]
+    return plausible_sizes(np.bincount(labels.ravel(), minlength=count + 1), np.array(sides), px=px)
 
 
-def plausible_sizes(sizes: np.ndarray, boxes: list, *, px: PixelSizes) -> np.ndarray:
-    """:func:`plausible` from the labels' pixel counts (0..max) and ``ndi.find_objects`` boxes."""
-    keep = (sizes >= px.min_area) & (sizes > 0)
-    for index, box in enumerate(boxes, start=1):
-        if box is not None and max(s.stop - s.start for s in box) > px.max_diameter:
-            keep[index] = False
+def plausible_sizes(sizes: np.ndarray, sides: np.ndarray, *, px: PixelSizes) -> np.ndarray:
+    """:func:`plausible` from the labels' pixel counts and the longer side of their bounding
+    boxes (0..max; 0 for absent labels)."""
+    keep = (sizes >= px.min_area) & (sizes > 0) & (sides <= px.max_diameter)
     keep[0] = False
     return keep
