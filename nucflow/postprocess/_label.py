@@ -312,9 +312,13 @@ def _flood_component(
     rows, cols = box[0].stop - box[0].start, box[1].stop - box[1].start
     width = cols + 2
     size = (rows + 2) * width
-    # Flooding priority: highest distance first, then raster order (exact integers in float64).
-    priority = np.arange(size, dtype=np.float64).reshape(rows + 2, width)
-    priority[1:-1, 1:-1] -= squared[box] * np.float64(size)
+    # Flooding priority: highest distance first, then raster order: the padded crop's flat index
+    # minus the squared distance times its size (exact integers in float64), built in place.
+    priority = np.zeros((rows + 2, width))
+    inner = priority[1:-1, 1:-1]
+    np.multiply(squared[box], -float(size), out=inner)
+    inner += np.arange(1, rows + 1, dtype=np.float64)[:, None] * width
+    inner += np.arange(1, cols + 1, dtype=np.float64)
     member = np.zeros((rows + 2, width), bool)
     np.equal(components[box], index, out=member[1:-1, 1:-1])
     flooded = np.zeros((rows + 2, width), np.int32)
