@@ -184,6 +184,28 @@ def test_planning_keeps_the_thumbnail_and_tissue_for_the_finishing_task(tmp_path
     assert ProbabilityMap(plan.map_path).read_thumbnail() is None
 
 
+def test_cpu_model_actors_write_the_cores_pixels_and_gpu_ones_leave_them(tmp_path: Path, demo_svs: Path,
+                                                                          tiny_model: Path) -> None:
+    """A CPU actor writes each core's pixels (as Slide.read gives them) beside its probabilities; a
+    GPU actor's CPU feeds the GPU, so it leaves rgb empty (the finishing task then reads the slide)."""
+    from nucflow.inference.actors import TileWorker, WorkItem
+
+    config = replace(SMALL_TILES, model=str(tiny_model))
+    spec = method_spec(config)
+    plan = plan_slide(demo_svs, "demo", tmp_path, spec=spec, config=config, mpp=None, overwrite=False)
+    worker = TileWorker(spec, device="cpu", threads=1, amp=False, channels_last=False)
+    first, second = plan.grid.tiles[:2]
+    for tile, keep in ((first, True), (second, False)):
+        worker.keep_rgb = keep  # as a GPU actor sets it
+        worker.process(WorkItem("demo", plan.path, None, plan.map_path, plan.mpp, (tile,), plan.params))
+    stored = ProbabilityMap(plan.map_path).rgb_array()
+    with open_slide(demo_svs) as slide:
+        expected = slide.read(mpp=plan.mpp, row=first.row, col=first.col, rows=first.rows, cols=first.cols)
+    assert stored is not None
+    assert np.array_equal(stored[first.row : first.row + first.rows, first.col : first.col + first.cols], expected)
+    assert not np.asarray(stored[second.row : second.row + second.rows, second.col : second.col + second.cols]).any()
+
+
 def test_geojson_is_a_qupath_detection_collection(unet_run) -> None:
     out, _ = unet_run
     collection = json.loads((out / "demo" / "nuclei.geojson").read_text())

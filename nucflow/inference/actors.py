@@ -58,6 +58,9 @@ class TileWorker:
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.predictor = spec.build(device=device, amp=amp, channels_last=channels_last)
+        # The tiles' pixels go to the map's rgb array from CPU actors only: a GPU actor's CPU feeds
+        # the GPU, and the finishing task reads the slide on the cores such actors leave idle.
+        self.keep_rgb = device == "cpu"
         self._slides: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self.pid = os.getpid()
 
@@ -68,7 +71,7 @@ class TileWorker:
         """Predict and write ``item``'s tiles; returns (slide key, tile indices written)."""
         slide = self._slide(item.slide_path, item.mpp_override)
         target = ProbabilityMap(item.map_path)
-        array, rgb = target.array(mode="r+"), target.rgb_array(mode="r+")
+        array, rgb = target.array(mode="r+"), target.rgb_array(mode="r+") if self.keep_rgb else None
         windows: dict[tuple[int, int], Any] = {}  # the windows read, for the map's rgb array
 
         def read_window(row: int, col: int, rows: int, cols: int) -> Any:

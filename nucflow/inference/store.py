@@ -7,7 +7,8 @@ Layout of ``<slide>/probability.zarr``::
 
     probability_2x, probability_4x ...  the same, mean of 2x2 pixels per level (OME-Zarr pyramid)
     rgb           uint8 (rows, cols, 3), chunks = tile core (local maps only): each written core's
-                  pixels at the map's resolution, as the model read them; the finishing task takes
+                  pixels at the map's resolution, as a CPU model actor read them (GPU actors leave it
+                  empty: their CPU feeds the GPU; the slide is then read); the finishing task takes
                   the stain columns from it instead of reading and resampling the slide again, and
                   removes it once the slide is finished (:meth:`ProbabilityMap.drop_rgb`)
     thumbnail, tissue  the slide's thumbnail (uint8 RGB) and tissue mask (bool) as planning found
