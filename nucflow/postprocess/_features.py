@@ -315,10 +315,8 @@ def _rings(stats: RegionStats, indices: np.ndarray, cols: int) -> tuple[np.ndarr
     contour call traces them all, and each line goes back to its nucleus by where it starts
     (its cell).
     """
-    boxes = [stats.boxes[i - 1] for i in indices]
     starts = stats.start[indices]
-    heights = np.array([box[0].stop - box[0].start for box in boxes]) + 2
-    widths = np.array([box[1].stop - box[1].start for box in boxes]) + 2
+    heights, widths = (stats.stop[indices] - starts + 2).T
     tops, lefts, shelf, shape = _shelves(heights, widths)
     # Each cell's mask from its label's row runs: +1 where a run starts, -1 after it ends, summed
     # along the packed image (cells keep runs apart, and a run ends before its cell's empty border).
