@@ -25,7 +25,6 @@ import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -52,6 +51,7 @@ from nucflow.pipeline.image import (  # noqa: E402
     postprocess_profile,
     resample_labels,
     segment_image,
+    work_grid,
 )
 from nucflow.postprocess import label_nuclei, load_stain_profile  # noqa: E402
 from nucflow.slide.reader import array_slide  # noqa: E402
@@ -118,7 +118,7 @@ def _probabilities(run: dict[str, Any], vset: Any, cache: Path) -> list[dict[str
             np.savez_compressed(path, prob=prob, rgb=work, mpp=mpp)
         out.append({"name": image.stem, "rgb": rgb, "truth": read_truth(truth, format=vset.truth_format),
                     "prob": prob, "work": work, "mpp": mpp, "shrink": shrink,
-                    "interior": interior, "image_mpp": vset.mpp, "model": spec.method == "unet"})
+                    "interior": interior, "image_mpp": vset.mpp, "spec": spec})
     return out
 
 
@@ -127,7 +127,7 @@ def _score(images: list[dict[str, Any]], vset: Any, profile: Any, method: str) -
     for im in images:
         grown = replace(profile, expand_um=im["shrink"]) if im["shrink"] else profile
         grown = replace(grown, interior_markers=True) if im["interior"] else grown
-        labels = label_nuclei(gated(im, profile.stain_gate), mpp=im["mpp"], config=grown)
+        labels = label_nuclei(gated(im, profile), mpp=im["mpp"], config=grown)
         positive = positive_calls(im["work"], labels, profile)
         full = resample_labels(labels, im["rgb"].shape[:2], scale=vset.mpp / im["mpp"])
         gt = im["truth"]
@@ -140,16 +140,24 @@ def _score(images: list[dict[str, Any]], vset: Any, profile: Any, method: str) -
     return EvaluationReport(scores=tuple(scores), methods=(method,))
 
 
-def gated(image: dict[str, Any], factor: float) -> np.ndarray:
-    """A model's cached map with the stain gate of ``factor`` applied as ``segment`` applies it
-    (cuts fitted on the image's thumbnail tissue; the baselines are never gated)."""
-    if not factor or not image["model"]:
-        return image["prob"]
-    thumb, _, tissue = find_tissue(array_slide(image["rgb"], mpp=image["image_mpp"]), load_segment_config().tissue)
-    params = fit_params(SimpleNamespace(method="unet"), thumb, tissue, SimpleNamespace(stain_gate=factor))
+def gated(image: dict[str, Any], profile: Any) -> np.ndarray:
+    """A model's cached map with the profile's stain gate applied as ``segment`` applies it: to
+    each tile core of the image's grid, referenced to the core's nuclei (the baselines are
+    never gated). Tested equal to ``segment_image``'s own gating (tests/test_stain_gate.py)."""
+    prob = image["prob"]
+    params = fit_params(image["spec"], np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1), bool), profile)
     if "stain_gate" not in params:
-        return image["prob"]
-    return np.where(stain_gate(image["work"], params["stain_gate"]), image["prob"], 0).astype(image["prob"].dtype)
+        return prob
+    config = load_segment_config()
+    _, _, tissue = find_tissue(array_slide(image["rgb"], mpp=image["image_mpp"]), config.tissue)
+    out = prob.copy()
+    scale = 255.0 if prob.dtype == np.uint8 else 1.0
+    for t in work_grid(prob.shape, image["spec"], config, tissue).tiles:
+        core = (slice(t.row, t.row + t.rows), slice(t.col, t.col + t.cols))
+        keep = stain_gate(image["work"][core], prob[core] / scale, factor=params["stain_gate"][0],
+                          threshold=params["stain_gate"][1])
+        out[core] = np.where(keep, prob[core], 0)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

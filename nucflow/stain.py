@@ -35,7 +35,6 @@ __all__ = [
     "StainEstimateError",
     "StainVectors",
     "estimate_macenko",
-    "fit_stain_gate",
     "resolve_stain_vectors",
     "stain_gate",
     "stain_od",
@@ -167,37 +166,25 @@ def stain_optical_density(rgb: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- stain gate
 
 
-def fit_stain_gate(rgb: np.ndarray, mask: np.ndarray | None = None, *, factor: float) -> tuple[float, float] | None:
-    """The stain gate's cuts on a sample: ``factor`` times Otsu's threshold of the hematoxylin
-    and of the DAB optical density (fixed vectors) over ``mask``'s pixels (all when None).
+def stain_gate(rgb: np.ndarray, prob: np.ndarray, *, factor: float, threshold: float) -> np.ndarray:
+    """Pixels of a model's probability map ``prob`` (rows, cols) that keep their probability,
+    given the uint8 RGB ``rgb`` (rows, cols, 3) it was predicted from; bool (rows, cols).
 
-    The sample is an image's thumbnail and its tissue mask, as the baselines' Otsu threshold is
-    fitted (:func:`nucflow.inference.baselines.fit_threshold`). None when either density has a
-    single value on the sample (no cut can be fitted; the gate is then off).
+    The reference is the median hematoxylin + DAB optical density (fixed vectors) of the pixels
+    the model calls nucleus (``prob >= threshold``). A pixel more DAB than hematoxylin whose
+    density is under ``factor`` times that reference is dropped (light-brown cytoplasm and
+    stroma, red blood cell outlines); every other pixel keeps its probability, so pale
+    hematoxylin nuclei are never gated. With no nucleus pixel there is no reference and
+    nothing is dropped. Applied to each tile's core (:func:`nucflow.inference.tiled.predict_tiles`)
+    when the stain profile sets ``stain_gate`` (see :class:`nucflow.postprocess.PostprocessConfig`).
     """
-    from skimage.filters import threshold_otsu
-
     hematoxylin, dab = stain_od(rgb)
-    if mask is not None:
-        keep = np.asarray(mask, bool)
-        hematoxylin, dab = hematoxylin[keep], dab[keep]
-    cuts = []
-    for density in (hematoxylin, dab):
-        if density.size == 0 or float(density.min()) == float(density.max()):
-            return None
-        cuts.append(factor * float(threshold_otsu(density)))
-    return cuts[0], cuts[1]
-
-
-def stain_gate(rgb: np.ndarray, cuts: tuple[float, float] | list[float]) -> np.ndarray:
-    """Pixels of uint8 RGB ``(..., 3)`` that carry a nuclear stain: hematoxylin optical density at
-    least ``cuts[0]`` or DAB optical density at least ``cuts[1]`` (fixed vectors); bool ``(...)``.
-
-    A model's probability is zeroed elsewhere when the stain profile sets ``stain_gate`` (see
-    :class:`nucflow.postprocess.PostprocessConfig`): pale cytoplasm, light-brown stroma and red
-    blood cell outlines are not nuclei, whatever their texture."""
-    hematoxylin, dab = stain_od(rgb)
-    return (hematoxylin >= cuts[0]) | (dab >= cuts[1])
+    density = hematoxylin + dab
+    nucleus = prob >= threshold
+    if not nucleus.any():
+        return np.ones(prob.shape, bool)
+    reference = float(np.median(density[nucleus]))
+    return (hematoxylin >= dab) | (density >= factor * reference)
 
 
 # --------------------------------------------------------------------------- Macenko

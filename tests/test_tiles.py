@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from scipy.spatial import cKDTree
 from skimage import io as skio
 
+from nucflow.config import CONFIG_DIR
 from nucflow.evaluation import evaluate
 from nucflow.pipeline import load_segment_config, segment
 from nucflow.pipeline.image import method_spec, segment_image, with_stain_profile
@@ -77,11 +79,16 @@ def interior_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.usefixtures("ray_local")
-@pytest.mark.parametrize("method", ["unet", "threshold", "shrunk", "interior"])
+@pytest.mark.parametrize("method", ["unet", "threshold", "shrunk", "interior", "gated"])
 def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, method: str, shrunk_model,
                                                    interior_model) -> None:
     config = load_segment_config()  # the default configuration
-    if method == "shrunk":  # a model trained on shrunk masks: its labels are grown back the same way
+    if method == "gated":  # a profile with a strong stain gate: the Ray tiles gate as segment_image does
+        profile = tmp_path / "gated.yaml"
+        text = (CONFIG_DIR / "stains" / "ki67.yaml").read_text()
+        profile.write_text(re.sub(r"(?m)^stain_gate:.*$", "", text) + "\nstain_gate: 1.5\n")
+        config = replace(config, method="unet", stain_profile=str(profile))
+    elif method == "shrunk":  # a model trained on shrunk masks: its labels are grown back the same way
         config = replace(config, method="unet", model=str(shrunk_model))
     elif method == "interior":  # an "interior" head: markers from its interiors, in both commands
         config = replace(config, method="unet", model=str(interior_model))
@@ -112,11 +119,16 @@ def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, 
     assert sum(calls.values()) == int(table["dab_positive"].sum())
 
     report = evaluate(lung1 / "images", lung1 / "groundtruth", methods=[config.method], mpp=0.25,
-                      model=config.model)
+                      model=config.model, stain_profile=config.stain_profile)
     row = next(r for r in report.rows() if r["image"] == "Lung1")
     if method == "shrunk":  # grown by 1 µm: larger than the same weights' plain nuclei
         plain = segment_image(rgb, mpp=0.25, spec=method_spec(replace(config, model=None)), config=config)
         assert (mine.labels > 0).sum() > (plain.labels > 0).sum()
+    if method == "gated":  # the gate changed the nuclei
+        plain = segment_image(rgb, mpp=0.25, spec=spec, config=config,
+                              profile=replace(load_stain_profile(config.stain_profile), stain_gate=0.0))
+        assert (mine.probability > 0).sum() < (plain.probability > 0).sum()
+        assert not np.array_equal(mine.labels, plain.labels)
     if method == "interior":  # the same weights read as a plain mask give other nuclei
         plain = segment_image(rgb, mpp=0.25, spec=method_spec(replace(config, model=None)), config=config)
         assert not np.array_equal(mine.labels, plain.labels)

@@ -11,7 +11,7 @@ import numpy as np
 from nucflow.inference.predictors import Predictor, UNetPredictor
 from nucflow.slide.tiles import Tile, crop_padded, tile_grid
 
-__all__ = ["auto_tile_size", "crop_padded", "predict_image", "predict_tiles", "predict_whole"]
+__all__ = ["auto_tile_size", "crop_padded", "gate_core", "predict_image", "predict_tiles", "predict_whole"]
 
 def auto_tile_size(input_multiple: int, *, margin: int, core_target: int = 512) -> int:
     """The smallest valid tile side whose core is at least ``core_target`` pixels."""
@@ -29,21 +29,29 @@ def predict_tiles(
     """Run ``predictor`` over ``tiles`` and yield each tile with its core's probabilities.
 
     ``read_window(row, col, rows, cols)`` returns the (rows, cols, 3) uint8 context window.
-    Each yielded core is a (tile.rows, tile.cols) float32 array. ``params["stain_gate"]`` (the
-    cuts of :func:`nucflow.pipeline.image.fit_params`) zeroes the probability of pixels without
-    a nuclear stain (:func:`nucflow.stain.stain_gate`).
+    Each yielded core is a (tile.rows, tile.cols) float32 array. ``params["stain_gate"]``
+    (``[factor, threshold]``, from :func:`nucflow.pipeline.image.fit_params`) zeroes the core's
+    probability where :func:`nucflow.stain.stain_gate` drops the pixel, referenced to the core's
+    own nuclei.
     """
     gate = (params or {}).get("stain_gate")
     for batch in _batches(tiles, batch_size):
         windows = np.stack([read_window(*t.read_origin, t.size, t.size) for t in batch])
         probs = predictor(windows, params=params)
-        if gate is not None:
-            from nucflow.stain import stain_gate
-
-            probs = np.where(stain_gate(windows, gate), probs, np.float32(0.0))
-        for tile, prob in zip(batch, probs, strict=True):
+        for tile, window, prob in zip(batch, windows, probs, strict=True):
             m = tile.margin
-            yield tile, prob[m : m + tile.rows, m : m + tile.cols]
+            core = prob[m : m + tile.rows, m : m + tile.cols]
+            if gate is not None:
+                core = gate_core(core, window[m : m + tile.rows, m : m + tile.cols], gate)
+            yield tile, core
+
+
+def gate_core(core: np.ndarray, rgb: np.ndarray, gate: Sequence[float]) -> np.ndarray:
+    """A tile core's probabilities with the stain gate ``[factor, threshold]`` applied."""
+    from nucflow.stain import stain_gate
+
+    keep = stain_gate(rgb, core, factor=gate[0], threshold=gate[1])
+    return np.where(keep, core, np.float32(0.0)).astype(core.dtype, copy=False)
 
 
 def predict_image(

@@ -30,7 +30,7 @@ from nucflow.slide.reader import array_slide
 __all__ = [
     "DEFAULT_STAIN_PROFILE", "ImageSegmentation", "build_predictor", "find_tissue", "fit_params", "input_multiple",
     "interior_markers", "mask_shrink_um", "method_spec", "positive_calls", "postprocess_profile", "resample_labels",
-    "segment_image", "with_stain_profile",
+    "segment_image", "with_stain_profile", "work_grid",
 ]
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,14 @@ def input_multiple(spec: MethodSpec) -> int:
     return int(spec.model.card.input_multiple) if spec.model is not None else 32
 
 
+def work_grid(shape: tuple[int, int], spec: MethodSpec, config: SegmentConfig, tissue: np.ndarray) -> Any:
+    """The model tiles of an image of ``shape`` working-resolution pixels that touch ``tissue``
+    (``inference.tile_size`` or :func:`auto_tile_size`, ``inference.margin``)."""
+    margin = config.inference.margin
+    size = config.inference.tile_size or auto_tile_size(input_multiple(spec), margin=margin)
+    return tile_grid(shape, tile_size=size, margin=margin, tissue=tissue)
+
+
 def find_tissue(slide: Slide, config: TissueConfig) -> tuple[np.ndarray, float, np.ndarray]:
     """The slide's thumbnail (uint8 RGB), its µm/px, and its tissue mask (bool), as ``config`` sets."""
     thumb, thumb_mpp = slide.thumbnail(max_size=config.thumbnail_size)
@@ -127,19 +135,14 @@ def find_tissue(slide: Slide, config: TissueConfig) -> tuple[np.ndarray, float, 
 
 
 def fit_params(spec: MethodSpec, thumb: np.ndarray, tissue: np.ndarray, profile: Any = None) -> dict[str, Any]:
-    """Per-image predictor parameters, fitted on the thumbnail's tissue: the baselines' Otsu
-    threshold; for a model, the stain gate's cuts when the stain ``profile`` sets ``stain_gate``
-    (:func:`nucflow.stain.fit_stain_gate`)."""
+    """Per-image predictor parameters: the baselines' Otsu threshold, fitted on the thumbnail's
+    tissue; for a model, the stain ``profile``'s gate as ``[stain_gate, threshold]`` when it sets
+    one (applied per tile core: :func:`nucflow.inference.tiled.predict_tiles`)."""
+    if spec.method == "unet":
+        factor = float(getattr(profile, "stain_gate", 0.0))
+        return {"stain_gate": [factor, float(profile.threshold)]} if factor else {}
     if not tissue.any():
         return {}
-    if spec.method == "unet":
-        factor = getattr(profile, "stain_gate", 0.0)
-        if not factor:
-            return {}
-        from nucflow.stain import fit_stain_gate
-
-        cuts = fit_stain_gate(thumb, tissue, factor=factor)
-        return {} if cuts is None else {"stain_gate": [cuts[0], cuts[1]]}
     from nucflow.inference.baselines import fit_threshold
 
     return {"threshold": float(fit_threshold(thumb, method=spec.method, sigma=spec.sigma, mask=tissue))}
@@ -186,9 +189,7 @@ def segment_image(
     params = fit_params(spec, thumb, tissue, profile)
     shape = slide.shape_at(spec.mpp)
     work = slide.read(mpp=spec.mpp, row=0, col=0, rows=shape[0], cols=shape[1])
-    margin = config.inference.margin
-    size = config.inference.tile_size or auto_tile_size(input_multiple(spec), margin=margin)
-    grid = tile_grid(shape, tile_size=size, margin=margin, tissue=tissue)
+    grid = work_grid(shape, spec, config, tissue)
     if predictor is None:
         predictor = build_predictor(spec, config)
 

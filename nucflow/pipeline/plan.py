@@ -17,16 +17,15 @@ from nucflow.config import config_hash, to_dict
 from nucflow.errors import InputError, NucflowError, SlideError
 from nucflow.inference.predictors import MethodSpec
 from nucflow.inference.store import MapMetadata, create_map, open_map
-from nucflow.inference.tiled import auto_tile_size
 from nucflow.pipeline.config import SegmentConfig
 from nucflow.pipeline.failures import clear_error_log, error_line, record_failure
 from nucflow.pipeline.image import (
     find_tissue,
     fit_params,
-    input_multiple,
     interior_markers,
     mask_shrink_um,
     postprocess_profile,
+    work_grid,
 )
 from nucflow.pipeline.outputs import (  # re-exported: the planning's names for them
     expand_slides,
@@ -37,7 +36,7 @@ from nucflow.pipeline.outputs import (  # re-exported: the planning's names for 
     slide_identity,
 )
 from nucflow.roi import DEFAULT_EXCLUDE, Regions, load_regions
-from nucflow.slide import TileGrid, open_slide, tile_grid
+from nucflow.slide import TileGrid, open_slide
 from nucflow.storage import is_uri, unpublish
 
 __all__ = [
@@ -145,10 +144,9 @@ def _plan(
         planned = tissue & (ndi.distance_transform_edt(~in_roi) <= reach) if in_roi.any() else in_roi
         area_mask = in_roi
         roi_hash = [regions.digest, list(roi_exclude)]
-    margin = config.inference.margin
-    size = config.inference.tile_size or auto_tile_size(input_multiple(spec), margin=margin)
-    grid = tile_grid(shape, tile_size=size, margin=margin, tissue=planned)
+    grid = work_grid(shape, spec, config, planned)
     params = fit_params(spec, thumb, tissue, postprocess_profile(config))
+    size, margin = grid.core + 2 * grid.margin, grid.margin
     map_hash = config_hash(spec.model_id, spec.mpp, spec.sigma, size, margin, to_dict(config.tissue), params, mpp,
                            *([spec.tta] if spec.tta != "none" else []))
     shrink, interior = mask_shrink_um(spec), interior_markers(spec)

@@ -64,10 +64,11 @@ class PostprocessConfig:
     ``threshold / 2`` and the watershed markers are the interiors, the map at or above
     ``(1 + threshold) / 2``, instead of the distance transform's maxima.
 
-    ``stain_gate`` (0 = off) applies to a model's map, not to the baselines: a pixel keeps its
-    probability only where its hematoxylin or its DAB optical density reaches ``stain_gate``
-    times that density's Otsu cut on the image's tissue (fitted once per image on its thumbnail,
-    with the predictor's other parameters; :func:`nucflow.stain.stain_gate`); elsewhere it is 0.
+    ``stain_gate`` (0 = off) applies to a model's map, not to the baselines: in each tile's core,
+    a pixel more DAB than hematoxylin whose hematoxylin + DAB optical density is under
+    ``stain_gate`` times the median density of the core's nucleus pixels (probability at least
+    ``threshold``) gets probability 0 (:func:`nucflow.stain.stain_gate`): light-brown cytoplasm
+    and stroma, not nuclei.
 
     Scoring (see :mod:`nucflow.scoring`): a positive nucleus is 1+, and 2+ / 3+ from the
     mean DAB OD ``intensity_thresholds`` (two increasing values above ``dab_threshold``;
