@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import cast
 
 import numpy as np
@@ -94,11 +95,15 @@ class RegionStats:
     small exact integers: a nucleus gets bit-identical measures in any block that holds it.
     """
 
-    boxes: list[tuple[slice, slice] | None]  # ndimage.find_objects, label i at i - 1
     start: np.ndarray  # (labels + 1, 2) int64: bounding-box corner (row, col)
     sums: np.ndarray  # (labels + 1, 6) float64: n, Σdr, Σdc, Σdr², Σdc², Σdr·dc
     runs: Runs  # the labels' row runs they were counted from
     stop: np.ndarray  # (labels + 1, 2) int64: bounding-box end (row, col), past the last pixel
+
+    @cached_property
+    def boxes(self) -> list[tuple[slice, slice] | None]:
+        """``ndimage.find_objects``' slices (label i at i - 1), built when first asked for."""
+        return box_slices(self.start, self.stop)
 
 
 @dataclass(frozen=True)
@@ -176,7 +181,6 @@ def region_stats(labels: np.ndarray) -> RegionStats:
     label, n = runs.label, runs.length
     row, col = np.divmod(runs.start, labels.shape[1])
     start, stop = runs.extent(count, labels.shape[1])
-    boxes = box_slices(start, stop)
     # Per run (absolute coordinates, integers): Σc, Σc², Σr, Σr², Σr·c.
     s_c = n * col + n * (n - 1) // 2
     s_cc = n * col * col + col * n * (n - 1) + (n - 1) * n * (2 * n - 1) // 6
@@ -193,7 +197,7 @@ def region_stats(labels: np.ndarray) -> RegionStats:
         s_cc - 2 * c0 * s_c + size * c0 * c0,
         s_rc - c0 * s_r - r0 * s_c + size * r0 * c0,
     ]).astype(np.float64)
-    return RegionStats(boxes=boxes, start=start, sums=sums, runs=runs, stop=stop)
+    return RegionStats(start=start, sums=sums, runs=runs, stop=stop)
 
 
 def region_measures(
