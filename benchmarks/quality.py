@@ -39,6 +39,7 @@ from nucflow.evaluation._report import EvaluationReport, ImageScore  # noqa: E40
 from nucflow.evaluation._truth import pair_files, read_image, read_truth  # noqa: E402
 from nucflow.evaluation._validation import VALIDATION_METRICS, _nanmean, _set_row, model_labels  # noqa: E402
 from nucflow.evaluation.metrics import count_instances, count_points  # noqa: E402
+from nucflow.inference.tiled import gate_core  # noqa: E402
 from nucflow.pipeline import load_segment_config  # noqa: E402
 from nucflow.pipeline.image import (  # noqa: E402
     build_predictor,
@@ -55,7 +56,6 @@ from nucflow.pipeline.image import (  # noqa: E402
 )
 from nucflow.postprocess import label_nuclei, load_stain_profile  # noqa: E402
 from nucflow.slide.reader import array_slide  # noqa: E402
-from nucflow.stain import stain_gate  # noqa: E402
 
 __all__ = ["main"]
 
@@ -151,12 +151,11 @@ def gated(image: dict[str, Any], profile: Any) -> np.ndarray:
     config = load_segment_config()
     _, _, tissue = find_tissue(array_slide(image["rgb"], mpp=image["image_mpp"]), config.tissue)
     out = prob.copy()
-    scale = 255.0 if prob.dtype == np.uint8 else 1.0
+    scale = 255.0 if prob.dtype == np.uint8 else 1.0  # the cache holds probability x 255 in uint8
+    factor, threshold = params["stain_gate"]
     for t in work_grid(prob.shape, image["spec"], config, tissue).tiles:
         core = (slice(t.row, t.row + t.rows), slice(t.col, t.col + t.cols))
-        keep = stain_gate(image["work"][core], prob[core] / scale, factor=params["stain_gate"][0],
-                          threshold=params["stain_gate"][1])
-        out[core] = np.where(keep, prob[core], 0)
+        out[core] = gate_core(prob[core], image["work"][core], [factor, threshold * scale])
     return out
 
 

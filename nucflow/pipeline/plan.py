@@ -135,25 +135,25 @@ def _plan(
         slide_mpp = slide.mpp
         level0_size = slide.size
         bounds = slide.bounds
+    shrink, interior = mask_shrink_um(spec), interior_markers(spec)
+    profile = postprocess_profile(config, shrink_um=shrink, interior=interior)  # as it will run
     roi_hash: list[Any] = []
     planned = area_mask = tissue
     if roi is not None:  # the regions' tissue, planned with a nucleus' reach around it so edge nuclei are whole
         regions = slide_regions(roi, roi_exclude, size=level0_size, offset=(bounds[0], bounds[1]) if bounds else (0, 0))
         in_roi = tissue & (regions.label_grid(tissue.shape, thumb_mpp / slide_mpp) >= 0)
-        reach = postprocess_profile(config).max_diameter_um / thumb_mpp + 1.0
+        reach = profile.max_diameter_um / thumb_mpp + 1.0
         planned = tissue & (ndi.distance_transform_edt(~in_roi) <= reach) if in_roi.any() else in_roi
         area_mask = in_roi
         roi_hash = [regions.digest, list(roi_exclude)]
     grid = work_grid(shape, spec, config, planned)
-    params = fit_params(spec, thumb, tissue, postprocess_profile(config))
+    params = fit_params(spec, thumb, tissue, profile)
     size, margin = grid.core + 2 * grid.margin, grid.margin
     map_hash = config_hash(spec.model_id, spec.mpp, spec.sigma, size, margin, to_dict(config.tissue), params, mpp,
                            *([spec.tta] if spec.tta != "none" else []))
-    shrink, interior = mask_shrink_um(spec), interior_markers(spec)
     # The post-processing as it will run (the profile file's contents, not just its name or path,
     # plus what the card adds): editing a profile re-finishes the slides it made.
-    profile = to_dict(postprocess_profile(config, shrink_um=shrink, interior=interior))
-    run_hash = config_hash(map_hash, to_dict(config), profile, __version__, *roi_hash)
+    run_hash = config_hash(map_hash, to_dict(config), to_dict(profile), __version__, *roi_hash)
     plan = SlidePlan(
         key, str(path), str(out_dir), "todo", mpp_override=mpp, mpp=spec.mpp, level0_scale=spec.mpp / slide_mpp,
         grid=grid, params=params, tissue_area_mm2=float(area_mask.sum()) * (thumb_mpp / 1000.0) ** 2,
