@@ -421,15 +421,18 @@ def test_finishing_follows_tiles_as_they_are_recorded(
     # The finishing task starts before a slide's last tile: each part of the map waits until
     # the done grid shows its tiles written, and the table is the one of a finished map.
     # Checked by the order of events (the task polls the grid and finds the late tiles missing,
-    # then they are recorded, then it finishes), never by how long anything took.
+    # then they are recorded, then it finishes), never by how long anything took. The parts
+    # labelled while tiles are missing run on threads_while_predicting Dask threads, the
+    # others on postprocess_threads.
     import threading
 
     from nucflow.inference.store import ProbabilityMap
     from nucflow.pipeline.finish import finish_slide
     from nucflow.pipeline.image import method_spec
     from nucflow.pipeline.plan import plan_slide
+    from nucflow.postprocess import _blocked
 
-    config = replace(SMALL_TILES, method="threshold", postprocess_block=64, postprocess_threads=1)
+    config = replace(SMALL_TILES, method="threshold", postprocess_block=64, postprocess_threads=2)
     segment([demo_svs], tmp_path / "run", config=config)
     spec = method_spec(config)
     tables = {}
@@ -444,13 +447,21 @@ def test_finishing_follows_tiles_as_they_are_recorded(
             events.append("polled: late tiles missing" if late_chunks - chunks else "polled: all recorded")
         return chunks
 
+    computed = _blocked._BlockedRun.compute
+
+    def recording_compute(self, grid, *, scheduler: str, num_workers: int | None) -> list:
+        if late_chunks:
+            events.append(f"part on {num_workers} threads")
+        return computed(self, grid, scheduler=scheduler, num_workers=num_workers)
+
     def finish_following(plan) -> None:
         try:
-            finish_slide(plan, config, geojson=False, poll_s=0.05)
+            finish_slide(plan, config, geojson=False, poll_s=0.05, threads_while_predicting=1)
         except BaseException as exc:  # noqa: BLE001 - reported by the test below
             failure.append(exc)
 
     monkeypatch.setattr(ProbabilityMap, "done_chunks", recording_poll)
+    monkeypatch.setattr(_blocked._BlockedRun, "compute", recording_compute)
     for name in ("reference", "following"):
         shutil.copytree(tmp_path / "run" / "demo" / "probability.zarr", tmp_path / name / "demo" / "probability.zarr")
         plan = plan_slide(demo_svs, "demo", tmp_path / name, spec=spec, config=config, mpp=None, overwrite=False)
@@ -458,7 +469,8 @@ def test_finishing_follows_tiles_as_they_are_recorded(
         if name == "reference":
             finish_slide(plan, config, geojson=False)
         else:
-            late = [t for t in plan.grid.tiles if t.row >= 128]  # tiles of the lower block rows
+            last_row = max(t.row for t in plan.grid.tiles)
+            late = [t for t in plan.grid.tiles if t.row == last_row]  # the last row's tiles
             late_chunks.update(t.chunk for t in late)
             done = zarr.open_array(f"{plan.map_path}/done", mode="r+")
             for tile in late:
@@ -476,6 +488,9 @@ def test_finishing_follows_tiles_as_they_are_recorded(
             assert not task.is_alive() and not failure, failure
             # It waited while the tiles were missing and went on once it saw them recorded.
             assert "polled: all recorded" in events[events.index("late tiles recorded"):]
+            before, after = events[: events.index("late tiles recorded")], events[events.index("late tiles recorded"):]
+            assert "part on 1 threads" in before and "part on 2 threads" not in before, events
+            assert "part on 2 threads" in after and "part on 1 threads" not in after, events
             assert (tmp_path / name / "demo" / "summary.json").is_file()
         tables[name] = _table(tmp_path / name, "demo")
     assert len(tables["following"]) == len(tables["reference"]) > 10

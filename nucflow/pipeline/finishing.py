@@ -24,9 +24,13 @@ __all__ = ["FinishingQueue"]
 class FinishingQueue:
     """Starts, limits, cancels and collects the finishing tasks of ``plans``' slides."""
 
-    def __init__(self, plans: list[SlidePlan], config: SegmentConfig, *, geojson: bool | str) -> None:
+    def __init__(
+        self, plans: list[SlidePlan], config: SegmentConfig, *, geojson: bool | str,
+        threads_while_predicting: int | None = None,
+    ) -> None:
         self.plans = {p.key: p for p in plans}
         self.geojson = geojson
+        self.threads_while_predicting = threads_while_predicting  # see finish_slide
         self.max_running = max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
         # A task asking for more CPUs than any node has would wait forever: cap it.
         cpus = min(config.postprocess_cpus, _largest_node_cpus())
@@ -53,7 +57,8 @@ class FinishingQueue:
                 del self.running[ref]
         while self.waiting and len(self.running) < self.max_running:
             key = self.waiting.pop(0)
-            ref = self._task.remote(self.plans[key], self.config, geojson=self.geojson)
+            ref = self._task.remote(self.plans[key], self.config, geojson=self.geojson,
+                                    threads_while_predicting=self.threads_while_predicting)
             self.started[key], self.running[ref] = ref, key
 
     def cancel(self, key: str) -> None:

@@ -324,7 +324,10 @@ def _run(
     progress: ProgressCallback | None,
 ) -> list[SlideResult]:
     """Predict each slide's tiles as its plan comes, then wait for the finishing tasks."""
-    tracker = _Tracker(config, geojson=geojson, progress=progress)
+    # Model actors on the CPU hold every core: a slide's post-processing that follows its tiles
+    # then runs on one Dask thread, a second would only compete with them (see finish_slide).
+    beside_model = 1 if scheduler.options.device == "cpu" else None
+    tracker = _Tracker(config, geojson=geojson, progress=progress, threads_while_predicting=beside_model)
     order: list[str] = []
     outcome: dict[str, SlideResult] = {}
 
@@ -369,7 +372,10 @@ class _Tracker:
     A slide's inference time goes into its map's metadata with its last tiles; its finishing
     task writes ``summary.json``, once, with it."""
 
-    def __init__(self, config: SegmentConfig, *, geojson: bool | str, progress: ProgressCallback | None) -> None:
+    def __init__(
+        self, config: SegmentConfig, *, geojson: bool | str, progress: ProgressCallback | None,
+        threads_while_predicting: int | None = None,
+    ) -> None:
         from nucflow.inference.store import DoneRecorder
         from nucflow.pipeline.finishing import FinishingQueue
 
@@ -380,7 +386,7 @@ class _Tracker:
         self.total, self.done = 0, 0
         self.progress = progress
         self.recorder = DoneRecorder({}, every_s=_RECORD_EVERY_S)
-        self.queue = FinishingQueue([], config, geojson=geojson)
+        self.queue = FinishingQueue([], config, geojson=geojson, threads_while_predicting=threads_while_predicting)
 
     def add(self, plan: SlidePlan) -> None:
         """A slide with work left, as its plan comes: its tiles counted, its finishing task queued."""

@@ -199,7 +199,7 @@ def iter_nuclei_parts(
     scheduler: str = "threads",
     num_workers: int | None = None,
     progress: Progress | None = None,
-    before_part: Callable[[list[Block]], None] | None = None,
+    before_part: Callable[[list[Block]], int | None] | None = None,
     device: str = "auto",
 ) -> Iterator[gpd.GeoDataFrame]:
     """The rows of :func:`nuclei_table` (same arguments) as consecutive non-empty parts.
@@ -209,7 +209,9 @@ def iter_nuclei_parts(
     large the slide: write each part out as it comes (:class:`NucleusTableWriter`). Ids
     continue from part to part; concatenated, the parts equal :func:`nuclei_table`.
     ``before_part(blocks)`` is called before each part is read (e.g. to wait until the map
-    is written there: a slide can be post-processed while its tiles are still predicted).
+    is written there: a slide can be post-processed while its tiles are still predicted);
+    when it returns a number, that part runs on that many Dask threads instead of
+    ``num_workers`` (e.g. fewer while the model still uses the cores).
     """
     run = _BlockedRun(prob, config=config, read_rgb=read_rgb, geometry=dict(
         mpp=mpp, level0_offset=level0_offset, level0_scale=level0_scale, slide_mpp=slide_mpp,
@@ -220,9 +222,8 @@ def iter_nuclei_parts(
     next_id = 1
     for start in range(0, len(run.grid), step):
         batch = run.grid[start : start + step]
-        if before_part is not None:
-            before_part(batch)
-        results = run.compute(batch, scheduler=scheduler, num_workers=num_workers)
+        threads = before_part(batch) if before_part is not None else None
+        results = run.compute(batch, scheduler=scheduler, num_workers=threads or num_workers)
         if results:
             part = _assemble(results, run.geometry, first_id=next_id)
             next_id += len(part)
