@@ -8,8 +8,9 @@
   finished probability map, at a given number of Dask threads.
 * :func:`postprocess_versus_reference`: CPU seconds per megapixel of the post-processing and of
   the implementation it replaced (``postprocess_reference.py``), interleaved in one run.
-* :func:`naive_loop`: what users write by hand, in one fresh process: read a tile, predict,
-  post-process, append.
+* :func:`naive_loop`: what users write by hand, in one fresh process: read a tile at the
+  model's resolution, predict, gate, label, measure, append; :func:`naive_versus_pipeline`
+  compares its nuclei with the pipeline's on the same tile cores.
 * :func:`noop_rerun`: ``nucflow segment`` (the command, in fresh processes) over a finished
   cohort of small images: nothing to do.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import pickle
 import resource
@@ -35,8 +37,8 @@ import numpy as np
 import psutil
 
 __all__ = [
-    "MemorySampler", "cpu_at", "naive_loop", "noop_rerun", "postprocess_rate", "postprocess_versus_reference",
-    "run_pipeline", "steady_rate",
+    "MemorySampler", "cpu_at", "naive_loop", "naive_versus_pipeline", "noop_rerun", "postprocess_rate",
+    "postprocess_versus_reference", "run_pipeline", "steady_rate",
 ]
 
 CHILD = Path(__file__).with_name("segment_child.py")
@@ -362,29 +364,42 @@ def postprocess_versus_reference(
     }
 
 
-def naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str, columns: str = "table") -> dict:
-    """One fresh process, tile by tile: OpenSlide read, torch forward (default threads), label, append.
+def naive_loop(
+    slide: Path, model: Path, tiles: list, *, mpp: float, stain_profile: str, columns: str = "table",
+    threads: int | None = None,
+) -> dict:
+    """One fresh process, tile by tile: OpenSlide read, torch forward, stain gate, label, measure, append.
 
-    Reads at level 0 (the benchmark slide is at the model's resolution), predicts the
-    context window and labels its core with :func:`nucflow.postprocess.label_nuclei` (the
-    same labels as nucflow's), then, as a hand-written script would with scikit-image:
-    ``columns="table"`` measures what nucflow's table holds (``regionprops_table``: centroid,
-    area, perimeter, eccentricity, solidity, mean probability and ``rgb2hed`` stain
-    densities; an outline per nucleus from ``find_contours``), appends it and writes the
-    GeoParquet at the end; ``columns="centroids"`` appends centroid and area only. It runs
-    in a spawned process so that nothing the benchmark process did before (torch thread
-    pools sized by :func:`benchmarks.limits.cpu_options`, imported libraries, memory held)
-    bears on it.
+    The same job as the pipeline on ``tiles`` (its grid at the model's resolution ``mpp``, the
+    model card's): each context window is read with OpenSlide at level 0 and resized to the
+    model's pixels (PIL, bilinear), composited on white past the slide's edges; the model runs
+    in float32 under ``no_grad`` with torch's default threads (or ``threads``); the stain
+    profile's gate (:func:`nucflow.stain.stain_gate`) and :func:`nucflow.postprocess.label_nuclei`
+    (the same labels as nucflow's) run on the core at ``mpp``; then, as a hand-written script
+    would with scikit-image: ``columns="table"`` measures what nucflow's table holds
+    (``regionprops_table``: centroid, area, perimeter, eccentricity, solidity, mean probability
+    and ``rgb2hed`` stain densities, in µm; an outline per nucleus from ``find_contours``, in
+    level-0 pixels), appends it and writes the GeoParquet at the end; ``columns="centroids"``
+    keeps centroid and area only. Runs in a spawned process so that nothing the benchmark
+    process did before (torch thread pools sized by :func:`benchmarks.limits.cpu_options`,
+    imported libraries, memory held) bears on it.
+
+    Returns the timings, ``stage_cpu_s_per_tile`` (read, model, gate and labels, measures) and
+    ``nuclei_um``: each nucleus' centroid x, y and area (µm, µm²) for
+    :func:`naive_versus_pipeline` (not a figure: the caller pops it).
     """
     import multiprocessing
 
     if columns not in ("table", "centroids"):
         raise ValueError(f"columns must be 'table' or 'centroids', got {columns!r}")
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_naive_loop, (slide, model, tiles), {"stain_profile": stain_profile, "columns": columns})
+        return pool.apply(_naive_loop, (slide, model, tiles), {
+            "mpp": mpp, "stain_profile": stain_profile, "columns": columns, "threads": threads})
 
 
-def _naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str, columns: str) -> dict:
+def _naive_loop(
+    slide: Path, model: Path, tiles: list, *, mpp: float, stain_profile: str, columns: str, threads: int | None
+) -> dict:
     import tempfile
 
     import geopandas as gpd
@@ -394,54 +409,153 @@ def _naive_loop(slide: Path, model: Path, tiles: list, *, stain_profile: str, co
 
     from nucflow.models import load_model
     from nucflow.postprocess import label_nuclei, load_stain_profile
+    from nucflow.stain import stain_gate
 
+    if threads:
+        torch.set_num_threads(threads)
     config = load_stain_profile(stain_profile)
     started, cpu_started = time.perf_counter(), time.process_time()
     net = load_model(model).build()
     handle = openslide.OpenSlide(str(slide))
+    scale = mpp / float(handle.properties[openslide.PROPERTY_NAME_MPP_X])  # level-0 px per model px
     parts: list[pd.DataFrame] = []
+    stages = dict.fromkeys(("read", "model", "labels", "measures"), 0.0)
     for tile in tiles:
-        row, col = tile.read_origin
-        rgb = np.array(handle.read_region((col, row), 0, (tile.size, tile.size)).convert("RGB"))
+        t0 = time.process_time()
+        rgb = _naive_read(handle, tile, scale=scale)
+        t1 = time.process_time()
         with torch.no_grad():
             prob = net(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0)[0, 0].numpy()
+        t2 = time.process_time()
         m = tile.margin
         core = (slice(m, m + tile.rows), slice(m, m + tile.cols))
-        labels = label_nuclei(prob[core], mpp=0.5, config=config)
-        parts.append(_naive_measures(labels, prob[core], rgb[core], tile, columns=columns))
+        prob, rgb = prob[core], rgb[core]
+        if config.stain_gate:
+            prob = np.where(stain_gate(rgb, prob, factor=config.stain_gate, threshold=config.threshold), prob, 0.0)
+        labels = label_nuclei(prob, mpp=mpp, config=config)
+        t3 = time.process_time()
+        parts.append(_naive_measures(labels, prob, rgb, tile, mpp=mpp, scale=scale, columns=columns))
+        for name, spent in zip(stages, (t1 - t0, t2 - t1, t3 - t2, time.process_time() - t3), strict=True):
+            stages[name] += spent
     handle.close()
     table = pd.concat(parts, ignore_index=True)
     if columns == "table":
         with tempfile.TemporaryDirectory() as folder:
             gpd.GeoDataFrame(table, geometry="geometry").to_parquet(Path(folder) / "nuclei.parquet")
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    return {"tiles": len(tiles), "columns": columns, "seconds": round(seconds, 2),
+    return {"tiles": len(tiles), "columns": columns, "mpp": mpp, "seconds": round(seconds, 2),
             "tiles_per_s": round(len(tiles) / seconds, 3), "cpu_s_per_tile": round(cpu / len(tiles), 4),
-            "torch_threads": torch.get_num_threads(), "nuclei": len(table)}
+            "stage_cpu_s_per_tile": {k: round(v / len(tiles), 4) for k, v in stages.items()},
+            "torch_threads": torch.get_num_threads(), "nuclei": len(table),
+            "nuclei_um": table[["centroid_x_um", "centroid_y_um", "area_um2"]].to_numpy().tolist()}
 
 
-def _naive_measures(labels: np.ndarray, prob: np.ndarray, rgb: np.ndarray, tile: Any, *, columns: str) -> Any:
-    """One tile's rows, the way a script with scikit-image gets them."""
+def _naive_read(handle: Any, tile: Any, *, scale: float) -> np.ndarray:
+    """The tile's context window at the model's resolution, as a script gets it: OpenSlide's
+    level 0 around it (1 px more each side), on white past the slide's edges, resized by PIL
+    (bilinear) from the window's exact level-0 box (pixel centres as ``nucflow.slide`` puts them)."""
+    from PIL import Image
+
+    row, col = tile.read_origin
+    x0, y0, side = col * scale, row * scale, tile.size * scale
+    left, top = math.floor(x0) - 1, math.floor(y0) - 1
+    width, height = math.ceil(x0 + side) + 1 - left, math.ceil(y0 + side) + 1 - top
+    rgba = np.asarray(handle.read_region((left, top), 0, (width, height)))
+    alpha = rgba[..., 3:].astype(np.uint16)  # premultiplied: transparent past the edge is (0, 0, 0, 0)
+    rgb = np.minimum(rgba[..., :3] + (255 - alpha), 255).astype(np.uint8)
+    box = (x0 - left, y0 - top, x0 - left + side, y0 - top + side)
+    return np.array(Image.fromarray(rgb).resize((tile.size, tile.size), Image.Resampling.BILINEAR, box=box))
+
+
+def _naive_measures(
+    labels: np.ndarray, prob: np.ndarray, rgb: np.ndarray, tile: Any, *, mpp: float, scale: float, columns: str
+) -> Any:
+    """One tile's rows, the way a script with scikit-image gets them (µm; outlines in level-0 px)."""
     import pandas as pd
     import shapely
     from skimage.color import rgb2hed
     from skimage.measure import find_contours, regionprops_table
 
     if columns == "centroids":
-        return pd.DataFrame(regionprops_table(labels, properties=("label", "centroid", "area")))
-    hed = rgb2hed(rgb)
-    props = regionprops_table(
-        labels, intensity_image=np.dstack([prob, hed[..., 0], hed[..., 2]]),
-        properties=("label", "centroid", "area", "perimeter", "eccentricity", "solidity", "intensity_mean",
-                    "bbox", "image"),
-    )
+        props = regionprops_table(labels, properties=("label", "centroid", "area"))
+    else:
+        hed = rgb2hed(rgb)
+        props = regionprops_table(
+            labels, intensity_image=np.dstack([prob, hed[..., 0], hed[..., 2]]),
+            properties=("label", "centroid", "area", "perimeter", "eccentricity", "solidity", "intensity_mean",
+                        "bbox", "image"),
+        )
+    frame = pd.DataFrame({k: v for k, v in props.items() if k != "image"})
+    # Pixel (r, c) of the core covers model pixels [r, r + 1) from the tile's corner: its centre is + 0.5.
+    frame["centroid_x_um"] = (frame.pop("centroid-1") + tile.col + 0.5) * mpp
+    frame["centroid_y_um"] = (frame.pop("centroid-0") + tile.row + 0.5) * mpp
+    frame["area_um2"] = frame.pop("area") * mpp * mpp
+    if columns == "centroids":
+        return frame
+    frame["perimeter_um"] = frame.pop("perimeter") * mpp
     outlines = []
-    for image, top, left in zip(props.pop("image"), props["bbox-0"], props["bbox-1"], strict=True):
+    for image, top, left in zip(props["image"], props["bbox-0"], props["bbox-1"], strict=True):
         contour = max(find_contours(np.pad(image, 1).astype(float), 0.5), key=len)
-        outlines.append(shapely.Polygon(contour[:, ::-1] + (left - 1 + tile.col, top - 1 + tile.row)))
-    frame = pd.DataFrame(props)
+        xy = contour[:, ::-1] + (left - 1 + tile.col + 0.5, top - 1 + tile.row + 0.5)
+        outlines.append(shapely.Polygon(xy * scale))
     frame["geometry"] = outlines
     return frame
+
+
+def naive_versus_pipeline(
+    nuclei_um: Sequence[Sequence[float]], tiles: list, *, mpp: float, table: Path,
+    tolerance_um: float = 2.0, edge_um: float = 8.0,
+) -> dict:
+    """The naive loop's nuclei against the pipeline's on the same tile cores.
+
+    ``nuclei_um`` are the loop's (centroid x, centroid y, area) in µm (:func:`naive_loop`);
+    ``table`` is the pipeline's ``nuclei.parquet`` of the same slide, of which the nuclei
+    whose centroid lies in one of ``tiles``' cores (at ``mpp``) are compared. A pair matches
+    when each is the other's nearest centroid and they are at most ``tolerance_um`` apart.
+    ``recall``: the pipeline's nuclei matched; ``precision``: the loop's matched. The loop
+    labels each core alone (no halo) and its map is float32 where the pipeline's is bf16,
+    stored as uint8, so nuclei on core edges differ by design: ``interior`` repeats the
+    counts for nuclei at least ``edge_um`` inside a core. ``area_ratio_median``: the median of
+    the loop's area over the pipeline's, matched pairs.
+    """
+    import pandas as pd
+    from scipy.spatial import cKDTree
+
+    cores = np.array([[t.col, t.row, t.col + t.cols, t.row + t.rows] for t in tiles], float) * mpp
+
+    def inside(points: np.ndarray, inset: float) -> np.ndarray:
+        x, y = points[:, :1], points[:, 1:2]
+        return ((x >= cores[:, 0] + inset) & (x < cores[:, 2] - inset)
+                & (y >= cores[:, 1] + inset) & (y < cores[:, 3] - inset)).any(axis=1)
+
+    theirs = pd.read_parquet(table, columns=["centroid_x_um", "centroid_y_um", "area_um2"]).to_numpy(float)
+    theirs = theirs[inside(theirs, 0.0)]
+    ours = np.asarray(nuclei_um, float).reshape(-1, 3)
+    pairs = np.zeros((0, 2), np.intp)
+    if len(theirs) and len(ours):
+        distance, nearest = cKDTree(theirs[:, :2]).query(ours[:, :2])
+        _, back = cKDTree(ours[:, :2]).query(theirs[:, :2])
+        mine = np.flatnonzero((distance <= tolerance_um) & (back[nearest] == np.arange(len(ours))))
+        pairs = np.column_stack([mine, nearest[mine]])
+
+    def counts(keep_ours: np.ndarray, keep_theirs: np.ndarray) -> dict:
+        n_ours, n_theirs = int(keep_ours.sum()), int(keep_theirs.sum())
+        if not n_ours or not n_theirs:  # nothing to compare (JSON has no NaN)
+            return {"pipeline_nuclei": n_theirs, "naive_nuclei": n_ours, "recall": None, "precision": None, "f1": None}
+        recall = int(keep_theirs[pairs[:, 1]].sum()) / n_theirs
+        precision = int(keep_ours[pairs[:, 0]].sum()) / n_ours
+        f1 = 2 * recall * precision / (recall + precision) if recall + precision > 0 else 0.0
+        return {"pipeline_nuclei": n_theirs, "naive_nuclei": n_ours, "recall": round(recall, 4),
+                "precision": round(precision, 4), "f1": round(f1, 4)}
+
+    everything = counts(np.ones(len(ours), bool), np.ones(len(theirs), bool))
+    interior = counts(inside(ours, edge_um), inside(theirs, edge_um))
+    gap = np.hypot(*(ours[pairs[:, 0], :2] - theirs[pairs[:, 1], :2]).T) if len(pairs) else np.zeros(0)
+    areas = ours[pairs[:, 0], 2] / theirs[pairs[:, 1], 2] if len(pairs) else np.zeros(0)
+    return {"tiles": len(tiles), **everything, "matched": len(pairs), "interior": interior,
+            "median_distance_um": round(float(np.median(gap)), 3) if len(gap) else None,
+            "area_ratio_median": round(float(np.median(areas)), 4) if len(areas) else None,
+            "tolerance_um": tolerance_um, "edge_um": edge_um}
 
 
 def segment_config(*, postprocess_cpus: float | None = None) -> Any:

@@ -39,6 +39,30 @@ def test_shared_core_limit_adds_read_and_compute_time_per_tile() -> None:
     assert run.shared_core_limit(150.0, 100.0) == pytest.approx(60.0)
 
 
+def test_naive_versus_pipeline_matches_mutual_nearest_centroids(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from nucflow.slide.tiles import Tile
+
+    # One tile core of 400 x 400 px at 0.25 µm/px: 100 µm square at (50, 50) µm.
+    tile = Tile(index=0, row=200, col=200, rows=400, cols=400, margin=32, size=464)
+    table = pd.DataFrame({  # the pipeline's nuclei (µm): 3 in the core (2 inside it by >= 8 µm), 1 outside
+        "centroid_x_um": [60.0, 100.0, 120.0, 10.0], "centroid_y_um": [52.0, 100.0, 120.0, 10.0],
+        "area_um2": [20.0, 30.0, 40.0, 50.0]})
+    table.to_parquet(tmp_path / "nuclei.parquet")
+    # The loop's: one 0.5 µm from (100, 100), one 3 µm from (120, 120) (too far), one near the edge
+    # 1 µm from (60, 52), and a second one 1.5 µm from (100, 100) (not its nearest: unmatched).
+    ours = [[100.5, 100.0, 33.0], [123.0, 120.0, 40.0], [61.0, 52.0, 20.0], [100.0, 101.5, 10.0]]
+    got = pipeline.naive_versus_pipeline(ours, [tile], mpp=0.25, table=tmp_path / "nuclei.parquet")
+    assert (got["pipeline_nuclei"], got["naive_nuclei"], got["matched"]) == (3, 4, 2)
+    assert got["recall"] == pytest.approx(2 / 3, abs=1e-4) and got["precision"] == pytest.approx(2 / 4)
+    assert got["f1"] == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5), abs=1e-4)
+    inside = got["interior"]  # (60, 52) is 2 µm from the core's top edge: left out of both
+    assert (inside["pipeline_nuclei"], inside["naive_nuclei"]) == (2, 3)
+    assert inside["recall"] == pytest.approx(1 / 2) and inside["precision"] == pytest.approx(1 / 3, abs=1e-4)
+    assert got["median_distance_um"] == pytest.approx(0.75) and got["area_ratio_median"] == pytest.approx(1.05)
+
+
 def test_mirrored_field_equals_symmetric_padding() -> None:
     block = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     out = np.zeros((23, 16, 3), np.uint8)
@@ -80,6 +104,12 @@ def test_suite_runs_on_a_tiny_slide(shared_data: Path, tmp_path: Path) -> None:
     assert written["efficiency"] == results["efficiency"] > 0
     assert written["speedup_vs_naive"] > 0 and written["speedup_vs_naive_1x"] > 0
     assert written["naive_4x"]["tiles"] == 2 and written["naive_4x"]["nuclei"] > 0
+    # The loop does the pipeline's job at the model's resolution: the same nuclei inside its cores.
+    assert written["naive"]["mpp"] == written["model"]["mpp"] == 0.25  # the bundled model's card
+    assert written["naive_1_thread"]["torch_threads"] == 1
+    for versus in written["naive_versus_pipeline"].values():
+        assert versus["pipeline_nuclei"] > 0 and versus["interior"]["f1"] >= 0.9
+    assert written["naive_same_nuclei"] is True
     assert written["efficiency_shared_cores"] >= written["efficiency"]
     assert written["shared_core_limit_tiles_per_s"] < min(
         written["read_limit"]["tiles_per_s"], written["compute_limit"]["tiles_per_s"]
