@@ -72,9 +72,10 @@ METHOD = """\
   probability and `rgb2hed` densities, in µm), an outline per nucleus from `find_contours`,
   append, and one GeoParquet at the end; on evenly spaced tiles of the same slide (the
   middle one of each equal stretch of its grid), timed from loading the model to the
-  written file, with each stage's CPU seconds per tile (`stage_cpu_s_per_tile`). Each slide's loop runs again with one torch thread
-  (`naive_1_thread`, `naive_4x_1_thread`): on a shared machine torch's OpenMP threads spin
-  while they wait for each other, so the default loop's CPU follows the other users' load.
+  written file, with each stage's CPU seconds per tile (`stage_cpu_s_per_tile`). Each
+  slide's loop runs again with one torch thread (`naive_1_thread`, `naive_4x_1_thread`): on
+  a shared machine torch's OpenMP threads spin while they wait for each other, so the
+  default loop's CPU follows the other users' load.
   The loop that keeps centroid and area only is measured too. The headline speed-up is
   nucflow's end-to-end tiles/s (start-up and post-processing included) on the 4x slide over
   the loop's on tiles of that 4x slide: a cohort runs on real slides (50-200 mm² of tissue),
