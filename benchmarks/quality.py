@@ -12,6 +12,11 @@ maps are cached under ``--cache`` and then post-processed with every combination
 ``--vary`` settings of the stain profile. Each combination gets the validation table of
 ``nucflow validate`` (mean over each set's images, then over sets; mean and spread over the
 models), and ``sweep.md`` lists them side by side. Choose settings from this table only.
+
+``--register-truth`` first moves each instance truth onto its own image (the shift that best
+aligns its foreground with the image's hematoxylin + DAB density; ``nucflow.evaluation._register``)
+and records the shifts in ``sweep.json``: a check of how much a displaced annotation costs each
+method, never a basis for choosing settings.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ if str(ROOT) not in sys.path:
 
 from nucflow.evaluation import load_validation_sets  # noqa: E402
 from nucflow.evaluation._evaluate import POINT_MATCH_UM  # noqa: E402
+from nucflow.evaluation._register import shift_labels, truth_offset  # noqa: E402
 from nucflow.evaluation._report import EvaluationReport, ImageScore  # noqa: E402
 from nucflow.evaluation._truth import pair_files, read_image, read_truth  # noqa: E402
 from nucflow.evaluation._validation import VALIDATION_METRICS, _nanmean, _set_row, model_labels  # noqa: E402
@@ -89,7 +95,7 @@ def _runs(models: list[str], model_mpps: list[float | None], baselines: list[str
     return runs
 
 
-def _probabilities(run: dict[str, Any], vset: Any, cache: Path) -> list[dict[str, Any]]:
+def _probabilities(run: dict[str, Any], vset: Any, cache: Path, *, register: bool = False) -> list[dict[str, Any]]:
     """Each image of the set with its cached (or new) probability map at the working resolution."""
     key = hashlib.sha256(json.dumps([run["method"], run["model"] and str(Path(run["model"]).resolve()),
                                      run["model_mpp"], vset.name, run["tta"]]).encode()).hexdigest()[:16]
@@ -116,7 +122,12 @@ def _probabilities(run: dict[str, Any], vset: Any, cache: Path) -> list[dict[str
             prob, work, mpp = np.rint(seg.probability * 255).astype(np.uint8), seg.rgb, seg.mpp
             path.parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(path, prob=prob, rgb=work, mpp=mpp)
-        out.append({"name": image.stem, "rgb": rgb, "truth": read_truth(truth, format=vset.truth_format),
+        gt = read_truth(truth, format=vset.truth_format)
+        offset = (0, 0)
+        if register and gt.labels is not None:  # instance truth moved onto its image (sensitivity check)
+            offset = truth_offset(rgb, gt.labels)
+            gt = replace(gt, labels=shift_labels(gt.labels, offset))
+        out.append({"name": image.stem, "rgb": rgb, "truth": gt, "offset": offset,
                     "prob": prob, "work": work, "mpp": mpp, "shrink": shrink,
                     "interior": interior, "image_mpp": vset.mpp, "spec": spec})
     return out
@@ -170,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--set", action="append", default=[], help="only these sets")
     parser.add_argument("--cache", default=str(ROOT / ".quality-cache"))
+    parser.add_argument("--register-truth", action="store_true",
+                        help="move each instance truth onto its image first (nucflow.evaluation._register; a "
+                             "sensitivity check: the validation table scores the truth as published)")
     parser.add_argument("-o", "--out", required=True)
     args = parser.parse_args(argv)
 
@@ -182,17 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     cache, out = Path(args.cache), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    offsets: dict[str, dict[str, tuple[int, int]]] = {}
     for vset in sets:
         for run in runs:
             print(f"{vset.name}: {run['name']}", file=sys.stderr, flush=True)
-            images = _probabilities(run, vset, cache)
+            images = _probabilities(run, vset, cache, register=args.register_truth)
+            offsets[vset.name] = {im["name"]: im["offset"] for im in images}
             for variant in variants:
                 report = _score(images, vset, replace(base, **variant), run["method"])
                 row = _set_row(vset.name, run["name"], run["method"], report)
                 rows.append({**row, "variant": json.dumps(variant, sort_keys=True), "group": run["group"]})
     table = _aggregate(rows)
     (out / "sweep.json").write_text(json.dumps({"sets": [s.name for s in sets], "runs": runs, "grid": grid,
-                                                "rows": table}, indent=1, default=str, allow_nan=True))
+                                                "truth_offsets": offsets, "rows": table, "per_run": rows},
+                                               indent=1, default=str, allow_nan=True))
     (out / "sweep.md").write_text(_markdown(table, [s.name for s in sets]))
     print(_markdown(table, [s.name for s in sets]))
     return 0
