@@ -107,7 +107,8 @@ info = connect(config=ClusterConfig(object_store_gb=0.1))
 node = ray.nodes()[0]
 print(json.dumps({"started": info.started_here, "nodes": info.nodes, "cpus": info.cpus,
                   "store": node["Resources"]["object_store_memory"],
-                  "auth": os.environ["RAY_AUTH_MODE"]}))
+                  "auth": os.environ["RAY_AUTH_MODE"],
+                  "arenas": ray.get(ray.remote(lambda: os.environ.get("MALLOC_ARENA_MAX")).remote())}))
 ray.shutdown()
 """
 
@@ -115,7 +116,7 @@ ray.shutdown()
 def test_connect_starts_a_local_ray_on_loopback(tmp_path: Path) -> None:
     """No address: a local Ray with every local CPU, no token file written."""
     ray_tmp = tempfile.mkdtemp(prefix="nfc-")  # short: Ray's socket paths must fit 107 bytes
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "MALLOC_ARENA_MAX"}
     env.update(RAY_TMPDIR=ray_tmp, HOME=str(tmp_path))
     try:
         done = subprocess.run([sys.executable, "-c", _LOCAL], env=env, capture_output=True,
@@ -128,6 +129,7 @@ def test_connect_starts_a_local_ray_on_loopback(tmp_path: Path) -> None:
     assert result["cpus"] == os.cpu_count()
     assert result["store"] == pytest.approx(0.1 * 2**30, rel=0.01)
     assert result["auth"] == "disabled"
+    assert result["arenas"] == "2"  # its workers' malloc arenas (see _LOCAL_RAY_ENV)
     assert not (tmp_path / ".ray" / "auth_token").exists()
 
 
