@@ -293,6 +293,7 @@ def _summarise(run: Run) -> None:
     # The loop does the pipeline's job: nuclei well inside the compared cores must be the same ones.
     r["naive_same_nuclei"] = all((v["interior"]["f1"] or 0.0) >= NAIVE_SAME_F1
                                  for v in r["naive_versus_pipeline"].values())
+    r["naive_same_nuclei_least_f1"] = NAIVE_SAME_F1
     r["postprocess"] = {
         "megapixels": round(map_mp, 2), "seconds": post_s, "megapixels_per_s": round(map_mp / post_s, 3),
         "share_of_wall": round(post_s / p["wall_s"], 3), "cpus": run.config.postprocess_cpus,
