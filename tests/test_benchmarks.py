@@ -105,7 +105,7 @@ def test_suite_runs_on_a_tiny_slide(shared_data: Path, tmp_path: Path) -> None:
     assert written["speedup_vs_naive"] > 0 and written["speedup_vs_naive_1x"] > 0
     assert written["naive_4x"]["tiles"] == 2 and written["naive_4x"]["nuclei"] > 0
     # The loop does the pipeline's job at the model's resolution: the same nuclei inside its cores.
-    assert written["naive"]["mpp"] == written["model"]["mpp"] == 0.25  # the bundled model's card
+    assert written["naive"]["mpp"] == written["model"]["mpp"]  # the model card's resolution, as the pipeline
     assert written["naive_1_thread"]["torch_threads"] == 1
     for versus in written["naive_versus_pipeline"].values():
         assert versus["pipeline_nuclei"] > 0 and versus["interior"]["f1"] >= run.NAIVE_SAME_F1
