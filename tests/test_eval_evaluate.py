@@ -170,3 +170,16 @@ def test_cli(tiny_set):
     assert failed.exit_code == 1
     assert "give --mpp" in failed.output
     assert not (tiny_set / "rep2").exists()
+
+
+def test_displaced_truth_is_recorded_and_warned(deepliif_report, shared_data, caplog):
+    """DeepLIIF's outlines sit 1.5-1.75 µm from their nuclei (nucflow.evaluation._register):
+    every report records each instance truth's offset, and a displaced one is warned about."""
+    assert deepliif_report.settings["truth_offsets_px"] == {"Bladder1": [0, 6], "Lung1": [-7, 0]}
+    root = shared_data / "ihc/deepliif"
+    with caplog.at_level("WARNING", logger="nucflow"):
+        evaluate(root / "images", root / "groundtruth", methods=["threshold"], mpp=0.25)
+    warned = [r.getMessage() for r in caplog.records if "truth outlines sit" in r.getMessage()]
+    assert len(warned) == 2
+    assert "Bladder1: its truth outlines sit 1.5 µm" in warned[0] and "0 rows, 6 columns" in warned[0]
+    assert "Lung1: its truth outlines sit 1.8 µm" in warned[1]

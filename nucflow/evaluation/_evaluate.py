@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from nucflow.errors import EvaluationError
+from nucflow.evaluation._register import TRUTH_OFFSET_WARN_UM, truth_offset
 from nucflow.evaluation._report import EvaluationReport, ImageScore
 from nucflow.evaluation._truth import (
     IMAGE_SUFFIXES,
@@ -121,11 +122,14 @@ def evaluate(
     runners = {m: _runner(m, model=model, mpp=mpp, stain_profile=stain_profile, sigma=sigma, model_mpp=model_mpp)
                for m in methods}
     scores: list[ImageScore] = []
+    offsets: dict[str, list[int]] = {}
     total, done = len(cases) * len(methods), 0
     for case in cases:
         rgb = read_image(case.image)
         gt = read_truth(case.truth, format=truth_format)
         _check_shapes(case, rgb, gt)
+        if gt.labels is not None:
+            offsets[case.name] = _check_registration(case, rgb, gt.labels, mpp)
         for method, run in runners.items():
             labels, positive = run(rgb, case)
             counts = _count(labels, gt, positive, mpp=mpp)
@@ -149,8 +153,24 @@ def evaluate(
             "model_mpp": model_mpp,
             "point_match_um": POINT_MATCH_UM,
             "model": {m: r.model_id for m, r in runners.items() if r.model_id},
+            "truth_offsets_px": offsets,
         },
     )
+
+
+def _check_registration(case: _Case, rgb: np.ndarray, labels: np.ndarray, mpp: float | None) -> list[int]:
+    """The shift (rows, cols) that moves the case's instance truth onto its image's nuclei
+    (:func:`nucflow.evaluation._register.truth_offset`); a warning when it is at least
+    :data:`TRUTH_OFFSET_WARN_UM` (or that many 0.25 µm pixels when ``mpp`` is unknown)."""
+    dy, dx = truth_offset(rgb, labels)
+    distance_px = math.hypot(dy, dx)
+    if distance_px * (mpp or 0.25) >= TRUTH_OFFSET_WARN_UM:
+        where = f"{distance_px * mpp:.1f} µm" if mpp else f"{distance_px:.0f} px"
+        log.warning(
+            "%s: its truth outlines sit %s from the image's nuclei (moved by %d rows, %d columns they align best), "
+            "which caps every method's IoU-based scores (F1 at IoU 0.5, AJI, PQ); check how the truth was exported",
+            case.name, where, dy, dx)
+    return [dy, dx]
 
 
 def _check_methods(

@@ -8,8 +8,10 @@ best aligns the truth's foreground with the image's hematoxylin + DAB optical de
 (``skimage.registration.phase_cross_correlation``, unnormalised, i.e. plain cross-correlation),
 so no method's output takes part and every method is scored against the same moved truth.
 
-Used by ``benchmarks/quality.py --register-truth`` as a sensitivity check beside the table as
-given; the validation table itself scores the truth as published.
+``nucflow evaluate`` (and ``validate``) records each instance truth's offset in its report's
+settings and warns from :data:`TRUTH_OFFSET_WARN_UM`; ``benchmarks/quality.py
+--register-truth`` scores every method against the moved truth as a sensitivity check. The
+scores themselves are always against the truth as published.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from skimage.registration import phase_cross_correlation
 from nucflow.errors import EvaluationError
 from nucflow.stain import stain_od
 
-__all__ = ["shift_labels", "truth_offset"]
+__all__ = ["TRUTH_OFFSET_WARN_UM", "shift_labels", "truth_offset"]
+
+#: ``evaluate`` warns when an instance truth sits at least this far (µm) from its image's nuclei.
+TRUTH_OFFSET_WARN_UM = 1.0
 
 
 def truth_offset(rgb: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
