@@ -47,6 +47,27 @@ def test_pseudo_mask_marks_dark_nuclei(method: str) -> None:
     assert mask[12:18, 12:18].all() and not mask[30:, 30:].any()
 
 
+def test_gated_pseudo_masks_drop_faint_brown_and_keep_pale_blue() -> None:
+    """``data.pseudo_gate``: the stain gate on the pseudo-mask (its own pixels the reference)."""
+    from nucflow.stain import stain_od
+
+    rgb = np.full((60, 60, 3), 225, np.uint8)
+    rgb[5:20, 5:20] = (60, 50, 120)     # dark blue nucleus
+    rgb[5:20, 35:50] = (90, 60, 30)     # dark brown nucleus
+    rgb[35:50, 5:20] = (150, 150, 190)  # pale blue nucleus
+    rgb[38:48, 38:48] = (185, 150, 120)  # light-brown cytoplasm, smaller than the nuclei
+    plain = pseudo_mask(rgb, "deconvolution")
+    gated = pseudo_mask(rgb, "deconvolution", gate=0.85)
+    assert plain[40:45, 40:45].all(), "the plain pseudo-mask takes the light brown (else the case tests nothing)"
+    h, d = stain_od(rgb)
+    reference = float(np.median((h + d)[plain]))
+    assert (d > h)[40, 40] and (h + d)[40, 40] < 0.85 * reference  # by hand: brown, under the cut
+    assert not gated[38:48, 38:48].any()
+    for block in ((slice(5, 20), slice(5, 20)), (slice(5, 20), slice(35, 50)), (slice(35, 50), slice(5, 20))):
+        assert np.array_equal(gated[block], plain[block])
+    assert np.array_equal(pseudo_mask(rgb, "deconvolution", gate=0.0), plain)
+
+
 def test_unknown_pseudo_method_is_refused(tmp_path) -> None:
     from nucflow.errors import ConfigError
     from nucflow.training import load_train_config

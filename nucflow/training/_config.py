@@ -89,6 +89,10 @@ class DataConfig:
     ``interior_um`` > 0 gives S a second output, each nucleus's interior (the nucleus eroded by
     this many µm, also where two touch), learnt from the prior's instances and judged by D_S
     together with the mask; the model card's head is then "interior" (see ``HEADS``).
+    ``pseudo_gate`` > 0 applies the stain gate (:func:`nucflow.stain.stain_gate`, this factor)
+    to the pseudo-masks: their pixels more DAB than hematoxylin and fainter than that fraction
+    of the pseudo-mask's median hematoxylin + DAB density are dropped, so the warm start does
+    not teach S that light-brown cytoplasm is nucleus.
     ``balance_sources`` draws each source (a tile folder, a slide, scikit-image's image)
     equally often instead of by area, so one large collection does not dominate.
     """
@@ -104,6 +108,7 @@ class DataConfig:
     tiles_per_slide: int = setting(64, positive())
     skimage_ihc: bool = False
     pseudo_method: str = setting("threshold", one_of(*BASELINES))
+    pseudo_gate: float = setting(0.0, at_least(0))
     balance_sources: bool = False
     mask_shrink_um: float = setting(0.0, at_least(0), below(5))
     interior_um: float = setting(0.0, at_least(0), below(5))

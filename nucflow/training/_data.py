@@ -89,15 +89,22 @@ def find_images(paths: Sequence[str | Path], *, what: str) -> list[Path]:
     return found
 
 
-def pseudo_mask(rgb: np.ndarray, method: str = "threshold", *, shrink_px: int = 0, mpp: float = 0.5) -> np.ndarray:
+def pseudo_mask(rgb: np.ndarray, method: str = "threshold", *, shrink_px: int = 0, mpp: float = 0.5,
+                gate: float = 0.0) -> np.ndarray:
     """Label-free nuclei guess, holes filled: ``rgb`` (rows, cols, 3) uint8 -> (rows, cols) bool.
 
     "threshold": Otsu on the Gaussian-smoothed luminance (dark = nucleus); "deconvolution":
     the paper's deconvolution baseline (Otsu on the log hematoxylin + DAB optical density).
+    ``gate`` > 0: the stain gate with that factor (:func:`nucflow.stain.stain_gate`, the
+    guess as the nucleus pixels) drops the guess's faint brown pixels, after hole filling.
     With ``shrink_px``, touching blobs are split as post-processing splits them (watershed of
     the distance transform at ``mpp``) and every piece is shrunk by that many pixels.
     """
     fg = _pseudo_foreground(rgb, method)
+    if gate > 0:
+        from nucflow.stain import stain_gate
+
+        fg &= stain_gate(rgb, fg.astype(np.float32), factor=gate, threshold=0.5)
     if shrink_px <= 0:
         return fg
     from nucflow.postprocess import load_stain_profile
@@ -133,10 +140,11 @@ def _rescale_rgb(rgb: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _image(rgb: np.ndarray, source: str, config: DataConfig, group: str = "") -> IhcImage:
-    pseudo = pseudo_mask(rgb, config.pseudo_method, shrink_px=_shrink_px(config), mpp=config.mpp)
+    pseudo = pseudo_mask(rgb, config.pseudo_method, shrink_px=_shrink_px(config), mpp=config.mpp,
+                         gate=config.pseudo_gate)
     if config.interior_um > 0:  # the "interior" head: mask and interior channels
         interior = pseudo_mask(rgb, config.pseudo_method, shrink_px=_shrink_px(config) + _interior_px(config),
-                               mpp=config.mpp)
+                               mpp=config.mpp, gate=config.pseudo_gate)
         pseudo = np.dstack([pseudo, interior & pseudo])
     return IhcImage(rgb=np.ascontiguousarray(rgb), pseudo=pseudo, source=source, group=group or source)
 
