@@ -198,3 +198,19 @@ def test_submit_cli_reports_bad_env_and_unreachable_cluster(
     assert down.exit_code == 1 and "cannot reach the Ray Jobs API" in down.output
     assert "'slide.svs' is a relative path" in down.output
     assert "'out' is a relative path" in down.output
+
+
+def test_batches_in_flight_per_actor_follow_the_device_unless_set() -> None:
+    from nucflow.cluster import load_cluster_config
+    from nucflow.inference.actors import actor_options_for_cluster
+
+    default = load_cluster_config()
+    assert default.inflight_per_actor is None
+    cpu = actor_options_for_cluster({"CPU": 2.0}, cluster=default, amp=True, channels_last=True)
+    gpu = actor_options_for_cluster({"CPU": 8.0, "GPU": 2.0}, cluster=default, amp=True, channels_last=True)
+    assert (cpu.device, cpu.count, cpu.inflight) == ("cpu", 2, 1)
+    assert (gpu.device, gpu.count, gpu.inflight) == ("cuda", 2, 2)
+    three = load_cluster_config(inflight_per_actor=3)
+    assert actor_options_for_cluster({"CPU": 2.0}, cluster=three, amp=True, channels_last=True).inflight == 3
+    with pytest.raises(ConfigError, match="inflight_per_actor"):
+        load_cluster_config(inflight_per_actor=0)

@@ -20,7 +20,7 @@ class ClusterConfig:
     actors_per_gpu: int = setting(1, positive())
     cpus_per_actor: int = setting(1, positive())
     max_actors: int | None = setting(None, positive())
-    inflight_per_actor: int = setting(2, positive())
+    inflight_per_actor: int | None = setting(None, positive())
     batch_size_per_gpu: int = setting(16, positive())
     batch_size_per_cpu: int = setting(2, positive())
     object_store_gb: float | None = setting(None, positive())
