@@ -108,7 +108,8 @@ node = ray.nodes()[0]
 print(json.dumps({"started": info.started_here, "nodes": info.nodes, "cpus": info.cpus,
                   "store": node["Resources"]["object_store_memory"],
                   "auth": os.environ["RAY_AUTH_MODE"],
-                  "arenas": ray.get(ray.remote(lambda: os.environ.get("MALLOC_ARENA_MAX")).remote())}))
+                  "arenas": ray.get(ray.remote(lambda: os.environ.get("MALLOC_ARENA_MAX")).remote()),
+                  "omp": ray.get(ray.remote(lambda: os.environ.get("OMP_WAIT_POLICY")).remote())}))
 ray.shutdown()
 """
 
@@ -116,7 +117,8 @@ ray.shutdown()
 def test_connect_starts_a_local_ray_on_loopback(tmp_path: Path) -> None:
     """No address: a local Ray with every local CPU, no token file written."""
     ray_tmp = tempfile.mkdtemp(prefix="nfc-")  # short: Ray's socket paths must fit 107 bytes
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "MALLOC_ARENA_MAX"}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RAY_") and k not in ("MALLOC_ARENA_MAX", "OMP_WAIT_POLICY")}
     env.update(RAY_TMPDIR=ray_tmp, HOME=str(tmp_path))
     try:
         done = subprocess.run([sys.executable, "-c", _LOCAL], env=env, capture_output=True,
@@ -130,6 +132,7 @@ def test_connect_starts_a_local_ray_on_loopback(tmp_path: Path) -> None:
     assert result["store"] == pytest.approx(0.1 * 2**30, rel=0.01)
     assert result["auth"] == "disabled"
     assert result["arenas"] == "2"  # its workers' malloc arenas (see _LOCAL_RAY_ENV)
+    assert result["omp"] == "PASSIVE"  # nucflow.OPENMP_DEFAULTS, inherited from the driver
     assert not (tmp_path / ".ray" / "auth_token").exists()
 
 
@@ -214,3 +217,12 @@ def test_batches_in_flight_per_actor_follow_the_device_unless_set() -> None:
     assert actor_options_for_cluster({"CPU": 2.0}, cluster=three, amp=True, channels_last=True).inflight == 3
     with pytest.raises(ConfigError, match="inflight_per_actor"):
         load_cluster_config(inflight_per_actor=0)
+
+
+def test_openmp_defaults_are_set_on_import_and_never_override_the_user() -> None:
+    code = "import os, nucflow; print(os.environ['OMP_WAIT_POLICY'])"
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    plain = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True, timeout=120)
+    mine = subprocess.run([sys.executable, "-c", code], env={**base, "OMP_WAIT_POLICY": "ACTIVE"},
+                          capture_output=True, text=True, timeout=120)
+    assert (plain.stdout.strip(), mine.stdout.strip()) == ("PASSIVE", "ACTIVE"), plain.stderr + mine.stderr
