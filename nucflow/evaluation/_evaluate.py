@@ -75,6 +75,7 @@ def evaluate(
     sigma: float | None = None,
     model_mpp: float | None = None,
     progress: Progress | None = None,
+    check_registration: bool = True,
 ) -> EvaluationReport:
     """Score predictions and/or methods on the images of a folder against their truth.
 
@@ -105,6 +106,10 @@ def evaluate(
         Run the model at this µm/px instead of its card's.
     progress : callable(done, total, message), optional
         Called after each image and method.
+    check_registration : bool
+        Measure each instance truth's offset from its image's nuclei (``truth_offsets_px`` in
+        the settings, a warning from :data:`TRUTH_OFFSET_WARN_UM`); ``validate`` does it once
+        per set, not once per method.
 
     Returns
     -------
@@ -128,7 +133,7 @@ def evaluate(
         rgb = read_image(case.image)
         gt = read_truth(case.truth, format=truth_format)
         _check_shapes(case, rgb, gt)
-        if gt.labels is not None:
+        if check_registration and gt.labels is not None:
             offsets[case.name] = _check_registration(case, rgb, gt.labels, mpp)
         for method, run in runners.items():
             labels, positive = run(rgb, case)
