@@ -8,8 +8,8 @@ best aligns the truth's foreground with the image's hematoxylin + DAB optical de
 (``skimage.registration.phase_cross_correlation``, unnormalised, i.e. plain cross-correlation),
 so no method's output takes part and every method is scored against the same moved truth.
 
-``nucflow evaluate`` (and ``validate``) records each instance truth's offset in its report's
-settings and warns from :data:`TRUTH_OFFSET_WARN_UM`; ``benchmarks/quality.py
+``nucflow evaluate`` records each instance truth's offset in its report's settings and warns
+from :data:`TRUTH_OFFSET_WARN_UM` (``validate`` warns once per set); ``benchmarks/quality.py
 --register-truth`` scores every method against the moved truth as a sensitivity check. The
 scores themselves are always against the truth as published.
 """
