@@ -49,8 +49,8 @@ HED_FROM_RGB = np.asarray(hed_from_rgb, np.float64)
 MIN_TRANSMISSION = 1e-6
 
 # Base-10 optical density of each 8-bit intensity; then each channel's byte -> its share of each
-# stain: _OD_TO_STAIN[channel, stain] is a 256-entry table, so unmixing is three lookups and two
-# sums per stain.
+# stain: _OD_TO_STAIN[channel, stain] is a 256-entry table, so a stain's density is
+# table[0][red] + table[1][green] + table[2][blue].
 _OD_OF_BYTE = -np.log10(np.maximum(np.arange(256) / 255.0, MIN_TRANSMISSION))
 
 
@@ -59,6 +59,15 @@ def _tables(matrix: np.ndarray) -> np.ndarray:
 
 
 _OD_TO_STAIN = _tables(HED_FROM_RGB)
+
+
+@lru_cache(maxsize=64)
+def _pair_tables(tables_key: bytes) -> np.ndarray:
+    """Each stain's red + green shares summed per (red, green) pair: (3 stains, 65,536), read
+    at ``red << 8 | green``. Adding the blue share to it is the same float64 sum, in the same
+    order, as the three per-channel lookups: bit-identical densities from two lookups, not three."""
+    tables = np.frombuffer(tables_key, np.float64).reshape(3, 3, 256)
+    return np.stack([(tables[0, s][:, None] + tables[1, s][None, :]).ravel() for s in range(3)])
 
 
 @dataclass(frozen=True)
@@ -140,10 +149,23 @@ def _stain_tables(vectors: StainVectors | str | None) -> np.ndarray:
     return _tables_of(np.ascontiguousarray(vectors.matrix, np.float64).tobytes())
 
 
-def _density(rgb: np.ndarray, stain: int, tables: np.ndarray = _OD_TO_STAIN) -> np.ndarray:
-    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    od = tables[0, stain][red] + tables[1, stain][green] + tables[2, stain][blue]
-    return np.maximum(od, 0.0, out=od)
+def _densities(rgb: np.ndarray, stains: tuple[int, ...], tables: np.ndarray = _OD_TO_STAIN) -> list[np.ndarray]:
+    """Optical density of each of ``stains`` (clipped at 0), float64, shape ``rgb.shape[:-1]``.
+
+    One uint16 index ``red << 8 | green`` into :func:`_pair_tables` and the blue byte, shared by
+    the stains (uint16 indices: numpy's take is several times slower on strided uint8 ones)."""
+    rgb = np.asarray(rgb)
+    flat = rgb.reshape(-1, 3)
+    pair = flat[:, 0].astype(np.uint16) << 8
+    pair |= flat[:, 1]
+    blue = flat[:, 2].astype(np.uint16)
+    pairs = _pair_tables(np.ascontiguousarray(tables, np.float64).tobytes())
+    out = []
+    for stain in stains:
+        od = np.take(pairs[stain], pair)
+        od += np.take(tables[2, stain], blue)
+        out.append(np.maximum(od, 0.0, out=od).reshape(rgb.shape[:-1]))
+    return out
 
 
 def stain_od(rgb: np.ndarray, vectors: StainVectors | str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -153,14 +175,14 @@ def stain_od(rgb: np.ndarray, vectors: StainVectors | str | None = None) -> tupl
     (``vectors`` None, "fixed" or :data:`FIXED`): ``skimage.color.rgb2hed`` in base-10 units,
     i.e. 6 times its values; with other :class:`StainVectors`, unmixed with theirs.
     """
-    tables = _stain_tables(vectors)
-    return _density(rgb, 0, tables), _density(rgb, 2, tables)
+    hematoxylin, dab = _densities(rgb, (0, 2), _stain_tables(vectors))
+    return hematoxylin, dab
 
 
 def stain_optical_density(rgb: np.ndarray) -> np.ndarray:
     """Hematoxylin, eosin and DAB optical densities (base 10) of uint8 RGB ``(..., 3)``:
     float32 ``(..., 3)``, clipped at 0 (the same densities as :func:`stain_od`)."""
-    return np.stack([_density(rgb, s) for s in range(3)], axis=-1).astype(np.float32)
+    return np.stack(_densities(rgb, (0, 1, 2)), axis=-1).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- stain gate
@@ -178,13 +200,15 @@ def stain_gate(rgb: np.ndarray, prob: np.ndarray, *, factor: float, threshold: f
     nothing is dropped. Applied to each tile's core (:func:`nucflow.inference.tiled.predict_tiles`)
     when the stain profile sets ``stain_gate`` (see :class:`nucflow.postprocess.PostprocessConfig`).
     """
-    hematoxylin, dab = stain_od(rgb)
-    density = hematoxylin + dab
     nucleus = prob >= threshold
     if not nucleus.any():
         return np.ones(prob.shape, bool)
+    hematoxylin, dab = stain_od(rgb)
+    keep = hematoxylin >= dab
+    density = np.add(hematoxylin, dab, out=hematoxylin)
     reference = float(np.median(density[nucleus]))
-    return (hematoxylin >= dab) | (density >= factor * reference)
+    keep |= density >= factor * reference
+    return keep
 
 
 # --------------------------------------------------------------------------- Macenko

@@ -62,6 +62,25 @@ def test_fixed_default_is_unchanged():
     np.testing.assert_allclose(default[1], np.maximum(hed[..., 2], 0), atol=1e-6)
 
 
+def test_densities_are_the_three_channel_sums_bit_for_bit():
+    """stain_od reads (red, green) pair tables and adds blue's share: the same float64 sums,
+    in the same order, as the three per-channel lookups, for every (red, green) pair."""
+    from nucflow.stain import _OD_OF_BYTE, stain_optical_density
+
+    red, green = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    given = StainVectors(tuple(HEMATOXYLIN), tuple(DAB))
+    for blue in (0, 1, 97, 254, 255):
+        rgb = np.stack([red, green, np.full_like(red, blue)], axis=-1).astype(np.uint8)
+        od = _OD_OF_BYTE[rgb]  # (256, 256, 3): each channel's base-10 density
+        for vectors, matrix in ((None, FIXED.matrix), (given, given.matrix)):
+            expected = [np.maximum(od[..., 0] * matrix[0, s] + od[..., 1] * matrix[1, s] + od[..., 2] * matrix[2, s], 0)
+                        for s in range(3)]
+            for ours, theirs in zip(stain_od(rgb, vectors), (expected[0], expected[2]), strict=True):
+                np.testing.assert_array_equal(ours, theirs)
+            if vectors is None:
+                np.testing.assert_array_equal(stain_optical_density(rgb), np.stack(expected, -1).astype(np.float32))
+
+
 def test_given_vectors_unmix_as_scikit_image_hdx():
     """Other vectors are unmixed with their cross product as third stain: scikit-image's
     H-DAB-residual deconvolution (unit rows) gives the same densities."""
