@@ -247,3 +247,51 @@ def test_overlay_outlines_the_regions_of_interest(table, tmp_path: Path):
     assert blue.sum() > 40
     assert rows.min() >= 8 and rows.max() <= 61 and cols.min() >= 88 and cols.max() <= 151  # on the box's edge
     assert not blue[20:50, 100:140].any()  # an outline, not a fill
+
+
+def test_painted_outlines_lie_where_matplotlib_draws_them(tmp_path: Path):
+    """The QC picture's outlines are rasterised in numpy (OverlayNuclei.paint), not drawn as
+    matplotlib paths: the pixels they colour are those a 1 pt PolyCollection outline colours,
+    for nuclei of a few thumbnail pixels (a large slide's) and of tens (a small one's)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import PolyCollection
+    from matplotlib.figure import Figure
+
+    from nucflow.postprocess._writers import OUTLINE_WIDTH_PX
+
+    assert OUTLINE_WIDTH_PX == pytest.approx(100 / 72)
+    rng = np.random.default_rng(3)
+    rings = []
+    for radius in (2.5, 4.0, 12.0):  # thumbnail px
+        for _ in range(6):
+            centre = rng.uniform(15, 85, 2)
+            angle = np.linspace(0, 2 * np.pi, 40)
+            rings.append(np.c_[centre[0] + radius * np.cos(angle), centre[1] + radius * 0.8 * np.sin(angle)])
+    scale = 4.0  # level-0 px per thumbnail px
+    nuclei = gpd.GeoDataFrame({"dab_positive": [False] * len(rings)},
+                              geometry=[shapely.Polygon(ring * scale) for ring in rings])
+    overlay = OverlayNuclei((100, 100), level0_scale=scale, outlines=True, graded=False)
+    overlay.add(nuclei)
+    white = np.full((100, 100, 3), 255, np.uint8)
+    ours = overlay.paint(white)
+
+    figure = Figure(figsize=(1, 1), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.imshow(white, extent=(0, 100, 100, 0), interpolation="nearest")
+    colour = np.array(overlay.palette["Negative"]) / 255
+    axes.add_collection(PolyCollection(rings, facecolors="none", edgecolors=[colour], linewidths=1.0))
+    axes.set_xlim(0, 100)
+    axes.set_ylim(100, 0)
+    axes.set_axis_off()
+    figure.canvas.draw()
+    theirs = np.asarray(figure.canvas.buffer_rgba())[..., :3]
+
+    ink_ours, ink_theirs = (255 - ours.min(axis=2)).astype(int), (255 - theirs.min(axis=2)).astype(int)
+    strong_ours, strong_theirs = ink_ours > 60, ink_theirs > 60
+    overlap = (strong_ours & strong_theirs).sum() / (strong_ours | strong_theirs).sum()
+    assert overlap > 0.75, overlap  # 0.88 when written
+    assert abs(int(strong_ours.sum()) - int(strong_theirs.sum())) < 0.25 * strong_theirs.sum()
+    far = ~(np.pad(ink_theirs > 0, 1)[:-2, 1:-1] | np.pad(ink_theirs > 0, 1)[2:, 1:-1]
+            | np.pad(ink_theirs > 0, 1)[1:-1, :-2] | np.pad(ink_theirs > 0, 1)[1:-1, 2:] | (ink_theirs > 0))
+    assert not (ink_ours > 0)[far].any()  # nothing painted more than a pixel from matplotlib's lines

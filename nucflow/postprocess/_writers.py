@@ -18,7 +18,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, Rectangle
@@ -212,11 +211,22 @@ def _open_text(path: Path, *, gz: bool) -> Iterator[Any]:
         yield out
 
 
+#: Width of a nucleus outline in the QC picture, in its pixels (1 pt at its 100 dpi).
+OUTLINE_WIDTH_PX = 100 / 72
+_INK_UNITS = 64  # outline length per pixel is kept in 1/64 px
+
+
 class OverlayNuclei:
     """The nuclei a QC picture shows, gathered part by part in memory that does not grow
     with the slide: outlines when a nucleus spans a few thumbnail pixels (small slides),
     else a per-pixel count of nuclei of each class (centroids), the pixel coloured by the
     class with most nuclei there.
+
+    Outlines are rasterised as they arrive, at the picture's own resolution: each class keeps
+    the length of outline crossing each thumbnail pixel, and :meth:`paint` colours a pixel by
+    the share of it a line of :data:`OUTLINE_WIDTH_PX` would cover (length x width, at most
+    all of it), classes painted in order, so a later class lies over an earlier one. (Drawing
+    every outline as a matplotlib path cost about 1 CPU s for 32,000 nuclei.)
 
     Parameters
     ----------
@@ -233,9 +243,12 @@ class OverlayNuclei:
         self.palette = {name: tuple(int(v) for v in rgb) for name, rgb in {**CLASS_COLOURS, **(colours or {})}.items()}
         self.names = list(INTENSITY_CLASSES) if graded else ["Negative", "Positive"]
         self.counts = dict.fromkeys(self.names, 0)
-        self._rings: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
-        # one uint16 count plane per class (a thumbnail pixel never holds 65,535 nuclei)
-        self._raster = np.zeros((len(self.names), *shape) if not outlines else (0, 0, 0), np.uint16)
+        # outlines: the outline length through each pixel in 1/64 thumbnail px, one uint8 plane per
+        # class with a pixel of margin around (saturating at 255: a pixel is fully covered from 0.72 px);
+        # counts: one uint16 count plane per class (a thumbnail pixel never holds 65,535 nuclei)
+        planes = (len(self.names), *shape)
+        self._ink = np.zeros((len(self.names), shape[0] + 2, shape[1] + 2) if outlines else (0, 0, 0), np.uint8)
+        self._raster = np.zeros((0, 0, 0) if outlines else planes, np.uint16)
 
     def add(self, part: gpd.GeoDataFrame) -> None:
         """Add the nuclei of one part of a nucleus table."""
@@ -248,8 +261,7 @@ class OverlayNuclei:
             if self.outlines:
                 rings = shapely.get_exterior_ring(part.geometry.to_numpy()[chosen])
                 x_y, owner = shapely.get_coordinates(rings, return_index=True)
-                x_y = (x_y / self.level0_scale).astype(np.float32)
-                self._rings[name].extend(np.split(x_y, np.flatnonzero(np.diff(owner)) + 1))
+                self._add_outlines(index, (x_y / self.level0_scale).astype(np.float32), owner)
             else:
                 cols = part["centroid_x"].to_numpy()[chosen] / self.level0_scale
                 rows = part["centroid_y"].to_numpy()[chosen] / self.level0_scale
@@ -257,15 +269,54 @@ class OverlayNuclei:
                 c = np.clip(cols.astype(np.int64), 0, self.shape[1] - 1)
                 np.add.at(self._raster[index], (r, c), 1)
 
+    def _add_outlines(self, index: int, x_y: np.ndarray, owner: np.ndarray) -> None:
+        """Add closed rings (vertices ``x_y`` in thumbnail px, ring ``owner`` of each) to class
+        ``index``'s plane: each edge sampled every half pixel at most, each sample's share of
+        the edge's length spread over the four pixels around it by distance to their centres
+        (bilinear), as an antialiased line spreads over the pixels it straddles."""
+        same = owner[1:] == owner[:-1]  # an edge joins two vertices of one ring
+        start, delta = x_y[:-1][same], np.diff(x_y, axis=0)[same]
+        length = np.hypot(delta[:, 0], delta[:, 1])
+        steps = np.ceil(length / 0.5).astype(np.int64)
+        edge = np.repeat(np.arange(len(steps)), steps)
+        along = (np.arange(len(edge)) - np.repeat(np.cumsum(steps) - steps, steps) + 0.5) / steps[edge]
+        along = along.astype(np.float32)
+        share = (length / np.maximum(steps, 1)).astype(np.float32)[edge]
+        x = start[edge, 0] + along * delta[edge, 0] - 0.5  # from the first pixel's centre
+        y = start[edge, 1] + along * delta[edge, 1] - 0.5
+        col, row = np.floor(x), np.floor(y)
+        right, down = x - col, y - row
+        planes_rows, planes_cols = self._ink.shape[1:]  # one pixel of margin on each side
+        col, row = col.astype(np.int64) + 1, row.astype(np.int64) + 1
+        inside = (row >= 0) & (row < planes_rows - 1) & (col >= 0) & (col < planes_cols - 1)
+        at = (row * planes_cols + col)[inside]
+        share, right, down = share[inside], right[inside], down[inside]
+        left, up = 1 - right, 1 - down
+        ink = np.bincount(np.concatenate([at, at + 1, at + planes_cols, at + planes_cols + 1]), weights=np.concatenate(
+            [share * left * up, share * right * up, share * left * down, share * right * down]))
+        plane = self._ink[index].reshape(-1)[: len(ink)]
+        np.minimum(plane + np.rint(ink * _INK_UNITS), 255, out=ink)
+        plane[:] = ink
+
+    def paint(self, thumbnail: np.ndarray) -> np.ndarray:
+        """``thumbnail`` (rows, cols, 3) uint8 with the outlines painted in its pixels (the
+        thumbnail itself when there are none, or in the count mode)."""
+        if not self.outlines or not self._ink.any():
+            return thumbnail
+        picture = thumbnail.astype(np.float32)
+        for index, name in enumerate(self.names):
+            ink = self._ink[index, 1:-1, 1:-1]
+            drawn = ink > 0
+            if drawn.any():
+                cover = np.minimum(ink[drawn] * np.float32(OUTLINE_WIDTH_PX / _INK_UNITS), 1)[:, None]
+                colour = np.asarray(self.palette[name], np.float32)
+                picture[drawn] += cover * (colour - picture[drawn])
+        return np.rint(picture).astype(np.uint8)
+
     def draw(self, axes: Any) -> None:
-        """Draw onto matplotlib ``axes`` whose data coordinates are thumbnail pixels."""
+        """Draw onto matplotlib ``axes`` whose data coordinates are thumbnail pixels (the
+        count mode; outlines are painted into the thumbnail: :meth:`paint`)."""
         if self.outlines:
-            for name, outlines in self._rings.items():
-                if outlines:
-                    colour = np.array(self.palette[name]) / 255
-                    axes.add_collection(PolyCollection(
-                        outlines, facecolors="none", edgecolors=[colour], linewidths=1.0
-                    ))
             return
         # uint8 RGBA and small integer planes: the picture's memory stays a few bytes per pixel
         total = np.minimum(self._raster.sum(axis=0, dtype=np.uint32), 4).astype(np.uint8)
@@ -339,7 +390,7 @@ def render_overlay(
     FigureCanvasAgg(figure)
     figure.patch.set_facecolor("white")
     axes = figure.add_axes((0, strip / height, cols / width, rows / height))
-    axes.imshow(thumbnail, extent=(0, cols, rows, 0), interpolation="nearest")
+    axes.imshow(nuclei.paint(thumbnail), extent=(0, cols, rows, 0), interpolation="nearest")
     for mask, colour, style in ((tissue_mask, "#00a000", "solid"), (regions_mask, _REGIONS_COLOUR, "dashed")):
         if mask is not None and mask.any():
             mask_rows, mask_cols = mask.shape
