@@ -100,7 +100,7 @@ def split_touching(mask: np.ndarray, *, px: PixelSizes) -> np.ndarray:
     peaks = (squared == ndi.maximum_filter(squared, size=2 * px.min_distance + 1)) & mask
     components, count = ndi.label(mask)
     _seed_unmarked_components(peaks, components, count, squared)
-    markers, _ = ndi.label(peaks, structure=_EIGHT)
+    markers = _link_markers(ndi.label(peaks, structure=_EIGHT)[0], components, px.min_distance - 1)
     # Distinct markers per component: one -> the component is that marker's label.
     pairs = np.unique(np.stack([components[peaks], markers[peaks]]), axis=1)
     per_component = np.bincount(pairs[0], minlength=count + 1)
@@ -115,6 +115,27 @@ def split_touching(mask: np.ndarray, *, px: PixelSizes) -> np.ndarray:
         flooded = watershed(priority, np.where(several, markers, 0), mask=several)
         labels[several] = flooded[several]
     return labels
+
+
+def _link_markers(markers: np.ndarray, components: np.ndarray, reach: int) -> np.ndarray:
+    """One marker for the peaks of one component at most ``reach`` px apart (Chebyshev), renumbered
+    in raster order of their first pixel: every pair of peaks compared, plain."""
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial.distance import cdist
+
+    at = np.flatnonzero(markers)
+    if reach <= 1 or at.size < 2:
+        return markers
+    coords = np.column_stack(np.divmod(at, markers.shape[1]))
+    near = (cdist(coords, coords, "chebyshev") <= reach) & (components.ravel()[at][:, None] == components.ravel()[at])
+    near |= markers.ravel()[at][:, None] == markers.ravel()[at]  # already one marker (8-connected)
+    _, group = connected_components(near, directed=False)
+    first = {}
+    for g in group:  # ``at`` is in raster order
+        first.setdefault(g, len(first) + 1)
+    out = np.zeros_like(markers)
+    out.ravel()[at] = [first[g] for g in group]
+    return out
 
 
 def _seed_unmarked_components(peaks: np.ndarray, components: np.ndarray, count: int, distance: np.ndarray) -> None:

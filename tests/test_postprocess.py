@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,27 @@ def test_a_small_nucleus_beside_a_larger_one_within_min_distance_is_kept():
     labels = label_nuclei(prob, mpp=MPP, config=config)
     assert labels.max() == 2
     assert labels[30, 46] not in (0, labels[30, 25])
+
+
+def test_equal_maxima_closer_than_min_distance_are_one_marker():
+    # Two 11 x 11 squares joined by a 5 px high bridge: the squares' centres (6, 6) and (6, 20)
+    # are the only two maxima of the distance (squared 36), 14 px apart. Markers must be at
+    # least min_distance apart: at 16 px they are one nucleus, at 14 px two; two separate
+    # squares as close never suppress each other's marker.
+    from nucflow.postprocess._label import split_touching
+
+    mask = np.zeros((13, 27), bool)
+    mask[1:12, 1:12] = mask[1:12, 15:26] = mask[4:9, 12:15] = True
+    squared = np.rint(ndi.distance_transform_edt(mask) ** 2)
+    assert squared[6, 6] == squared[6, 20] == squared.max() == 36 and np.sum(squared == 36) == 2
+    px = KI67.in_pixels(MPP)
+    one = split_touching(mask, px=replace(px, min_distance=16))
+    assert set(np.unique(one)) - {0} == {int(one[6, 6])} and (one[mask] > 0).all()
+    two = split_touching(mask, px=replace(px, min_distance=14))
+    assert len(set(np.unique(two)) - {0}) == 2 and two[6, 6] != two[6, 20]
+    apart = mask.copy()
+    apart[4:9, 12:15] = False
+    assert len(set(np.unique(split_touching(apart, px=replace(px, min_distance=16)))) - {0}) == 2
 
 
 def test_float_and_uint8_maps_give_the_same_labels():
@@ -213,6 +235,15 @@ def test_fast_labelling_equals_the_plain_scipy_watershed(seed: int):
             flat = np.flatnonzero(inside)
             peaks.ravel()[flat[np.argmax(distance.ravel()[flat])]] = True
     markers, _ = ndi.label(peaks, structure=np.ones((3, 3)))
+    # Peaks of one component less than min_distance apart are one marker (renumbered by first pixel).
+    at = np.flatnonzero(peaks)
+    rows, cols = np.divmod(at, mask.shape[1])
+    same = components.ravel()[at][:, None] == components.ravel()[at]
+    near = same & (np.maximum(abs(rows[:, None] - rows), abs(cols[:, None] - cols)) < px.min_distance)
+    group = markers.ravel()[at].copy()
+    for _ in range(len(at)):  # propagate the smallest marker number along links until stable
+        group = np.where(near | (group[:, None] == group), group[None, :], len(at) + 10**6).min(axis=1)
+    markers.ravel()[at] = np.unique(group, return_inverse=True)[1] + 1
     priority = np.arange(mask.size, dtype=float).reshape(mask.shape) - np.rint(distance**2) * mask.size
     plain = watershed(priority, markers, mask=mask)
     sizes = np.bincount(plain.ravel())

