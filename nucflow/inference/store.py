@@ -6,7 +6,7 @@ Layout of ``<slide>/probability.zarr``::
     done          uint8 (tile rows, tile cols): 1 once that core's chunk is written
 
     probability_2x, probability_4x ...  the same, mean of 2x2 pixels per level (OME-Zarr pyramid)
-    rgb           uint8 (rows, cols, 3), chunks = tile core (local maps only): each written core's
+    rgb           uint8 (rows, cols, 3), chunks = tile core, uncompressed (local maps only): each written core's
                   pixels at the map's resolution, as a CPU model actor read them (GPU actors leave it
                   empty: their CPU feeds the GPU; the slide is then read); the finishing task takes
                   the stain columns from it instead of reading and resampling the slide again, and
@@ -347,8 +347,10 @@ def create_map(path: str | Path, *, shape: tuple[int, int], core: int,
         "done", shape=grid, chunks=(_DONE_CHUNK, _DONE_CHUNK), dtype="uint8", fill_value=0
     )
     if rgb:
+        # uncompressed: lz4 saved 6% of its bytes (742 vs 791 KB per 512 px core) for about 0.4 ms more
+        # per core written by the actors and 0.2 ms more per chunk read by the finishing task
         group.create_array("rgb", shape=(*shape, 3), chunks=(core, core, 3), dtype="uint8", fill_value=0,
-                           compressors=_compressor())
+                           compressors=None)
     ome = {"ome": ome_metadata(float(attrs["mpp"]), ["probability"])} if attrs.get("mpp") is not None else {}
     # put: one metadata write each (update writes zarr.json once per key); both are new and empty
     group.attrs.put({**attrs, **ome})
