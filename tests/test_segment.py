@@ -162,6 +162,7 @@ def test_stored_rgb_reads_the_slide_where_no_core_was_written(tmp_path: Path, de
         array = store.rgb_array(mode="r+")
         assert array is not None and store.array().chunks == array.chunks[:2]
         assert array.compressors == () and array.filters == ()  # a working copy, stored raw (issue 13)
+        assert array.config.write_empty_chunks  # no all-zero check per chunk written (1.75 ms per core)
         written = [Tile(0, 0, 0, 64, 64, 32, 128), Tile(1, 64, 128, 64, 64, 32, 128)]
         for tile in written:
             store.write_rgb(tile, whole[tile.row : tile.row + 64, tile.col : tile.col + 64], array=array)
