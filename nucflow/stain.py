@@ -206,7 +206,7 @@ def stain_gate(rgb: np.ndarray, prob: np.ndarray, *, factor: float, threshold: f
     hematoxylin, dab = stain_od(rgb)
     keep = hematoxylin >= dab
     density = np.add(hematoxylin, dab, out=hematoxylin)
-    reference = float(np.median(density[nucleus]))
+    reference = float(np.median(density[nucleus], overwrite_input=True))  # a gathered copy
     keep |= density >= factor * reference
     return keep
 
