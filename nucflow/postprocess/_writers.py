@@ -303,15 +303,15 @@ class OverlayNuclei:
         thumbnail itself when there are none, or in the count mode)."""
         if not self.outlines or not self._ink.any():
             return thumbnail
-        picture = thumbnail.astype(np.float32)
+        ink = self._ink[:, 1:-1, 1:-1]
+        drawn = np.flatnonzero(ink.any(axis=0))  # only these pixels change
+        picture = np.array(thumbnail, np.uint8).reshape(-1, 3)
+        values = picture[drawn].astype(np.float32)
         for index, name in enumerate(self.names):
-            ink = self._ink[index, 1:-1, 1:-1]
-            drawn = ink > 0
-            if drawn.any():
-                cover = np.minimum(ink[drawn] * np.float32(OUTLINE_WIDTH_PX / _INK_UNITS), 1)[:, None]
-                colour = np.asarray(self.palette[name], np.float32)
-                picture[drawn] += cover * (colour - picture[drawn])
-        return np.rint(picture).astype(np.uint8)
+            cover = np.minimum(ink[index].reshape(-1)[drawn] * np.float32(OUTLINE_WIDTH_PX / _INK_UNITS), 1)
+            values += cover[:, None] * (np.asarray(self.palette[name], np.float32) - values)
+        picture[drawn] = np.rint(values)
+        return picture.reshape(thumbnail.shape)
 
     def draw(self, axes: Any) -> None:
         """Draw onto matplotlib ``axes`` whose data coordinates are thumbnail pixels (the
