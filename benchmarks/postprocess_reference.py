@@ -119,17 +119,24 @@ def split_touching(mask: np.ndarray, *, px: PixelSizes) -> np.ndarray:
 
 def _link_markers(markers: np.ndarray, components: np.ndarray, reach: int) -> np.ndarray:
     """One marker for the peaks of one component at most ``reach`` px apart (Chebyshev), renumbered
-    in raster order of their first pixel: every pair of peaks compared, plain."""
+    in raster order of their first pixel (pairs from a k-d tree, groups from a sparse graph)."""
+    from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
-    from scipy.spatial.distance import cdist
+    from scipy.spatial import cKDTree
 
     at = np.flatnonzero(markers)
     if reach <= 1 or at.size < 2:
         return markers
     coords = np.column_stack(np.divmod(at, markers.shape[1]))
-    near = (cdist(coords, coords, "chebyshev") <= reach) & (components.ravel()[at][:, None] == components.ravel()[at])
-    near |= markers.ravel()[at][:, None] == markers.ravel()[at]  # already one marker (8-connected)
-    _, group = connected_components(near, directed=False)
+    pairs = cKDTree(coords).query_pairs(reach + 0.5, p=np.inf, output_type="ndarray")
+    component, marker = components.ravel()[at], markers.ravel()[at]
+    pairs = pairs[component[pairs[:, 0]] == component[pairs[:, 1]]]
+    # Pixels of one 8-connected marker stay together: each linked to its marker's node.
+    count = int(marker.max())
+    rows = np.concatenate([pairs[:, 0], np.arange(at.size)])
+    cols = np.concatenate([pairs[:, 1], at.size + marker - 1])
+    graph = coo_matrix((np.ones(rows.size, np.int8), (rows, cols)), shape=(at.size + count,) * 2)
+    group = connected_components(graph, directed=False)[1][: at.size]
     first = {}
     for g in group:  # ``at`` is in raster order
         first.setdefault(g, len(first) + 1)
