@@ -92,6 +92,51 @@ def test_ihc_pool_and_sampling(shared_data) -> None:
     assert masks.shape == (2, 32, 32) and masks.sum() == 200  # padded with background
 
 
+def _plain_sample_ihc(images, *, n, crop, scale_jitter, rng):
+    """The plain computation: the whole image and pseudo-mask as one float stack, padded
+    with 1.0 to at least the window, then a random window (the same draws as sample_ihc)."""
+    import math
+
+    from skimage import transform
+
+    from nucflow.training._data import _augment, sampling_weights
+
+    picks = rng.choice(len(images), size=n, p=sampling_weights(images))
+    rgbs, pseudos = [], []
+    for i in picks:
+        side = max(8, round(crop * math.exp(rng.uniform(-1, 1) * math.log1p(scale_jitter))))
+        stack = np.dstack([images[i].rgb / 255.0, images[i].pseudo]).astype(np.float32)
+        pad = [(0, max(0, side - stack.shape[0])), (0, max(0, side - stack.shape[1])), (0, 0)]
+        stack = np.pad(stack, pad, constant_values=1.0)
+        row = int(rng.integers(stack.shape[0] - side + 1))
+        col = int(rng.integers(stack.shape[1] - side + 1))
+        window = _augment(stack[row : row + side, col : col + side], rng)
+        if side != crop:
+            window = transform.resize(window, (crop, crop), order=1, anti_aliasing=side > crop)
+        rgbs.append(window[..., :3])
+        pseudos.append(window[..., 3] > 0.5 if window.shape[-1] == 4 else window[..., 3:] > 0.5)
+    return np.stack(rgbs).astype(np.float32), np.stack(pseudos)
+
+
+@pytest.mark.parametrize("interior", [False, True])
+def test_sampled_crops_equal_crops_of_the_whole_padded_image(interior: bool) -> None:
+    from nucflow.training._data import IhcImage
+
+    gen = np.random.default_rng(7)
+    images = []
+    for rows, cols in [(90, 70), (20, 45), (33, 33)]:  # larger and smaller than the windows
+        pseudo = gen.random((rows, cols)) > 0.6
+        images.append(IhcImage(rgb=gen.integers(0, 256, (rows, cols, 3), dtype=np.uint8),
+                               pseudo=np.dstack([pseudo, pseudo & (gen.random((rows, cols)) > 0.5)])
+                               if interior else pseudo, source=f"{rows}x{cols}"))
+    for seed in range(4):
+        got = sample_ihc(images, n=6, crop=32, scale_jitter=0.5, rng=np.random.default_rng(seed))
+        want = _plain_sample_ihc(images, n=6, crop=32, scale_jitter=0.5, rng=np.random.default_rng(seed))
+        assert got[1].shape == want[1].shape == ((6, 32, 32, 2) if interior else (6, 32, 32))
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_missing_inputs_are_training_errors(tmp_path) -> None:
     with pytest.raises(TrainingError, match="tile path .*nowhere does not exist"):
         find_images([tmp_path / "nowhere"], what="tile")
