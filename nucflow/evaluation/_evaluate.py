@@ -268,6 +268,16 @@ class _Runner:
         return labels, positive
 
 
+def _model_device(method: str) -> str:
+    """Where ``method`` runs: the model on the first CUDA device when PyTorch sees one (its
+    autocast then computes in bfloat16), else on the CPU; the baselines always on the CPU."""
+    if method != "unet":
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _runner(method: str, *, model: str | Path | None, mpp: float | None, stain_profile: str | None,
             sigma: float | None, model_mpp: float | None) -> _Runner:
     from dataclasses import replace
@@ -312,7 +322,7 @@ def _runner(method: str, *, model: str | Path | None, mpp: float | None, stain_p
     config = with_stain_profile(config, spec)
     assert config.stain_profile is not None, "with_stain_profile names one"
     profile = load_profile(config.stain_profile)
-    predictor = build_predictor(spec, config)
+    predictor = build_predictor(spec, config, device=_model_device(method))
 
     def segment(rgb: np.ndarray, case: _Case) -> tuple[np.ndarray, dict[int, bool]]:
         result = segment_image(rgb, mpp=mpp, spec=spec, config=config, predictor=predictor)
