@@ -133,3 +133,31 @@ def test_suite_runs_on_a_tiny_slide(shared_data: Path, tmp_path: Path) -> None:
     assert 0 < written["noop_rerun"]["cpu_s"] and 0 < written["noop_rerun"]["wall_s"]
     report = (out / "RESULTS.md").read_text()
     assert "speed-up vs naive" in report and "shared-core ceiling" in report and written["date"] in report
+
+
+def _device_train(shared_data: Path, out: Path, *extra: str) -> dict:
+    """benchmarks/device_train.py in its own process (it installs a stand-in ``ray.train``)."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "device_train.py"), "--config", "cpu",
+           "--data", str(shared_data), "--no-slides", "--no-skimage-ihc",
+           "--tiles", str(shared_data / "ihc/regions"), "--masks", str(shared_data / "masks/monuseg"),
+           "--set", "data.crop=64", "--set", "data.batch_size=2", "--max-steps", "4",
+           "--checkpoint-every", "2", "--select-after", "0", "--threads", "1", "--no-validate",
+           "-o", str(out), *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads([line for line in done.stdout.splitlines() if line.startswith('{"out"')][-1])
+
+
+def test_device_train_runs_the_training_loop_without_ray_and_exports_the_chosen_model(
+        shared_data: Path, tmp_path: Path) -> None:
+    full = _device_train(shared_data, tmp_path / "full", "--budget-s", "10000")
+    assert full["stopped"] == "end of the configuration" and full["steps"] == 4  # the last: none after warm-up
+    card = json.loads((tmp_path / "full" / "model.json").read_text())
+    assert card["training"]["harness"] == "benchmarks/device_train.py"
+    rows = (tmp_path / "full" / "losses.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4  # header + one row a step
+    assert sorted(p.name for p in (tmp_path / "full" / "checkpoints" / "nucflow-train").iterdir()) == [
+        "step_00000002", "step_00000004"]
+    # A spent budget stops the run at its first checkpoint, which is then the one exported.
+    short = _device_train(shared_data, tmp_path / "short", "--budget-s", "0")
+    assert short["stopped"] == "budget of 0 s" and short["steps"] == 2
