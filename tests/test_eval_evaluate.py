@@ -183,3 +183,12 @@ def test_displaced_truth_is_recorded_and_warned(deepliif_report, shared_data, ca
     assert len(warned) == 2
     assert "Bladder1: its truth outlines sit 1.5 µm" in warned[0] and "0 rows, 6 columns" in warned[0]
     assert "Lung1: its truth outlines sit 1.8 µm" in warned[1]
+
+
+def test_the_model_runs_on_a_gpu_when_pytorch_sees_one_and_the_baselines_on_the_cpu() -> None:
+    import torch
+
+    from nucflow.evaluation._evaluate import _model_device
+
+    assert _model_device("unet") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert _model_device("threshold") == _model_device("deconvolution") == "cpu"

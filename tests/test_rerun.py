@@ -135,3 +135,13 @@ def test_entry_points_import_no_heavy_module() -> None:
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "heavy:"
+
+
+def test_labelling_a_map_in_memory_loads_no_dask_zarr_or_geopandas() -> None:
+    """``evaluate`` and ``validate`` label whole maps in memory: ``nucflow.postprocess`` gives
+    them ``label_nuclei`` without the slide machinery's Dask, Zarr and GeoPandas."""
+    code = ("import sys\nfrom nucflow.postprocess import PostprocessConfig, label_nuclei, load_stain_profile\n"
+            "print('loaded:' + ','.join(m for m in ('dask', 'zarr', 'geopandas') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "loaded:"
