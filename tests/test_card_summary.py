@@ -27,7 +27,7 @@ def test_bundled_card_has_no_machine_path_and_its_weights_are_unchanged() -> Non
     path = default_model_path()
     assert path is not None
     loaded = load_model(path)
-    assert loaded.card.model_id == "c5c0c81301242b53"
+    assert loaded.card.model_id == "813332a08d76cfc0"
     card = json.loads(Path(path).with_suffix(".json").read_text())
     assert [s for s in _strings(card) if ABSOLUTE.search(s)] == []
     masks = card["training"]["data"]["masks"]

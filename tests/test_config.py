@@ -126,7 +126,7 @@ def test_unet_spec_is_shared_by_training_config_and_model_card() -> None:
     network = load_train_config("cpu").network
     assert isinstance(network, UNetSpec) and issubclass(ModelCard, UNetSpec) and issubclass(NetworkConfig, UNetSpec)
     card = ModelCard(**vars(network.unet_spec()), tile_size=128)
-    assert card.unet_spec() == network.unet_spec() and card.widths == network.widths == (8, 16, 32, 64, 64, 64)
+    assert card.unet_spec() == network.unet_spec() and card.widths == network.widths == (16, 32, 64, 128, 128, 128)
     assert build_unet(network).input_multiple == card.input_multiple == 64
     bundled = load_model(default_model_path())
     assert bundled.card.unet_spec() == network.unet_spec()  # the bundled model was trained with cpu.yaml's network
