@@ -39,10 +39,15 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from nucflow.config import to_dict  # noqa: E402
-from nucflow.models._card import data_summary  # noqa: E402
 from nucflow.training._config import load_train_config  # noqa: E402
-from nucflow.training._train import RUN_NAME, _data_lists, export_run  # noqa: E402
+from nucflow.training._train import (  # noqa: E402
+    RUN_NAME,
+    _data_lists,
+    _storage,
+    export_run,
+    loop_config,
+    training_record,
+)
 
 
 class OutOfTime(Exception):
@@ -113,22 +118,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    config = load_train_config(args.config)
-    sections: dict[str, dict[str, Any]] = {}
+    # Top-level settings through load_train_config (None keeps the file's); section keys one by one.
+    config = load_train_config(args.config, seed=args.seed, max_steps=args.max_steps,
+                               checkpoint_every=args.checkpoint_every, select_after=args.select_after)
+    sections: dict[str, dict[str, Any]] = {"data": {"skimage_ihc": False}} if args.no_skimage_ihc else {}
     for item in args.overrides:
         key, _, value = item.partition("=")
         section, _, name = key.partition(".")
         sections.setdefault(section, {})[name] = yaml.safe_load(value)
-    config = dataclasses.replace(config, seed=args.seed, **{
+    config = dataclasses.replace(config, **{
         s: dataclasses.replace(getattr(config, s), **kv) for s, kv in sections.items()})
-    if args.no_skimage_ihc:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, skimage_ihc=False))
-    if args.max_steps is not None:
-        config = dataclasses.replace(config, max_steps=args.max_steps)
-    if args.checkpoint_every is not None:
-        config = dataclasses.replace(config, checkpoint_every=args.checkpoint_every)
-    if args.select_after is not None:
-        config = dataclasses.replace(config, select_after=args.select_after)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -137,29 +136,25 @@ def main(argv: list[str] | None = None) -> int:
     slides = [] if args.no_slides else args.slides or sorted((data_root / "slides").glob("OS-2-*.ome.tif"))
     masks = args.masks or [data_root / "masks" / "consep", data_root / "masks" / "monuseg"]
     out = args.out
-    if (out / "checkpoints").exists():
-        raise SystemExit(f"{out}/checkpoints exists: choose a new output folder")
-    out.mkdir(parents=True, exist_ok=True)
     data = _data_lists(slides, tiles, masks, config)
+    storage, _ = _storage(out, None, resume=False)  # refuses a folder that holds a run
+    out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
-    _stand_in_ray(out / "checkpoints", device, t0 + args.budget_s)
+    _stand_in_ray(Path(storage), device, t0 + args.budget_s)
 
     from nucflow.training._loop import train_loop_per_worker
 
-    loop_config = data | {"config": to_dict(config), "csv": str(out.resolve() / "losses.csv"),
-                          "threads": args.threads if device.type == "cpu" else None,
-                          "resume_from": None}
     try:
-        train_loop_per_worker(loop_config)
+        train_loop_per_worker(loop_config(data, config, out, resume_from=None,
+                                          threads=args.threads if device.type == "cpu" else None))
         stopped = "end of the configuration"
     except OutOfTime:
         stopped = f"budget of {args.budget_s:.0f} s"
     seconds = time.perf_counter() - t0
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    training = {"command": " ".join(sys.argv), "config": to_dict(config), "workers": 1,
-                "data": data_summary(data), "device": name, "stopped": stopped,
-                "seconds": round(seconds, 1), "harness": "benchmarks/device_train.py"}
+    training = training_record(" ".join(sys.argv), config, 1, data) | {
+        "device": name, "stopped": stopped, "seconds": round(seconds, 1), "harness": "benchmarks/device_train.py"}
     result = export_run(out, config=config, training=training)
     print(json.dumps({"out": str(out), "device": name, "stopped": stopped, "seconds": round(seconds, 1),
                       "steps": result.card.steps, "chosen": Path(result.checkpoint).name}), flush=True)

@@ -25,7 +25,7 @@ from nucflow.training._export import (
 )
 from nucflow.training._loop import STATE_FILE, load_state, train_loop_per_worker
 
-__all__ = ["RUN_NAME", "TrainResult", "export_run", "train"]
+__all__ = ["RUN_NAME", "TrainResult", "export_run", "loop_config", "train", "training_record"]
 
 logger = logging.getLogger(__name__)
 RUN_NAME = "nucflow-train"
@@ -83,6 +83,22 @@ def _storage(out: Path, storage: str | None, resume: bool) -> tuple[str, str | N
     if resume and latest is None and "://" not in storage:
         raise TrainingError(f"--resume: no checkpoint found under {storage}/{RUN_NAME}")
     return storage, latest
+
+
+def loop_config(data: dict[str, list[str]], config: TrainConfig, out: Path, *, threads: int | None,
+                resume_from: str | None) -> dict[str, Any]:
+    """The argument of :func:`train_loop_per_worker`: the data lists, the configuration as a
+    dict, rank 0's ``losses.csv`` in ``out``, CPU threads (None: torch's default) and the
+    checkpoint folder to resume from."""
+    return data | {"config": to_dict(config), "csv": str(out.resolve() / "losses.csv"),
+                   "threads": threads, "resume_from": resume_from}
+
+
+def training_record(command: str, config: TrainConfig, workers: int,
+                    data: dict[str, list[str]]) -> dict[str, Any]:
+    """What the model card records of how it was trained (paths cut by the card)."""
+    return {"command": command, "config": to_dict(config), "workers": workers,
+            "data": data_summary(data), "software": f"nucflow {__version__}"}
 
 
 def _fit(loop_config: dict[str, Any], *, workers: int, gpus: float, cpus: float,
@@ -200,9 +216,8 @@ def train(
     data = _data_lists(slides, tiles, masks, config)
     storage, latest = _storage(out, storage, resume)
     out.mkdir(parents=True, exist_ok=True)
-    loop_config = data | {"config": to_dict(config), "csv": str(out.resolve() / "losses.csv"),
-                          "threads": int(cpus_per_worker) if gpus_per_worker == 0 else None,
-                          "resume_from": latest if resume else None}
+    loop = loop_config(data, config, out, threads=int(cpus_per_worker) if gpus_per_worker == 0 else None,
+                       resume_from=latest if resume else None)
     cluster = load_cluster_config()
     with ray_session(address, config=cluster) as info:
         if info.nodes > 1 and cluster.check_shared_output:
@@ -210,11 +225,9 @@ def train(
             for where in {str(out.resolve()), storage}:
                 if "://" not in where:
                     check_shared_path(where, timeout_s=cluster.shared_check_timeout_s)
-        result = _fit(loop_config, workers=workers, gpus=gpus_per_worker,
+        result = _fit(loop, workers=workers, gpus=gpus_per_worker,
                       cpus=cpus_per_worker, storage=storage)
-    training = {"command": command, "config": to_dict(config), "workers": workers,
-                "data": data_summary(data),
-                "software": f"nucflow {__version__}"}
+    training = training_record(command, config, workers, data)
     card, chosen, candidates = _export(result, out, config, training)
     write_json(out / "selection.json", {"select": config.select, "chosen": chosen,
                                         "checkpoints": list(candidates)})
