@@ -277,7 +277,7 @@ def test_shifted_view_filters_and_sparse_labels_equal_scipy():
     # The majority (binary median), window maximum and marker labelling are computed from
     # shifted views and sparse pixels; they must equal scipy's filters and ndi.label exactly.
     from nucflow.postprocess._device import backend
-    from nucflow.postprocess._label import _eight_connected, _majority, _window_max
+    from nucflow.postprocess._label import _linked_groups, _majority, _window_max
 
     rng = np.random.default_rng(0)
     for _ in range(60):
@@ -292,7 +292,7 @@ def test_shifted_view_filters_and_sparse_labels_equal_scipy():
         sparse = rng.random(shape) < rng.uniform(0.01, 0.4)
         at = np.flatnonzero(sparse)
         expected = ndi.label(sparse, structure=np.ones((3, 3)))[0].ravel()[at]
-        np.testing.assert_array_equal(_eight_connected(at, shape[1]), expected)
+        np.testing.assert_array_equal(_linked_groups(at, shape[1]), expected)
 
 
 def test_region_stats_from_runs_equal_per_pixel_sums_and_find_objects():

@@ -280,7 +280,7 @@ def split_touching(
     at = _seeded(np.flatnonzero(peaks), components, start, stop, squared)
     # The markers: the peaks' 8-connected groups (with ``spaced``, also those of one component
     # less than min_distance apart), numbered in the raster order of their first pixel.
-    marker_at = _eight_connected(at, mask.shape[1], components, px.min_distance - 1 if spaced else 1)
+    marker_at = _linked_groups(at, mask.shape[1], components, px.min_distance - 1 if spaced else 1)
     component_at = components.ravel()[at]
     # Distinct (component, marker) pairs: one marker in a component -> the component is its label.
     pairs = np.unique(component_at.astype(np.int64) * (int(marker_at.max(initial=0)) + 1) + marker_at)
@@ -384,9 +384,9 @@ def _seeded(
     return np.union1d(at, np.array(seeds, np.int64)) if seeds else at
 
 
-def _eight_connected(at: np.ndarray, cols: int, components: np.ndarray | None = None, reach: int = 1) -> np.ndarray:
-    """The label of each of the pixels ``at`` (sorted flat indices of a ``cols``-wide image)
-    in ``ndi.label(.., structure=ones((3, 3)))`` of those pixels: 8-connected groups,
+def _linked_groups(at: np.ndarray, cols: int, components: np.ndarray | None = None, reach: int = 1) -> np.ndarray:
+    """The group of each of the pixels ``at`` (sorted flat indices of a ``cols``-wide image),
+    by default as ``ndi.label(.., structure=ones((3, 3)))`` labels those pixels: 8-connected groups,
     numbered 1.. in the raster order of their first pixel; from the few pixels alone.
     With ``reach`` > 1, pixels of one component of ``components`` at most ``reach`` px apart
     (Chebyshev) are linked too."""
