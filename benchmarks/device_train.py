@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -44,6 +45,7 @@ from nucflow.training._train import (  # noqa: E402
     RUN_NAME,
     _data_lists,
     _storage,
+    batch_loaders,
     export_run,
     loop_config,
     training_record,
@@ -112,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="SECTION.KEY=VALUE (YAML value), e.g. data.crop=256; repeatable")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--loaders", type=int,
+                        help="processes building batches ahead (default: on a GPU, all CPUs but one)")
     parser.add_argument("--no-validate", action="store_true")
+    parser.add_argument("--export-only", action="store_true",
+                        help="train nothing: export (and validate) the run in OUT from the checkpoints it "
+                             "has, e.g. one stopped from outside at a hard deadline")
     parser.add_argument("-o", "--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -137,26 +144,33 @@ def main(argv: list[str] | None = None) -> int:
     masks = args.masks or [data_root / "masks" / "consep", data_root / "masks" / "monuseg"]
     out = args.out
     data = _data_lists(slides, tiles, masks, config)
-    storage, _ = _storage(out, None, resume=False)  # refuses a folder that holds a run
-    out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
-    _stand_in_ray(Path(storage), device, t0 + args.budget_s)
+    if args.export_only:
+        stopped = "from outside (exported with --export-only)"
+    else:
+        storage, _ = _storage(out, None, resume=False)  # refuses a folder that holds a run
+        out.mkdir(parents=True, exist_ok=True)
+        _stand_in_ray(Path(storage), device, t0 + args.budget_s)
 
-    from nucflow.training._loop import train_loop_per_worker
+        from nucflow.training._loop import train_loop_per_worker
 
-    try:
-        train_loop_per_worker(loop_config(data, config, out, resume_from=None,
-                                          threads=args.threads if device.type == "cpu" else None))
-        stopped = "end of the configuration"
-    except OutOfTime:
-        stopped = f"budget of {args.budget_s:.0f} s"
+        gpus = 1 if device.type == "cuda" else 0
+        loaders = args.loaders if args.loaders is not None else batch_loaders(gpus, os.cpu_count() or 1)
+        try:
+            train_loop_per_worker(loop_config(data, config, out, resume_from=None, loaders=loaders,
+                                              threads=args.threads if device.type == "cpu" else None))
+            stopped = "end of the configuration"
+        except OutOfTime:
+            stopped = f"budget of {args.budget_s:.0f} s"
     seconds = time.perf_counter() - t0
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     training = training_record(" ".join(sys.argv), config, 1, data) | {
-        "device": name, "stopped": stopped, "seconds": round(seconds, 1), "harness": "benchmarks/device_train.py"}
+        "device": name, "stopped": stopped, "harness": "benchmarks/device_train.py"}
+    if not args.export_only:
+        training["seconds"] = round(seconds, 1)
     result = export_run(out, config=config, training=training)
-    print(json.dumps({"out": str(out), "device": name, "stopped": stopped, "seconds": round(seconds, 1),
+    print(json.dumps({"out": str(out), "device": name, "stopped": stopped, "seconds": training.get("seconds"),
                       "steps": result.card.steps, "chosen": Path(result.checkpoint).name}), flush=True)
     if not args.no_validate:
         from nucflow.evaluation import load_validation_sets, validate, write_validation

@@ -161,3 +161,15 @@ def test_device_train_runs_the_training_loop_without_ray_and_exports_the_chosen_
     # A spent budget stops the run at its first checkpoint, which is then the one exported.
     short = _device_train(shared_data, tmp_path / "short", "--budget-s", "0")
     assert short["stopped"] == "budget of 0 s" and short["steps"] == 2
+    # Batches built ahead in two loader processes train the same networks, loss for loss.
+    ahead = _device_train(shared_data, tmp_path / "ahead", "--budget-s", "10000", "--loaders", "2")
+    assert ahead["steps"] == 4
+
+    def losses(run: str) -> list[list[str]]:
+        rows = [r.split(",") for r in (tmp_path / run / "losses.csv").read_text().splitlines()]
+        return [r[:-1] for r in rows]  # all but "seconds"
+
+    assert losses("ahead") == losses("full")
+    # A run stopped from outside is exported from the checkpoints it left.
+    again = _device_train(shared_data, tmp_path / "short", "--export-only")
+    assert again["stopped"].startswith("from outside") and again["steps"] == 2

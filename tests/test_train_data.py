@@ -266,3 +266,30 @@ def test_low_resolution_crops_are_blurred_as_a_coarser_scan_and_keep_sharp_pseud
         assert abs(low_rgb.mean() - plain_rgb.mean()) < 0.02
     with pytest.raises(Exception, match="lowres_prob"):
         DataConfig(lowres_prob=1.5)
+
+
+def test_batches_built_ahead_in_loader_processes_equal_those_built_in_the_loop() -> None:
+    """Step i's batch depends on (seed, rank, i) alone, so DataLoader processes build the same ones."""
+    import torch
+
+    from nucflow.training._config import NetworkConfig, TrainConfig
+    from nucflow.training._data import _image
+    from nucflow.training._loop import StepBatches, _batches
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (80, 90, 3), dtype=np.uint8)
+    data = DataConfig(mpp=0.5, crop=32, tile_mpp=0.5, mask_mpp=0.5, batch_size=3, scale_jitter=0.2,
+                      pseudo_method="deconvolution")
+    images = [_image(rgb, "noise", data), _image(rgb[::-1].copy(), "flipped", data)]
+    masks = [rng.random((50, 40)) > 0.6]
+    config = TrainConfig(network=NetworkConfig(ngf=4, depth=3, ndf=4), data=data, seed=5)
+    dataset = StepBatches(images, masks, config, rank=0, world=1)
+    here = list(_batches(dataset, 2, 7, loaders=0, device=torch.device("cpu")))
+    ahead = list(_batches(dataset, 2, 7, loaders=2, device=torch.device("cpu")))
+    assert len(here) == len(ahead) == 5
+    for a, b in zip(here, ahead, strict=True):
+        for name in ("x", "pseudo", "mask", "factors"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert not torch.equal(here[0].x, here[1].x)  # steps differ
+    resumed = next(_batches(dataset, 4, 7, loaders=2, device=torch.device("cpu")))  # a resume at step 4
+    assert torch.equal(resumed.x, here[2].x) and torch.equal(resumed.mask, here[2].mask)

@@ -37,7 +37,8 @@ def _expand(patterns: tuple[str, ...]) -> list[str]:
 @click.option("--workers", type=int, default=1, show_default=True, help="Ray Train workers.")
 @click.option("--gpus-per-worker", type=float, default=0.0, show_default=True)
 @click.option("--cpus-per-worker", type=float, default=1.0, show_default=True,
-              help="CPU slots (and torch threads on CPU) per worker.")
+              help="CPU slots per worker: torch threads on CPU; with GPUs, all but one build "
+                   "batches ahead (give a GPU worker several).")
 @click.option("--max-steps", type=int, help="Stop after this many steps (overrides epochs).")
 @click.option("--storage", help="Checkpoint folder or URI (default: OUT/checkpoints).")
 @click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster address; default: local Ray.")

@@ -7,6 +7,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,24 +66,60 @@ def _total_steps(config: TrainConfig, images: list[IhcImage], world: int, device
     return max(1, config.epochs * int(count.item()) // (config.data.batch_size * world))
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Step ``i``'s batch on CPU, as tensors: drawn from an RNG seeded by (seed, rank, step) alone,
+    so a batch is the same whichever process builds it and in whatever order.
+
+    A map-style dataset indexed by step, so :class:`torch.utils.data.DataLoader` can build the
+    next batches in ``loaders`` processes while the device trains on this one.
+    """
+
+    def __init__(self, images: list[IhcImage], masks: list[np.ndarray], config: TrainConfig,
+                 rank: int, world: int) -> None:
+        self.images, self.masks, self.config, self.rank, self.world = images, masks, config, rank, world
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, ...]:
+        config = self.config
+        rng = np.random.default_rng([config.seed, self.rank, step])
+        n = max(1, config.data.batch_size // self.world)
+        d = config.data
+        rgb, pseudo = sample_ihc(self.images, n=n, crop=d.crop, scale_jitter=d.scale_jitter, rng=rng,
+                                 balance_groups=d.balance_sources, lowres_prob=d.lowres_prob,
+                                 lowres_factor=d.lowres_factor)
+        mask = sample_masks(self.masks, n=n, crop=d.crop, rng=rng)
+        j = config.loss.jitter
+        factors = rng.uniform(1 - j, 1 + j, size=(2, n, 3))
+
+        def tensor(a: np.ndarray) -> torch.Tensor:  # (n, H, W[, C]) -> (n, C, H, W)
+            t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+            return (t.permute(0, 3, 1, 2) if t.ndim == 4 else t[:, None]).contiguous()
+
+        return tensor(rgb), tensor(pseudo), tensor(mask), torch.from_numpy(factors).float()
+
+
+def _to_device(tensors: tuple[torch.Tensor, ...], device: Any) -> Batch:
+    x, pseudo, mask, factors = (t.to(device, non_blocking=True) for t in tensors)
+    return Batch(x=x * 2 - 1, pseudo=pseudo, mask=mask, factors=factors)
+
+
 def _batch(images: list[IhcImage], masks: list[np.ndarray], config: TrainConfig, step: int,
            rank: int, world: int, device: Any) -> Batch:
-    rng = np.random.default_rng([config.seed, rank, step])
-    n = max(1, config.data.batch_size // world)
-    d = config.data
-    rgb, pseudo = sample_ihc(images, n=n, crop=d.crop, scale_jitter=d.scale_jitter, rng=rng,
-                             balance_groups=d.balance_sources, lowres_prob=d.lowres_prob,
-                             lowres_factor=d.lowres_factor)
-    mask = sample_masks(masks, n=n, crop=d.crop, rng=rng)
-    j = config.loss.jitter
-    factors = rng.uniform(1 - j, 1 + j, size=(2, n, 3))
+    """Step ``step``'s batch, built in this process."""
+    return _to_device(StepBatches(images, masks, config, rank, world)[step], device)
 
-    def tensor(a: np.ndarray) -> torch.Tensor:  # (n, H, W[, C]) -> (n, C, H, W)
-        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-        return (t.permute(0, 3, 1, 2) if t.ndim == 4 else t[:, None]).contiguous().to(device)
 
-    return Batch(x=tensor(rgb) * 2 - 1, pseudo=tensor(pseudo),
-                 mask=tensor(mask), factors=torch.from_numpy(factors).float().to(device))
+def _batches(dataset: StepBatches, start: int, total: int, loaders: int, device: Any
+             ) -> Iterator[Batch]:
+    """Steps ``start`` .. ``total - 1``'s batches, built ahead in ``loaders`` processes (0: here)."""
+    if loaders <= 0:
+        for step in range(start, total):
+            yield _to_device(dataset[step], device)
+        return
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, sampler=range(start, total), num_workers=loaders,
+        prefetch_factor=2, pin_memory=getattr(device, "type", "cpu") == "cuda")
+    for tensors in loader:
+        yield _to_device(tensors, device)
 
 
 def _state(nets: GanNets, step: int) -> dict[str, Any]:
@@ -181,15 +218,18 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     device = ray.train.torch.get_device()
+    if device.type == "cuda":  # every batch has the same shape: let cuDNN pick its fastest kernels
+        torch.backends.cudnn.benchmark = True
     images, masks = _load_data(cfg, config, rank, world)
     nets = build_nets(config, wrap=ray.train.torch.prepare_model)
     start = _resume(nets, cfg)
     total = _total_steps(config, images, world, device)
     log = _Log(Path(cfg["csv"]), start, total, config.log_every) if rank == 0 else None
     window: list[dict[str, float]] = []
-    for step in range(start, total):
-        t0 = time.perf_counter()
-        batch = _batch(images, masks, config, step, rank, world, device)
+    batches = _batches(StepBatches(images, masks, config, rank, world), start, total,
+                       int(cfg.get("loaders") or 0), device)
+    t0 = time.perf_counter()
+    for step, batch in enumerate(batches, start):  # "seconds": waiting for the batch and the step
         losses = train_step(nets, batch, step=step, config=config, device_type=device.type)
         losses |= {"r": current_r(config, step), "seconds": time.perf_counter() - t0}
         window.append(losses)
@@ -198,3 +238,4 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == total:
             _report(nets, step + 1, window, rank)
             window = []
+        t0 = time.perf_counter()
