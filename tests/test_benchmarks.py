@@ -173,3 +173,15 @@ def test_device_train_runs_the_training_loop_without_ray_and_exports_the_chosen_
     # A run stopped from outside is exported from the checkpoints it left.
     again = _device_train(shared_data, tmp_path / "short", "--export-only")
     assert again["stopped"].startswith("from outside") and again["steps"] == 2
+
+
+def test_device_postprocess_compares_the_two_paths_on_every_validation_set(shared_data: Path) -> None:
+    """With no GPU here, ``--device cpu``: the script's own check (the CuPy path ran on a lent H200)."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "device_postprocess.py"), "--data", str(shared_data),
+           "--per-set", "1", "--device", "cpu", "--no-large"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["set"] for r in rows] == ["deepliif", "glioma", "endonuke"]
+    assert all(r["equal"] and r["nuclei"] > 0 and r["device_s"] > 0 for r in rows)
+    assert "== 3/3 maps with equal labels" in done.stdout
