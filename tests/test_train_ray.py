@@ -99,3 +99,20 @@ def test_exported_model_segments_a_slide_through_nucflow_segment(run, small_svs,
     summary = json.loads((out / "small" / "summary.json").read_text())
     assert summary["model_id"] == load_model(result.model_path).card.model_id
     assert summary["mpp"] == 1.0 and (out / "small" / "nuclei.parquet").is_file()
+
+
+def test_loader_processes_in_ray_train_workers_give_the_same_losses(run, tmp_path) -> None:
+    """What a GPU worker does (here on CPU: the GPU is the one part mocked away): each Ray Train
+    worker forks a DataLoader process that builds its batches; the run equals the fixture's."""
+    from nucflow.training._train import _data_lists, _fit, loop_config
+
+    out, kwargs, _ = run
+    data = _data_lists([], kwargs["tiles"], kwargs["masks"], TINY)
+    ahead = tmp_path / "ahead"
+    _fit(loop_config(data, TINY, ahead, threads=1, resume_from=None, loaders=1),
+         workers=2, gpus=0, cpus=1, storage=str(ahead / "checkpoints"))
+
+    def losses(path):  # the first run's 3 steps (a resume may have added more), all but "seconds"
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in _rows(path)][:3]
+
+    assert losses(ahead / "losses.csv") == losses(out / "losses.csv")

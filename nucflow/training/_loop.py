@@ -115,9 +115,12 @@ def _batches(dataset: StepBatches, start: int, total: int, loaders: int, device:
         for step in range(start, total):
             yield _to_device(dataset[step], device)
         return
+    # Its own generator: the loader draws its workers' seeds from it, not from torch's global
+    # one, which dropout in S and R goes on using as if no loader were there.
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, sampler=range(start, total), num_workers=loaders,
-        prefetch_factor=2, pin_memory=getattr(device, "type", "cpu") == "cuda")
+        prefetch_factor=2, pin_memory=getattr(device, "type", "cpu") == "cuda",
+        generator=torch.Generator())
     for tensors in loader:
         yield _to_device(tensors, device)
 
