@@ -60,10 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     from nucflow.pipeline.config import load_segment_config
     from nucflow.pipeline.image import (
         build_predictor,
-        interior_markers,
-        mask_shrink_um,
+        method_profile,
         method_spec,
-        postprocess_profile,
         segment_image,
         with_stain_profile,
     )
@@ -71,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     config = replace(load_segment_config(), method="unet")
     spec = method_spec(config)
     config = with_stain_profile(config, spec)
-    profile = postprocess_profile(config, shrink_um=mask_shrink_um(spec), interior=interior_markers(spec))
+    profile = method_profile(config, spec)
     predictor = build_predictor(spec, config, device="cuda" if torch.cuda.is_available() else "cpu")
     rows, large = [], None
     for vset in load_validation_sets(None, data=args.data):

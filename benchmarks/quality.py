@@ -48,14 +48,15 @@ from nucflow.evaluation.metrics import count_instances, count_points  # noqa: E4
 from nucflow.inference.tiled import gate_core  # noqa: E402
 from nucflow.pipeline import load_segment_config  # noqa: E402
 from nucflow.pipeline.image import (  # noqa: E402
+    adapt_profile,
     build_predictor,
     find_tissue,
     fit_params,
     interior_markers,
     mask_shrink_um,
+    method_profile,
     method_spec,
     positive_calls,
-    postprocess_profile,
     resample_labels,
     segment_image,
     work_grid,
@@ -117,7 +118,7 @@ def _probabilities(run: dict[str, Any], vset: Any, cache: Path, *, register: boo
                 predictor = build_predictor(spec, config)
             # The model's map before the stain gate: _score applies the variant's gate (tested
             # equal to segment_image's own gating in tests/test_stain_gate.py).
-            ungated = replace(postprocess_profile(config, shrink_um=shrink, interior=interior), stain_gate=0.0)
+            ungated = replace(method_profile(config, spec), stain_gate=0.0)
             seg = segment_image(rgb, mpp=vset.mpp, spec=spec, config=config, predictor=predictor, profile=ungated)
             prob, work, mpp = np.rint(seg.probability * 255).astype(np.uint8), seg.rgb, seg.mpp
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,8 +137,7 @@ def _probabilities(run: dict[str, Any], vset: Any, cache: Path, *, register: boo
 def _score(images: list[dict[str, Any]], vset: Any, profile: Any, method: str) -> EvaluationReport:
     scores = []
     for im in images:
-        grown = replace(profile, expand_um=im["shrink"]) if im["shrink"] else profile
-        grown = replace(grown, interior_markers=True) if im["interior"] else grown
+        grown = adapt_profile(profile, shrink_um=im["shrink"], interior=im["interior"])
         labels = label_nuclei(gated(im, profile), mpp=im["mpp"], config=grown)
         positive = positive_calls(im["work"], labels, profile)
         full = resample_labels(labels, im["rgb"].shape[:2], scale=vset.mpp / im["mpp"])

@@ -28,9 +28,10 @@ from nucflow.slide import Slide, tile_grid, tissue_mask
 from nucflow.slide.reader import array_slide
 
 __all__ = [
-    "DEFAULT_STAIN_PROFILE", "ImageSegmentation", "build_predictor", "find_tissue", "fit_params", "input_multiple",
-    "interior_markers", "mask_shrink_um", "method_spec", "positive_calls", "postprocess_profile", "resample_labels",
-    "segment_image", "with_stain_profile", "work_grid",
+    "DEFAULT_STAIN_PROFILE", "ImageSegmentation", "adapt_profile", "build_predictor", "find_tissue",
+    "fit_params", "input_multiple", "interior_markers", "mask_shrink_um", "method_profile", "method_spec",
+    "positive_calls", "postprocess_profile", "resample_labels", "segment_image", "with_stain_profile",
+    "work_grid",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,21 @@ def postprocess_profile(config: SegmentConfig, *, shrink_um: float = 0.0, interi
     (see :func:`interior_markers`)."""
     from nucflow.postprocess import load_stain_profile
 
-    profile = load_stain_profile(config.stain_profile or DEFAULT_STAIN_PROFILE)
+    return adapt_profile(load_stain_profile(config.stain_profile or DEFAULT_STAIN_PROFILE),
+                         shrink_um=shrink_um, interior=interior)
+
+
+def adapt_profile(profile: Any, *, shrink_um: float = 0.0, interior: bool = False) -> Any:
+    """``profile`` growing labels back by ``shrink_um`` (when not 0) and taking its watershed
+    markers from interiors when ``interior``: the two settings a model card decides."""
     profile = replace(profile, expand_um=shrink_um) if shrink_um else profile
     return replace(profile, interior_markers=True) if interior else profile
+
+
+def method_profile(config: SegmentConfig, spec: MethodSpec) -> Any:
+    """The post-processing profile ``segment`` uses for ``spec``: ``config``'s stain profile,
+    grown by the model card's shrink and with interior markers for an "interior" head."""
+    return postprocess_profile(config, shrink_um=mask_shrink_um(spec), interior=interior_markers(spec))
 
 
 def build_predictor(spec: MethodSpec, config: SegmentConfig, *, device: str = "cpu") -> Any:
@@ -185,7 +198,7 @@ def segment_image(
     slide = array_slide(rgb, mpp=mpp)
     thumb, _, tissue = find_tissue(slide, config.tissue)
     if profile is None:
-        profile = postprocess_profile(config, shrink_um=mask_shrink_um(spec), interior=interior_markers(spec))
+        profile = method_profile(config, spec)
     params = fit_params(spec, thumb, tissue, profile)
     shape = slide.shape_at(spec.mpp)
     work = slide.read(mpp=spec.mpp, row=0, col=0, rows=shape[0], cols=shape[1])
