@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage.color import hed_from_rgb, rgb2hed, rgb_from_hed
 
-from nucflow.errors import ConfigError
+from nucflow.errors import ConfigError, TrainingError
 from nucflow.training import (
     DataConfig,
     LossConfig,
@@ -157,10 +157,41 @@ def test_checkpoint_selection_rules() -> None:
     assert select_checkpoint(cands, config=TrainConfig(select="d_s", select_after=200))[0] == "b"
     assert select_checkpoint(cands, config=TrainConfig(select="d_s", select_after=300))[0] == "d"
     assert select_checkpoint(cands, config=TrainConfig(select_after=10**6))[0] == "d"  # the last
-    from nucflow.errors import TrainingError
-
     with pytest.raises(TrainingError, match="no checkpoint"):
         select_checkpoint([], config=by_total)
+
+
+def test_moving_average_of_s_follows_its_decay_and_survives_a_checkpoint(tmp_path) -> None:
+    from dataclasses import replace
+
+    from nucflow.training._loop import _state, exported_weights, load_state
+
+    torch.manual_seed(0)
+    config = replace(TINY, optim=replace(TINY.optim, ema=0.75))
+    nets = build_nets(config)
+    assert nets.s_ema is not None and build_nets(TINY).s_ema is None
+    seen = []
+    for step in (0, 1, 2):
+        train_step(nets, _batch(), step=step, config=config)
+        seen.append({k: v.detach().clone() for k, v in nets.s.state_dict().items()})
+    for k, v in nets.s_ema.module.state_dict().items():  # the first update copies S
+        expected = 0.75 * (0.75 * seen[0][k] + 0.25 * seen[1][k]) + 0.25 * seen[2][k]
+        assert torch.allclose(v, expected, atol=1e-6), k
+    torch.save(_state(nets, 3), tmp_path / "state.pt")
+    state = load_state(tmp_path / "state.pt")
+    assert exported_weights(state).keys() == state["s"].keys() and state["s_ema_n"] == 3
+    assert all(torch.equal(exported_weights(state)[k], v)
+               for k, v in nets.s_ema.module.state_dict().items())
+    again = build_nets(config)
+    load_state(tmp_path / "state.pt", again)
+    assert int(again.s_ema.n_averaged) == 3
+    assert all(torch.equal(a, b) for a, b in zip(again.s_ema.parameters(), nets.s_ema.parameters(),
+                                                 strict=True))
+    plain = build_nets(TINY)
+    torch.save(_state(plain, 1), tmp_path / "plain.pt")
+    assert exported_weights(load_state(tmp_path / "plain.pt")).keys() == state["s"].keys()
+    with pytest.raises(TrainingError, match="optim.ema 0"):
+        load_state(tmp_path / "plain.pt", build_nets(config))
 
 
 def test_interior_head_trains_and_exports_a_segmentator_averaging_its_two_channels(tmp_path) -> None:

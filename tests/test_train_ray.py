@@ -11,14 +11,14 @@ from safetensors.torch import load_file
 
 from nucflow.errors import TrainingError
 from nucflow.models import load_model
-from nucflow.training import DataConfig, LossConfig, NetworkConfig, TrainConfig, train
+from nucflow.training import DataConfig, LossConfig, NetworkConfig, OptimConfig, TrainConfig, train
 from nucflow.training._loop import STATE_FILE, load_state
 from nucflow.training._train import RUN_NAME
 
 TINY = TrainConfig(
     network=NetworkConfig(ngf=4, depth=3, norm="batch", dropout=0.5, dropout_blocks=1, ndf=4),
     data=DataConfig(mpp=1.0, crop=32, batch_size=4, tile_mpp=0.5, mask_mpp=0.5),
-    loss=LossConfig(pseudo=1.0, pseudo_steps=1),
+    loss=LossConfig(pseudo=1.0, pseudo_steps=1), optim=OptimConfig(ema=0.5),
     max_steps=3, checkpoint_every=2, log_every=1,
 )
 
@@ -51,6 +51,11 @@ def test_run_writes_checkpoints_csv_and_a_loadable_model(run) -> None:
     assert seg(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
     chosen = json.loads((out / "selection.json").read_text())["chosen"]
     assert chosen == result.checkpoint
+    state = load_state(out / "checkpoints" / RUN_NAME / f"step_{model.card.steps:08d}" / STATE_FILE)
+    exported = load_file(str(result.model_path))  # optim.ema: the average is exported, not S
+    assert state["s_ema_n"] == model.card.steps
+    assert all(torch.equal(exported[k], v) for k, v in state["s_ema"].items() if k in exported)
+    assert not all(torch.equal(exported[k], v) for k, v in state["s"].items() if k in exported)
 
 
 def test_export_run_reselects_from_local_checkpoints(run) -> None:

@@ -125,7 +125,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     """Adam for S+R, and for D_S, D_R; ``*_lr_scale`` and ``*_every`` (update every k-th
-    step) handicap a discriminator that wins too early."""
+    step) handicap a discriminator that wins too early. ``ema`` > 0 keeps an exponential
+    moving average of S's weights with this decay per step (``torch.optim.swa_utils``); the
+    exported model is then that average at the selected checkpoint, not S itself."""
 
     lr: float = setting(2e-4, positive())
     beta1: float = setting(0.5, at_least(0), below(1))
@@ -134,6 +136,7 @@ class OptimConfig:
     d_r_every: int = setting(1, positive())
     d_s_lr_scale: float = setting(1.0, positive())
     d_s_every: int = setting(1, positive())
+    ema: float = setting(0.0, at_least(0), below(1))
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -27,7 +27,8 @@ __all__ = ["Batch", "GanNets", "build_nets", "current_r", "train_step", "unwrap"
 
 @dataclass
 class GanNets:
-    """S (IHC -> mask logits), R (mask -> IHC), D_S, D_R and their optimisers."""
+    """S (IHC -> mask logits), R (mask -> IHC), D_S, D_R, their optimisers and, with
+    ``optim.ema``, the moving average of S's weights (an ``AveragedModel``)."""
 
     s: nn.Module
     r: nn.Module
@@ -36,6 +37,7 @@ class GanNets:
     opt_g: torch.optim.Optimizer
     opt_ds: torch.optim.Optimizer
     opt_dr: torch.optim.Optimizer
+    s_ema: torch.optim.swa_utils.AveragedModel | None = None
 
 
 @dataclass
@@ -71,7 +73,12 @@ def build_nets(config: TrainConfig, *, wrap: Any = None) -> GanNets:
     opt_g = torch.optim.Adam([*s.parameters(), *r.parameters()], lr=o.lr, betas=betas)
     opt_ds = torch.optim.Adam(d_s.parameters(), lr=o.lr * o.d_s_lr_scale, betas=betas)
     opt_dr = torch.optim.Adam(d_r.parameters(), lr=o.lr * o.d_r_lr_scale, betas=betas)
-    return GanNets(s, r, d_s, d_r, opt_g, opt_ds, opt_dr)
+    s_ema = None
+    if o.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        s_ema = AveragedModel(unwrap(s), multi_avg_fn=get_ema_multi_avg_fn(o.ema), use_buffers=True)
+    return GanNets(s, r, d_s, d_r, opt_g, opt_ds, opt_dr, s_ema)
 
 
 def current_r(config: TrainConfig, step: int) -> float:
@@ -170,6 +177,8 @@ def train_step(nets: GanNets, b: Batch, *, step: int, config: TrainConfig,
     nets.opt_g.zero_grad(set_to_none=True)
     g["total"].backward()
     nets.opt_g.step()
+    if nets.s_ema is not None:
+        nets.s_ema.update_parameters(unwrap(nets.s))
     if not warm:
         g.update(_discriminator_step(nets, b, g, step, config, amp))
     return {k: float(v.detach()) for k, v in g.items() if not k.startswith("_")}

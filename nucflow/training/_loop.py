@@ -16,11 +16,12 @@ import torch
 import torch.distributed as dist
 
 from nucflow.config import from_mapping
+from nucflow.errors import TrainingError
 from nucflow.training._config import TrainConfig
 from nucflow.training._data import IhcImage, load_ihc, load_masks, sample_ihc, sample_masks
 from nucflow.training._gan import Batch, GanNets, build_nets, current_r, train_step, unwrap
 
-__all__ = ["LOSS_COLUMNS", "STATE_FILE", "load_state", "train_loop_per_worker"]
+__all__ = ["LOSS_COLUMNS", "STATE_FILE", "exported_weights", "load_state", "train_loop_per_worker"]
 
 logger = logging.getLogger("nucflow.training")
 STATE_FILE = "state.pt"
@@ -126,11 +127,20 @@ def _batches(dataset: StepBatches, start: int, total: int, loaders: int, device:
 
 
 def _state(nets: GanNets, step: int) -> dict[str, Any]:
-    return {
+    state = {
         "step": step,
         **{k: unwrap(getattr(nets, k)).state_dict() for k in ("s", "r", "d_s", "d_r")},
         **{k: getattr(nets, k).state_dict() for k in ("opt_g", "opt_ds", "opt_dr")},
     }
+    if nets.s_ema is not None:
+        state["s_ema"] = nets.s_ema.module.state_dict()
+        state["s_ema_n"] = int(nets.s_ema.n_averaged)
+    return state
+
+
+def exported_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The S weights a checkpoint's state exports: the moving average when the run kept one."""
+    return dict(state["s_ema"] if "s_ema" in state else state["s"])
 
 
 def load_state(path: Path, nets: GanNets | None = None) -> dict[str, Any]:
@@ -141,6 +151,12 @@ def load_state(path: Path, nets: GanNets | None = None) -> dict[str, Any]:
             unwrap(getattr(nets, key)).load_state_dict(state[key])
         for key in ("opt_g", "opt_ds", "opt_dr"):
             getattr(nets, key).load_state_dict(state[key])
+        if nets.s_ema is not None:
+            if "s_ema" not in state:
+                raise TrainingError(f"{path} has no moving average of S (optim.ema): it was "
+                                    "written by a run without one; resume it with optim.ema 0")
+            nets.s_ema.module.load_state_dict(state["s_ema"])
+            nets.s_ema.n_averaged.fill_(state["s_ema_n"])
     return state
 
 

@@ -23,7 +23,7 @@ from nucflow.training._export import (
     plot_losses,
     select_checkpoint,
 )
-from nucflow.training._loop import STATE_FILE, load_state, train_loop_per_worker
+from nucflow.training._loop import STATE_FILE, exported_weights, load_state, train_loop_per_worker
 
 __all__ = ["RUN_NAME", "TrainResult", "batch_loaders", "export_run", "loop_config", "train", "training_record"]
 
@@ -138,7 +138,7 @@ def _export(result: Any, out: Path, config: TrainConfig, training: dict[str, Any
     with checkpoint.as_directory() as folder:
         state = load_state(Path(folder) / STATE_FILE)
     card = export_checkpoint(
-        state["s"], out / "model.safetensors", config=config, steps=int(state["step"]),
+        exported_weights(state), out / "model.safetensors", config=config, steps=int(state["step"]),
         losses=metrics, training=training | {"checkpoint": checkpoint.path},
     )
     return card, checkpoint.path, tuple(dict(m) for _, m in candidates)
@@ -167,7 +167,7 @@ def export_run(
     if training is None and (out / "model.json").is_file():
         training = dict(json.loads((out / "model.json").read_text()).get("training", {}))
     state = load_state(Path(folder) / STATE_FILE)
-    card = export_checkpoint(state["s"], out / "model.safetensors", config=config,
+    card = export_checkpoint(exported_weights(state), out / "model.safetensors", config=config,
                              steps=int(state["step"]), losses=metrics,
                              training=dict(training or {}) | {"checkpoint": folder})
     write_json(out / "selection.json", {"select": config.select, "chosen": folder,
