@@ -293,3 +293,33 @@ def test_batches_built_ahead_in_loader_processes_equal_those_built_in_the_loop()
     assert not torch.equal(here[0].x, here[1].x)  # steps differ
     resumed = next(_batches(dataset, 4, 7, loaders=2, device=torch.device("cpu")))  # a resume at step 4
     assert torch.equal(resumed.x, here[2].x) and torch.equal(resumed.mask, here[2].mask)
+
+
+def test_pseudo_masks_from_a_trained_model_are_the_nuclei_segment_finds(shared_data, tmp_path) -> None:
+    """Self-training (``data.pseudo_model``): each training image's pseudo-mask is what the
+    model's own ``segment`` path labels on it, shrunk like any other pseudo-mask."""
+    from dataclasses import replace
+
+    from nucflow.pipeline import load_segment_config
+    from nucflow.pipeline.image import method_spec, segment_image
+    from nucflow.postprocess._label import erode_labels
+
+    rgb = io.imread(shared_data / "ihc/regions/ROI_1.png")[:384, :512, :3]
+    tile = tmp_path / "roi.png"
+    io.imsave(tile, rgb, check_contrast=False)
+    config = replace(load_segment_config(), method="unet")
+    labels = segment_image(rgb, mpp=0.25, spec=method_spec(config), config=config).labels
+    assert labels.max() > 20  # the bundled model finds the tile's nuclei
+    taught = DataConfig(mpp=0.25, tile_mpp=0.25, pseudo_model="default")
+    [image] = load_ihc(slides=[], tiles=[tile], config=taught, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(image.pseudo, labels > 0)
+    shrunk = DataConfig(mpp=0.25, tile_mpp=0.25, pseudo_model="default", mask_shrink_um=0.5)
+    [image] = load_ihc(slides=[], tiles=[tile], config=shrunk, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(image.pseudo, erode_labels(labels, 2) > 0)
+    half = DataConfig(mpp=0.5, tile_mpp=0.25, pseudo_model="default")  # the model at its own 0.25
+    [image] = load_ihc(slides=[], tiles=[tile], config=half, rng=np.random.default_rng(0))
+    assert image.pseudo.shape == image.rgb.shape[:2] == (192, 256)
+    assert 0.5 * (labels > 0).mean() < image.pseudo.mean() < 2 * (labels > 0).mean()
+    missing = DataConfig(pseudo_model=str(tmp_path / "nope.safetensors"))
+    with pytest.raises(TrainingError, match="data.pseudo_model .*nope.safetensors"):
+        load_ihc(slides=[], tiles=[tile], config=missing, rng=np.random.default_rng(0))

@@ -93,6 +93,11 @@ class DataConfig:
     to the pseudo-masks: their pixels more DAB than hematoxylin and fainter than that fraction
     of the pseudo-mask's median hematoxylin + DAB density are dropped, so the warm start does
     not teach S that light-brown cytoplasm is nucleus.
+    ``pseudo_model`` (a model file, or "default" for the bundled model) replaces
+    ``pseudo_method``: the pseudo-masks are the nuclei that model finds, as ``segment`` finds
+    them (its card's resolution and stain profile), i.e. self-training from an earlier
+    label-free round; ``mask_shrink_um`` and ``interior_um`` shrink its nuclei as they do the
+    others', and ``pseudo_gate`` is not applied (the profile's own stain gate is).
     ``balance_sources`` draws each source (a tile folder, a slide, scikit-image's image)
     equally often instead of by area, so one large collection does not dominate.
     """
@@ -109,6 +114,7 @@ class DataConfig:
     skimage_ihc: bool = False
     pseudo_method: str = setting("threshold", one_of(*BASELINES))
     pseudo_gate: float = setting(0.0, at_least(0))
+    pseudo_model: str = ""
     balance_sources: bool = False
     mask_shrink_um: float = setting(0.0, at_least(0), below(5))
     interior_um: float = setting(0.0, at_least(0), below(5))

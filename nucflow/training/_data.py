@@ -7,11 +7,13 @@ generator seeded by (seed, rank, step), so a resumed run draws the same batches.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -25,6 +27,7 @@ __all__ = [
     "IhcImage",
     "find_images",
     "split_mpp",
+    "teacher_labels",
     "load_ihc",
     "load_masks",
     "pseudo_mask",
@@ -139,12 +142,44 @@ def _rescale_rgb(rgb: np.ndarray, scale: float) -> np.ndarray:
     return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=2)
+def _teacher(model: str) -> tuple[Any, Any, Any]:
+    """(segment config, method spec, predictor) of a pseudo-mask model, built once per process."""
+    from dataclasses import replace
+
+    from nucflow.errors import NucflowError
+    from nucflow.pipeline import load_segment_config
+    from nucflow.pipeline.image import build_predictor, method_spec
+
+    config = replace(load_segment_config(), method="unet", model=None if model == "default" else model)
+    try:
+        spec = method_spec(config)
+    except NucflowError as exc:
+        raise TrainingError(f"data.pseudo_model {model!r}: {exc}; give a model file written by "
+                            "nucflow train (or 'default', the bundled model)") from None
+    return config, spec, build_predictor(spec, config)
+
+
+def teacher_labels(rgb: np.ndarray, model: str, *, mpp: float) -> np.ndarray:
+    """The nuclei ``model`` ("default": the bundled one) finds in ``rgb`` (at ``mpp`` µm/px) as
+    ``segment`` finds them, as labels at ``mpp``: pseudo-masks for self-training."""
+    from nucflow.pipeline.image import resample_labels, segment_image
+
+    config, spec, predictor = _teacher(model)
+    seg = segment_image(rgb, mpp=mpp, spec=spec, config=config, predictor=predictor)
+    return resample_labels(seg.labels, rgb.shape[:2], scale=mpp / seg.mpp)
+
+
+def _pseudo(rgb: np.ndarray, config: DataConfig, shrink_px: int) -> np.ndarray:
+    if config.pseudo_model:
+        return shrink_labels(teacher_labels(rgb, config.pseudo_model, mpp=config.mpp), shrink_px) > 0
+    return pseudo_mask(rgb, config.pseudo_method, shrink_px=shrink_px, mpp=config.mpp, gate=config.pseudo_gate)
+
+
 def _image(rgb: np.ndarray, source: str, config: DataConfig, group: str = "") -> IhcImage:
-    pseudo = pseudo_mask(rgb, config.pseudo_method, shrink_px=_shrink_px(config), mpp=config.mpp,
-                         gate=config.pseudo_gate)
+    pseudo = _pseudo(rgb, config, _shrink_px(config))
     if config.interior_um > 0:  # the "interior" head: mask and interior channels
-        interior = pseudo_mask(rgb, config.pseudo_method, shrink_px=_shrink_px(config) + _interior_px(config),
-                               mpp=config.mpp, gate=config.pseudo_gate)
+        interior = _pseudo(rgb, config, _shrink_px(config) + _interior_px(config))
         pseudo = np.dstack([pseudo, interior & pseudo])
     return IhcImage(rgb=np.ascontiguousarray(rgb), pseudo=pseudo, source=source, group=group or source)
 
