@@ -155,10 +155,32 @@ def test_cli_reports_errors_without_a_traceback(tmp_path) -> None:
     result = CliRunner().invoke(main, ["train", "--tiles", str(tmp_path / "empty"),
                                        "--masks", str(tmp_path / "empty"), "-o", str(tmp_path / "o")])
     assert result.exit_code == 1 and "no IHC training images" in result.output
+    io.imsave(tmp_path / "t.png", np.zeros((8, 8, 3), np.uint8), check_contrast=False)
+    teacher = tmp_path / "teacher.yaml"  # refused before Ray starts
+    teacher.write_text("data:\n  pseudo_model: round1/nope.safetensors\n")
+    result = CliRunner().invoke(main, ["train", "--config", str(teacher), "--tiles", str(tmp_path),
+                                       "--masks", str(tmp_path / "t.png"), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "data.pseudo_model round1/nope.safetensors does not exist" in result.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  lrr: 1\n")
     result = CliRunner().invoke(main, ["train", "--config", str(bad), "--masks", "x", "-o", "o"])
     assert result.exit_code == 1 and "unknown config key 'lrr'" in result.output
+
+
+def test_a_relative_pseudo_model_reaches_the_workers_as_an_absolute_path(tmp_path, monkeypatch) -> None:
+    from dataclasses import replace
+
+    from nucflow.training import TrainConfig
+    from nucflow.training._train import _with_teacher_path
+
+    (tmp_path / "round1").mkdir()
+    (tmp_path / "round1" / "model.safetensors").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    relative = TrainConfig(data=DataConfig(pseudo_model="round1/model.safetensors"))
+    assert _with_teacher_path(relative).data.pseudo_model == str(tmp_path / "round1" / "model.safetensors")
+    for kept in ("", "default"):
+        config = replace(relative, data=replace(relative.data, pseudo_model=kept))
+        assert _with_teacher_path(config) is config
 
 
 def test_shrunk_masks_keep_touching_nuclei_apart(tmp_path) -> None:

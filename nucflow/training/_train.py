@@ -66,6 +66,19 @@ def _data_lists(slides: Sequence[str | Path], tiles: Sequence[str | Path],
     return data
 
 
+def _with_teacher_path(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``data.pseudo_model`` as an absolute path, checked before any worker
+    starts (Ray Train workers run in another folder, so a relative path would not reach them)."""
+    model = config.data.pseudo_model
+    if model in ("", "default"):
+        return config
+    path = Path(model).expanduser().resolve()
+    if not path.is_file():
+        raise TrainingError(f"data.pseudo_model {model} does not exist: give a model file written "
+                            "by nucflow train, or 'default' for the bundled model")
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, pseudo_model=str(path)))
+
+
 def _latest_local_checkpoint(storage: str) -> str | None:
     run = Path(storage) / RUN_NAME
     found = sorted(run.glob(f"step_*/{STATE_FILE}")) if run.is_dir() else []
@@ -225,6 +238,7 @@ def train(
         config = dataclasses.replace(config, max_steps=max_steps)
     out = Path(out)
     data = _data_lists(slides, tiles, masks, config)
+    config = _with_teacher_path(config)
     storage, latest = _storage(out, storage, resume)
     out.mkdir(parents=True, exist_ok=True)
     loop = loop_config(data, config, out, threads=int(cpus_per_worker) if gpus_per_worker == 0 else None,
