@@ -338,6 +338,10 @@ def test_pseudo_masks_from_a_trained_model_are_the_nuclei_segment_finds(shared_d
     shrunk = DataConfig(mpp=0.25, tile_mpp=0.25, pseudo_model="default", mask_shrink_um=0.5)
     [image] = load_ihc(slides=[], tiles=[tile], config=shrunk, rng=np.random.default_rng(0))
     np.testing.assert_array_equal(image.pseudo, erode_labels(labels, 2) > 0)
+    two = DataConfig(mpp=0.25, tile_mpp=0.25, pseudo_model="default", interior_um=0.5)  # "interior" head
+    [image] = load_ihc(slides=[], tiles=[tile], config=two, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(image.pseudo[..., 0], labels > 0)
+    np.testing.assert_array_equal(image.pseudo[..., 1], erode_labels(labels, 2) > 0)
     half = DataConfig(mpp=0.5, tile_mpp=0.25, pseudo_model="default")  # the model at its own 0.25
     [image] = load_ihc(slides=[], tiles=[tile], config=half, rng=np.random.default_rng(0))
     assert image.pseudo.shape == image.rgb.shape[:2] == (192, 256)

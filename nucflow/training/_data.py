@@ -170,17 +170,21 @@ def teacher_labels(rgb: np.ndarray, model: str, *, mpp: float) -> np.ndarray:
     return resample_labels(seg.labels, rgb.shape[:2], scale=mpp / seg.mpp)
 
 
-def _pseudo(rgb: np.ndarray, config: DataConfig, shrink_px: int) -> np.ndarray:
+def _pseudo_masks(rgb: np.ndarray, config: DataConfig, shrinks: Sequence[int]) -> list[np.ndarray]:
+    """The image's pseudo-mask shrunk by each of ``shrinks`` px (a teacher model runs once)."""
     if config.pseudo_model:
-        return shrink_labels(teacher_labels(rgb, config.pseudo_model, mpp=config.mpp), shrink_px) > 0
-    return pseudo_mask(rgb, config.pseudo_method, shrink_px=shrink_px, mpp=config.mpp, gate=config.pseudo_gate)
+        labels = teacher_labels(rgb, config.pseudo_model, mpp=config.mpp)
+        return [shrink_labels(labels, px) > 0 for px in shrinks]
+    return [pseudo_mask(rgb, config.pseudo_method, shrink_px=px, mpp=config.mpp, gate=config.pseudo_gate)
+            for px in shrinks]
 
 
 def _image(rgb: np.ndarray, source: str, config: DataConfig, group: str = "") -> IhcImage:
-    pseudo = _pseudo(rgb, config, _shrink_px(config))
     if config.interior_um > 0:  # the "interior" head: mask and interior channels
-        interior = _pseudo(rgb, config, _shrink_px(config) + _interior_px(config))
+        pseudo, interior = _pseudo_masks(rgb, config, [_shrink_px(config), _shrink_px(config) + _interior_px(config)])
         pseudo = np.dstack([pseudo, interior & pseudo])
+    else:
+        [pseudo] = _pseudo_masks(rgb, config, [_shrink_px(config)])
     return IhcImage(rgb=np.ascontiguousarray(rgb), pseudo=pseudo, source=source, group=group or source)
 
 
