@@ -45,6 +45,9 @@ def _register() -> None:
     from nucflow._cli.export import export
 
     main.add_command(export)
+    from nucflow._cli.ensemble import ensemble
+
+    main.add_command(ensemble)
 
 
 _register()

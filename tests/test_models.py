@@ -120,8 +120,9 @@ def test_default_model_when_shipped() -> None:
     path = default_model_path()
     if path is None:
         pytest.skip("no default model shipped yet")
-    model = load_model(path).build()
-    side = model.unet.input_multiple
+    loaded = load_model(path)
+    model = loaded.build()
+    side = loaded.card.input_multiple
     out = model(torch.rand(1, 3, side, side))
     assert out.shape == (1, 1, side, side)
     assert np.isfinite(out.detach().numpy()).all()

@@ -6,10 +6,12 @@ import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import pytest
+import torch
 from scipy.spatial import cKDTree
 from skimage import io as skio
 
@@ -58,17 +60,27 @@ def shrunk_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def interior_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An "interior" head made of the bundled weights: channel 0 is the bundled mask, channel 1
-    the same logits 0.05 lower (after sharpening: the mask eroded where the model is unsure)."""
-    import torch
-
-    from nucflow.models import build_unet, default_model_path, load_model, save_model
+def _bundled_member() -> tuple[Any, dict[str, torch.Tensor]]:
+    """The bundled model's card and weights as one network: itself, or its first member when it
+    is an ensemble (card ``members`` 1, the member's weights without their ``0.`` prefix)."""
+    from nucflow.models import default_model_path, load_model
 
     loaded = load_model(default_model_path())
-    card = replace(loaded.card, head="interior", model_id="")
-    state = dict(loaded.state_dict)
+    if loaded.card.members == 1:
+        return replace(loaded.card, model_id=""), dict(loaded.state_dict)
+    state = {k.removeprefix("0."): v for k, v in loaded.state_dict.items() if k.startswith("0.")}
+    return replace(loaded.card, members=1, model_id=""), state
+
+
+@pytest.fixture(scope="module")
+def interior_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An "interior" head made of the bundled weights (its first member's, for an ensemble):
+    channel 0 is the bundled mask, channel 1 the same logits 0.05 lower (after sharpening: the
+    mask eroded where the model is unsure)."""
+    from nucflow.models import build_unet, save_model
+
+    card, state = _bundled_member()
+    card = replace(card, head="interior")
     state["model.up.1.weight"] = state["model.up.1.weight"].repeat(1, 2, 1, 1)
     state["model.up.1.bias"] = torch.cat([state["model.up.1.bias"], state["model.up.1.bias"] - 0.05])
     unet = build_unet(card, out_channels=2)
@@ -78,10 +90,29 @@ def interior_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def ensemble_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """An ensemble (``nucflow ensemble``) of two models: the bundled weights (its first member's,
+    for an ensemble) and a copy whose output bias is 0.02 lower (1.2 after sharpening: a second,
+    distinct member); and the members' paths."""
+    from nucflow.models import build_unet, ensemble_models, save_model
+
+    folder = tmp_path_factory.mktemp("ensemble")
+    card, state = _bundled_member()
+    members = []
+    for name, shift in (("first", 0.0), ("other", 0.02)):
+        unet = build_unet(card)
+        unet.load_state_dict(state | {"model.up.1.bias": state["model.up.1.bias"] - shift})
+        save_model(folder / f"{name}.safetensors", unet, card)
+        members.append(folder / f"{name}.safetensors")
+    ensemble_models(members, folder / "ensemble.safetensors")
+    return folder / "ensemble.safetensors", members
+
+
 @pytest.mark.usefixtures("ray_local")
-@pytest.mark.parametrize("method", ["unet", "threshold", "shrunk", "interior", "gated"])
+@pytest.mark.parametrize("method", ["unet", "threshold", "shrunk", "interior", "gated", "ensemble"])
 def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, method: str, shrunk_model,
-                                                   interior_model) -> None:
+                                                   interior_model, ensemble_model) -> None:
     config = load_segment_config()  # the default configuration
     if method == "gated":  # a profile with a strong stain gate: the Ray tiles gate as segment_image does
         profile = tmp_path / "gated.yaml"
@@ -92,6 +123,8 @@ def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, 
         config = replace(config, method="unet", model=str(shrunk_model))
     elif method == "interior":  # an "interior" head: markers from its interiors, in both commands
         config = replace(config, method="unet", model=str(interior_model))
+    elif method == "ensemble":  # two models' maps averaged, in both commands
+        config = replace(config, method="unet", model=str(ensemble_model[0]))
     else:
         config = replace(config, method=method)
     result = segment([lung1 / "images/Lung1.png"], tmp_path / "out", config=config, mpp=0.25)
@@ -129,6 +162,12 @@ def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, 
                               profile=replace(load_stain_profile(config.stain_profile), stain_gate=0.0))
         assert (mine.probability > 0).sum() < (plain.probability > 0).sum()
         assert not np.array_equal(mine.labels, plain.labels)
+    if method == "ensemble":  # the map (before the stain gate) is the mean of the members' maps
+        ungated = replace(load_stain_profile(config.stain_profile), stain_gate=0.0)
+        maps = [segment_image(rgb, mpp=0.25, spec=method_spec(replace(config, model=str(m))), config=config,
+                              profile=ungated).probability for m in [ensemble_model[0], *ensemble_model[1]]]
+        np.testing.assert_allclose(maps[0], (maps[1] + maps[2]) / 2, atol=1e-5)
+        assert not np.allclose(maps[1], maps[2], atol=1e-2)
     if method == "interior":  # the same weights read as a plain mask give other nuclei
         plain = segment_image(rgb, mpp=0.25, spec=method_spec(replace(config, model=None)), config=config)
         assert not np.array_equal(mine.labels, plain.labels)

@@ -12,13 +12,14 @@ from nucflow._lazy import lazy_exports
 if TYPE_CHECKING:
     from nucflow.models._card import CARD_FORMAT, CARD_VERSION, HEADS, STAIN_PROFILES, ModelCard
     from nucflow.models._files import default_model_path
-    from nucflow.models._io import LoadedModel, Segmentator, load_model, save_model
+    from nucflow.models._io import LoadedModel, Segmentator, build_network, ensemble_models, load_model, save_model
     from nucflow.models._networks import PatchGAN, UNet, UNetSpec, build_unet, unet_widths
 
 _EXPORTS = {
     **dict.fromkeys(("CARD_FORMAT", "CARD_VERSION", "HEADS", "STAIN_PROFILES", "ModelCard"), "nucflow.models._card"),
     "default_model_path": "nucflow.models._files",
-    **dict.fromkeys(("LoadedModel", "Segmentator", "load_model", "save_model"), "nucflow.models._io"),
+    **dict.fromkeys(("LoadedModel", "Segmentator", "build_network", "ensemble_models", "load_model", "save_model"),
+                    "nucflow.models._io"),
     **dict.fromkeys(("PatchGAN", "UNet", "UNetSpec", "build_unet", "unet_widths"), "nucflow.models._networks"),
 }
 
@@ -33,8 +34,10 @@ __all__ = [
     "Segmentator",
     "UNet",
     "UNetSpec",
+    "build_network",
     "build_unet",
     "default_model_path",
+    "ensemble_models",
     "load_model",
     "save_model",
     "unet_widths",

@@ -70,6 +70,10 @@ class ModelCard(UNetSpec):
     head : str
         What S predicts (see ``HEADS``): "mask" or "interior" (mask and interior channels,
         whose mean is the probability map; post-processing takes markers from interiors).
+    members : int
+        How many S networks the weights hold: 1, or an ensemble of that many (the same
+        architecture, trained with different seeds) whose probability maps are averaged
+        (:func:`nucflow.models.ensemble_models` builds one; its ``training`` lists the members').
     """
 
     architecture: str = "unet"
@@ -85,6 +89,7 @@ class ModelCard(UNetSpec):
     model_id: str = ""
     mask_shrink_um: float = 0.0
     head: str = "mask"
+    members: int = 1
     format: str = CARD_FORMAT
     format_version: int = CARD_VERSION
 
@@ -134,6 +139,7 @@ class ModelCard(UNetSpec):
             (self.mpp > 0 and self.r > 0, f"mpp {self.mpp} / r {self.r}"),
             (0 <= self.mask_shrink_um < 5, f"mask_shrink_um {self.mask_shrink_um}"),
             (self.head in HEADS, f"head {self.head!r} (expected one of {', '.join(HEADS)})"),
+            (self.members >= 1, f"members {self.members} (expected 1 or more)"),
             (self.tile_size % self.input_multiple == 0, f"tile_size {self.tile_size}"),
         ]
         for ok, what in checks:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,17 +16,27 @@ from nucflow import __version__
 from nucflow.errors import ModelError
 from nucflow.models._card import ModelCard, without_paths
 from nucflow.models._files import DEFAULT_MODEL_DIR, default_model_path, file_id, model_files
-from nucflow.models._networks import UNet, build_unet
+from nucflow.models._networks import build_unet
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
     "LoadedModel",
     "Segmentator",
+    "build_network",
     "build_unet",
     "default_model_path",
+    "ensemble_models",
     "load_model",
     "save_model",
 ]
+
+
+def build_network(card: ModelCard) -> nn.Module:
+    """The card's S, randomly initialised: one UNet, or for an ensemble (``members`` > 1) an
+    ``nn.ModuleList`` of ``members`` UNets (weights ``0.<name>``, ``1.<name>``, ...)."""
+    if card.members == 1:
+        return build_unet(card, out_channels=card.out_channels)
+    return nn.ModuleList(build_unet(card, out_channels=card.out_channels) for _ in range(card.members))
 
 
 class Segmentator(nn.Module):
@@ -33,16 +44,22 @@ class Segmentator(nn.Module):
 
     Normalises to [-1, 1], runs the UNet, multiplies the logits by ``r`` and applies the
     sigmoid; with several output channels (the "interior" head: mask and interior), the map
-    is their mean. H and W must be multiples of ``unet.input_multiple``.
+    is their mean. An ensemble (``unet`` an ``nn.ModuleList``) gives the mean of its members'
+    maps. H and W must be multiples of the UNets' ``input_multiple``.
     """
 
-    def __init__(self, unet: UNet, *, r: float) -> None:
+    def __init__(self, unet: nn.Module, *, r: float) -> None:
         super().__init__()
         self.unet = unet
         self.r = float(r)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        prob = torch.sigmoid(self.r * self.unet(rgb * 2.0 - 1.0))
+        x = rgb * 2.0 - 1.0
+        members = self.unet if isinstance(self.unet, nn.ModuleList) else (self.unet,)
+        prob = torch.sigmoid(self.r * members[0](x))
+        for member in members[1:]:
+            prob = prob + torch.sigmoid(self.r * member(x))
+        prob = prob / len(members)
         return prob if prob.shape[1] == 1 else prob.mean(dim=1, keepdim=True)
 
 
@@ -56,9 +73,9 @@ class LoadedModel:
 
     def build(self, device: str | torch.device = "cpu") -> Segmentator:
         """The segmentator in eval mode on ``device`` (see :class:`Segmentator`)."""
-        unet = build_unet(self.card, out_channels=self.card.out_channels)
-        _load_state(unet, self.state_dict, self.path)
-        return Segmentator(unet, r=self.card.r).to(device).eval()
+        network = build_network(self.card)
+        _load_state(network, self.state_dict, self.path)
+        return Segmentator(network, r=self.card.r).to(device).eval()
 
 
 def _load_state(unet: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -110,8 +127,51 @@ def load_model(path: str | Path) -> LoadedModel:
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"weights {weights} are corrupt or not safetensors: {exc}") from None
     model = LoadedModel(card=card, state_dict=state, path=weights)
-    _load_state(build_unet(card, out_channels=card.out_channels), state, weights)
+    _load_state(build_network(card), state, weights)
     return model
+
+
+#: Card fields that only describe a model's training; every other field says how the model is
+#: applied, and must agree between the members of an ensemble.
+_RECORD_FIELDS = frozenset({"training", "steps", "losses", "software_version", "model_id", "members"})
+
+
+def ensemble_models(paths: Sequence[str | Path], out: str | Path) -> ModelCard:
+    """Write to ``out`` one model whose probability map is the mean of the maps of the models
+    at ``paths`` (a deep ensemble: the same configuration trained with different seeds).
+
+    The members must be single models applied the same way (every card field but the training
+    record agrees: architecture, widths, ``r``, µm/px, head, stain profile, ...) and distinct.
+    The ensemble's card records each member's ``model_id``, steps and training. Returns the
+    card as written. Raises :class:`ModelError` naming the model and the field that disagrees.
+    """
+    if len(paths) < 2:
+        raise ModelError(f"an ensemble needs two or more models; got {len(paths)}")
+    models = [load_model(p) for p in paths]
+    first = models[0]
+    seen: dict[str, Path] = {}
+    for m in models:
+        if m.card.members != 1:
+            raise ModelError(f"model {m.path} is itself an ensemble of {m.card.members}; list its members instead")
+        if m.card.model_id in seen:
+            raise ModelError(f"models {seen[m.card.model_id]} and {m.path} are the same weights "
+                             f"(model_id {m.card.model_id}); an ensemble needs distinct members")
+        seen[m.card.model_id] = m.path
+        for f in dataclasses.fields(ModelCard):
+            mine, theirs = getattr(m.card, f.name), getattr(first.card, f.name)
+            if f.name not in _RECORD_FIELDS and mine != theirs:
+                raise ModelError(f"models {first.path} and {m.path} differ in {f.name} ({theirs!r} against "
+                                 f"{mine!r}); the members of an ensemble must be applied the same way")
+    members = nn.ModuleList()
+    for m in models:
+        unet = build_unet(m.card, out_channels=m.card.out_channels)
+        _load_state(unet, m.state_dict, m.path)
+        members.append(unet)
+    record = {"ensemble": [{"model_id": m.card.model_id, "steps": m.card.steps, "training": dict(m.card.training)}
+                           for m in models]}
+    card = dataclasses.replace(first.card, members=len(models), steps=max(m.card.steps for m in models),
+                               losses={}, training=record, model_id="")
+    return save_model(out, members, card)
 
 
 def _read_card(path: Path) -> str:
