@@ -27,11 +27,14 @@ def test_bundled_card_has_no_machine_path_and_its_weights_are_unchanged() -> Non
     path = default_model_path()
     assert path is not None
     loaded = load_model(path)
-    assert loaded.card.model_id == "813332a08d76cfc0"
+    assert loaded.card.model_id == "760840250c6caa1b" and loaded.card.members == 3
     card = json.loads(Path(path).with_suffix(".json").read_text())
     assert [s for s in _strings(card) if ABSOLUTE.search(s)] == []
-    masks = card["training"]["data"]["masks"]
-    assert masks["count"] == 659 and len(masks["names_sha256"]) == 64 and "names" not in masks
+    members = card["training"]["ensemble"]
+    assert [m["training"]["config"]["seed"] for m in members] == [0, 1, 2]
+    for member in members:
+        masks = member["training"]["data"]["masks"]
+        assert masks["count"] == 659 and len(masks["names_sha256"]) == 64 and "names" not in masks
 
 
 def test_save_model_strips_paths_and_summarises_data(tmp_path: Path) -> None:
