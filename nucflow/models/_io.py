@@ -162,11 +162,7 @@ def ensemble_models(paths: Sequence[str | Path], out: str | Path) -> ModelCard:
             if f.name not in _RECORD_FIELDS and mine != theirs:
                 raise ModelError(f"models {first.path} and {m.path} differ in {f.name} ({theirs!r} against "
                                  f"{mine!r}); the members of an ensemble must be applied the same way")
-    members = nn.ModuleList()
-    for m in models:
-        unet = build_unet(m.card, out_channels=m.card.out_channels)
-        _load_state(unet, m.state_dict, m.path)
-        members.append(unet)
+    members = nn.ModuleList(m.build().unet for m in models)
     record = {"ensemble": [{"model_id": m.card.model_id, "steps": m.card.steps, "training": dict(m.card.training)}
                            for m in models]}
     card = dataclasses.replace(first.card, members=len(models), steps=max(m.card.steps for m in models),
