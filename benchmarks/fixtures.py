@@ -149,13 +149,19 @@ def _cpu_card_fields() -> dict:
     return fields
 
 
-def benchmark_model(cache: Path, rgb: np.ndarray, *, steps: int, seed: int = 0) -> tuple[Path, dict]:
-    """The default model if one ships, else a warm-started CPU-size UNet (cached in ``cache``).
+def benchmark_model(
+    cache: Path, rgb: np.ndarray, *, steps: int, seed: int = 0, model: Path | None = None
+) -> tuple[Path, dict]:
+    """``model`` when given, else the default model if one ships, else a warm-started CPU-size
+    UNet (cached in ``cache``).
 
     Returns the model path and a description for the report.
     """
-    from nucflow.models import default_model_path
+    from nucflow.models import default_model_path, load_model
 
+    if model is not None:
+        load_model(model)  # a missing or unreadable model fails here, named, before any timing
+        return Path(model), {"source": "--model", "path": str(model)}
     default = default_model_path()
     if default is not None:
         return default, {"source": "bundled default model", "path": str(default)}

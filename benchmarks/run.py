@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warm-steps", type=int, default=200, help="warm-start steps of the benchmark model")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (its first call takes minutes)")
     parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="the model to benchmark (default: the bundled model)")
     parser.add_argument("--smoke", action="store_true", help="tiny slide and short timings: checks the suite runs")
     return parser.parse_args(argv)
 
@@ -98,7 +100,7 @@ def _fixtures(run: Run) -> None:
     run.base = fixtures.bench_slide(args.cache / f"ihc-{side}.svs", args.data, rows=side, cols=side)
     run.big = fixtures.bench_slide(args.cache / f"ihc-{2 * side}.svs", args.data, rows=2 * side, cols=2 * side)
     crop = fixtures.real_ihc_field(args.data, rows=min(side, 1024), cols=min(side, 1024))
-    run.model, about = fixtures.benchmark_model(args.cache, crop, steps=args.warm_steps)
+    run.model, about = fixtures.benchmark_model(args.cache, crop, steps=args.warm_steps, model=args.model)
     run.section("fixtures")
     card = load_model(run.model).card
     run.config = pipeline.segment_config()

@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,6 +78,40 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     save_model(path, unet, card)
     return path
+
+
+def _bundled_member() -> tuple[Any, dict[str, Any]]:
+    """The bundled model's card and weights as one network: itself, or its first member when it
+    is an ensemble (card ``members`` 1, the member's weights without their ``0.`` prefix)."""
+    from dataclasses import replace
+
+    from nucflow.models import default_model_path, load_model
+
+    loaded = load_model(default_model_path())
+    if loaded.card.members == 1:
+        return replace(loaded.card, model_id=""), dict(loaded.state_dict)
+    state = {k.removeprefix("0."): v for k, v in loaded.state_dict.items() if k.startswith("0.")}
+    return replace(loaded.card, members=1, model_id=""), state
+
+
+@pytest.fixture(scope="session")
+def bundled_member_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`_bundled_member` saved as a model file: a real trained network at a third of the
+    bundled ensemble's cost, for tests that need trained weights but not the ensemble."""
+    from nucflow.models import build_unet, save_model
+
+    card, state = _bundled_member()
+    unet = build_unet(card)
+    unet.load_state_dict(state)
+    path = tmp_path_factory.mktemp("member") / "model.safetensors"
+    save_model(path, unet, card)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bundled_member() -> Callable[[], tuple[Any, dict[str, Any]]]:
+    """:func:`_bundled_member`: a fresh copy of the card and weights at each call."""
+    return _bundled_member
 
 
 def _kill_mid_run(proc: subprocess.Popen[bytes], done_path: str, at_least: int = 20) -> int:

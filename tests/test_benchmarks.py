@@ -97,14 +97,17 @@ def test_memory_sampler_counts_child_processes() -> None:
         child.wait()
 
 
-def test_suite_runs_on_a_tiny_slide(shared_data: Path, tmp_path: Path) -> None:
+def test_suite_runs_on_a_tiny_slide(shared_data: Path, tmp_path: Path, bundled_member_model: Path) -> None:
     out = tmp_path / "out"
-    results = run.main(["--smoke", "--out", str(out), "--cache", str(tmp_path / "cache"), "--data", str(shared_data)])
+    # One trained network: the suite's sections, at a third of the bundled ensemble's model time.
+    results = run.main(["--smoke", "--out", str(out), "--cache", str(tmp_path / "cache"), "--data", str(shared_data),
+                        "--model", str(bundled_member_model)])
     written = json.loads((out / "results.json").read_text())
     assert written["efficiency"] == results["efficiency"] > 0
     assert written["speedup_vs_naive"] > 0 and written["speedup_vs_naive_1x"] > 0
     assert written["naive_4x"]["tiles"] == 2 and written["naive_4x"]["nuclei"] > 0
     # The loop does the pipeline's job at the model's resolution: the same nuclei inside its cores.
+    assert written["model"]["path"] == str(bundled_member_model) and written["model"]["source"] == "--model"
     assert written["naive"]["mpp"] == written["model"]["mpp"]  # the model card's resolution, as the pipeline
     assert written["naive_1_thread"]["torch_threads"] == 1
     for versus in written["naive_versus_pipeline"].values():

@@ -6,7 +6,6 @@ import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -60,26 +59,14 @@ def shrunk_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _bundled_member() -> tuple[Any, dict[str, torch.Tensor]]:
-    """The bundled model's card and weights as one network: itself, or its first member when it
-    is an ensemble (card ``members`` 1, the member's weights without their ``0.`` prefix)."""
-    from nucflow.models import default_model_path, load_model
-
-    loaded = load_model(default_model_path())
-    if loaded.card.members == 1:
-        return replace(loaded.card, model_id=""), dict(loaded.state_dict)
-    state = {k.removeprefix("0."): v for k, v in loaded.state_dict.items() if k.startswith("0.")}
-    return replace(loaded.card, members=1, model_id=""), state
-
-
 @pytest.fixture(scope="module")
-def interior_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def interior_model(tmp_path_factory: pytest.TempPathFactory, bundled_member) -> Path:
     """An "interior" head made of the bundled weights (its first member's, for an ensemble):
     channel 0 is the bundled mask, channel 1 the same logits 0.05 lower (after sharpening: the
     mask eroded where the model is unsure)."""
     from nucflow.models import build_unet, save_model
 
-    card, state = _bundled_member()
+    card, state = bundled_member()
     card = replace(card, head="interior")
     state["model.up.1.weight"] = state["model.up.1.weight"].repeat(1, 2, 1, 1)
     state["model.up.1.bias"] = torch.cat([state["model.up.1.bias"], state["model.up.1.bias"] - 0.05])
@@ -91,14 +78,14 @@ def interior_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ensemble_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+def ensemble_model(tmp_path_factory: pytest.TempPathFactory, bundled_member) -> tuple[Path, list[Path]]:
     """An ensemble (``nucflow ensemble``) of two models: the bundled weights (its first member's,
     for an ensemble) and a copy whose output bias is 0.02 lower (1.2 after sharpening: a second,
     distinct member); and the members' paths."""
     from nucflow.models import build_unet, ensemble_models, save_model
 
     folder = tmp_path_factory.mktemp("ensemble")
-    card, state = _bundled_member()
+    card, state = bundled_member()
     members = []
     for name, shift in (("first", 0.0), ("other", 0.02)):
         unet = build_unet(card)
