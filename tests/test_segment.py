@@ -386,12 +386,10 @@ def test_killed_model_actor_is_replaced_and_its_tiles_retried(
 
 
 def test_resume_after_a_real_kill_ends_with_the_same_table(tmp_path: Path, tiny_model: Path, kill_mid_run) -> None:
-    slide = write_svs(tmp_path / "big.svs", demo_ihc_image(repeats=2), mpp=0.5)  # 1024 px
-    # 128 px tiles with 64 px cores: 256 tiles, seconds of work; tiles are recorded at most once
-    # a second, so the kill at 20 lands mid-run
-    config = tmp_path / "segment.yaml"
+    slide = write_svs(tmp_path / "big.svs", demo_ihc_image(repeats=4), mpp=0.5)  # 2048 px
+    config = tmp_path / "segment.yaml"  # 128 px tiles with 64 px cores: 1024 tiles, seconds of work
     config.write_text("inference:\n  tile_size: 128\n  margin: 32\n")
-    tiles = 16 * 16
+    tiles = 32 * 32
     out = tmp_path / "out"
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="nf-ray-")}  # short: socket paths <= 107 bytes
     cmd = [sys.executable, "-m", "nucflow", "segment", str(slide), "-o", str(out), "--model", str(tiny_model)]

@@ -94,13 +94,12 @@ def _chunk_files(zarr_path: Path, grid: np.ndarray) -> dict[Path, int]:
 def test_sigint_and_sigterm_stop_cleanly_and_the_resume_gives_the_uninterrupted_table(
     tmp_path: Path, ray_tmp: str
 ) -> None:
-    slide = write_svs(tmp_path / "big.svs", demo_ihc_image(repeats=3), mpp=0.5)  # 1536 px
-    # 32 px cores at 0.5 µm/px: 48 x 48 = 2304 small tiles, so that even an idle fast machine
-    # is still mid-run after each signal (tiles are recorded at most once a second; a 2-core
-    # machine records about 90 a second).
+    slide = write_svs(tmp_path / "big.svs", demo_ihc_image(repeats=4), mpp=0.5)  # 2048 px
+    # 32 px cores at 0.5 µm/px: 64 x 64 = 4096 small tiles, so that even an idle fast machine
+    # is still mid-run after each signal (tiles are recorded at most once a second).
     config = tmp_path / "segment.yaml"
     config.write_text("method: threshold\ninference:\n  tile_size: 96\n  margin: 32\n")
-    tiles = 48 * 48
+    tiles = 64 * 64
     out = tmp_path / "out"
     zarr_path = out / "big" / "probability.zarr"
     cmd = [*NUCFLOW, "segment", str(slide), "--config", str(config), "-q", "-o"]
