@@ -157,10 +157,9 @@ def benchmark_model(
 
     Returns the model path and a description for the report.
     """
-    from nucflow.models import default_model_path, load_model
+    from nucflow.models import default_model_path
 
-    if model is not None:
-        load_model(model)  # a missing or unreadable model fails here, named, before any timing
+    if model is not None:  # run.py loads it next, before any timing: a bad path fails there, named
         return Path(model), {"source": "--model", "path": str(model)}
     default = default_model_path()
     if default is not None:

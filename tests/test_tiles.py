@@ -78,20 +78,20 @@ def interior_model(tmp_path_factory: pytest.TempPathFactory, bundled_member) -> 
 
 
 @pytest.fixture(scope="module")
-def ensemble_model(tmp_path_factory: pytest.TempPathFactory, bundled_member) -> tuple[Path, list[Path]]:
+def ensemble_model(
+    tmp_path_factory: pytest.TempPathFactory, bundled_member, bundled_member_model: Path
+) -> tuple[Path, list[Path]]:
     """An ensemble (``nucflow ensemble``) of two models: the bundled weights (its first member's,
-    for an ensemble) and a copy whose output bias is 0.02 lower (1.2 after sharpening: a second,
-    distinct member); and the members' paths."""
+    for an ensemble: ``bundled_member_model``) and a copy whose output bias is 0.02 lower (1.2
+    after sharpening: a second, distinct member); and the members' paths."""
     from nucflow.models import build_unet, ensemble_models, save_model
 
     folder = tmp_path_factory.mktemp("ensemble")
     card, state = bundled_member()
-    members = []
-    for name, shift in (("first", 0.0), ("other", 0.02)):
-        unet = build_unet(card)
-        unet.load_state_dict(state | {"model.up.1.bias": state["model.up.1.bias"] - shift})
-        save_model(folder / f"{name}.safetensors", unet, card)
-        members.append(folder / f"{name}.safetensors")
+    unet = build_unet(card)
+    unet.load_state_dict(state | {"model.up.1.bias": state["model.up.1.bias"] - 0.02})
+    save_model(folder / "other.safetensors", unet, card)
+    members = [bundled_member_model, folder / "other.safetensors"]
     ensemble_models(members, folder / "ensemble.safetensors")
     return folder / "ensemble.safetensors", members
 
