@@ -86,7 +86,9 @@ def _value(text: str) -> Any:
 
 def _runs(models: list[str], model_mpps: list[float | None], baselines: list[str],
           ttas: list[str]) -> list[dict[str, Any]]:
-    runs = [{"name": b, "method": b, "model": None, "model_mpp": None, "tta": "none", "group": b} for b in baselines]
+    runs: list[dict[str, Any]] = [
+        {"name": b, "method": b, "model": None, "model_mpp": None, "tta": "none", "group": b} for b in baselines
+    ]
     labels = model_labels(models)
     for mpp, tta in itertools.product(model_mpps, ttas):
         tag = ("" if mpp is None else f"@{mpp:g}") + ("" if tta == "none" else f"+{tta}")
