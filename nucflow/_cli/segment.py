@@ -42,7 +42,8 @@ __all__ = ["segment"]
               help="Regions of interest: a QuPath GeoJSON export or mask image (one slide), or a folder of "
                    "<slide>.geojson / <slide>.png files; only those regions are segmented and scored.")
 @click.option("--roi-exclude", multiple=True, default=("Ignore*",), show_default=True,
-              help="Annotation class or name (glob) whose areas are left out; repeat for more.")
+              help="Annotation class or name (glob) whose areas are left out; repeat for more (given, it "
+                   "replaces the default: add --roi-exclude 'Ignore*' to keep it).")
 @click.option("--demo", is_flag=True, help="Add the built-in demo slide (scikit-image's IHC image as an SVS).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def segment(slides: tuple[str, ...], out: Path, config_path: Path | None, cluster_config: Path | None,
