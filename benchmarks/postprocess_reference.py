@@ -17,6 +17,7 @@ import numpy as np
 import shapely
 from contourpy import LineType, contour_generator
 from scipy import ndimage as ndi
+from skimage.morphology import h_maxima
 from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
 from nucflow.postprocess import MapGeometry, PostprocessConfig, RgbReader
@@ -99,6 +100,8 @@ def split_touching(mask: np.ndarray, *, px: PixelSizes) -> np.ndarray:
     squared = edt.edtsq(mask, black_border=False, parallel=1)
     peaks = (squared == ndi.maximum_filter(squared, size=2 * px.min_distance + 1)) & mask
     components, count = ndi.label(mask)
+    if px.min_dynamic > 0:
+        _drop_shallow_peaks(peaks, components, squared, px.min_dynamic)
     _seed_unmarked_components(peaks, components, count, squared)
     markers = _link_markers(ndi.label(peaks, structure=_EIGHT)[0], components, px.min_distance - 1)
     # Distinct markers per component: one -> the component is that marker's label.
@@ -143,6 +146,20 @@ def _link_markers(markers: np.ndarray, components: np.ndarray, reach: int) -> np
     out = np.zeros_like(markers)
     out.ravel()[at] = [first[g] for g in group]
     return out
+
+
+def _drop_shallow_peaks(peaks: np.ndarray, components: np.ndarray, squared: np.ndarray, dynamic: float) -> None:
+    """Unmark the peaks that are not h-maxima (scikit-image's ``h_maxima``, ``dynamic`` px) of their
+    component's distance, in the components whose peaks form several 8-connected groups (in place)."""
+    groups = ndi.label(peaks, structure=_EIGHT)[0]
+    pairs = np.unique(np.stack([components[peaks], groups[peaks]]), axis=1)
+    several = np.flatnonzero(np.bincount(pairs[0]) > 1)
+    boxes = ndi.find_objects(components)
+    for index in several:
+        box = boxes[index - 1]
+        inside = components[box] == index
+        height = np.where(inside, np.sqrt(squared[box], dtype=np.float64), 0.0)
+        peaks[box] &= ~inside | (h_maxima(height, dynamic) > 0)
 
 
 def _seed_unmarked_components(peaks: np.ndarray, components: np.ndarray, count: int, distance: np.ndarray) -> None:

@@ -77,6 +77,30 @@ def test_equal_maxima_closer_than_min_distance_are_one_marker():
     assert len(set(np.unique(split_touching(apart, px=replace(px, min_distance=16)))) - {0}) == 2
 
 
+def test_a_second_maximum_shallower_than_min_dynamic_is_not_a_marker():
+    # Discs of radius 12 and 9 px, centres 18 px apart on row 20. The distance's maxima are
+    # sqrt(145) at the large centre and sqrt(82) = 9.055 at the small one; the waist between
+    # them is widest on row 20, where the distance falls to 6.0 (36 = 6**2 at column 29): the
+    # small nucleus' dynamic is sqrt(82) - 6 = 3.055 px. Under that it is a marker, over it not.
+    from skimage.morphology import h_maxima
+
+    from nucflow.postprocess._label import split_touching
+
+    rr, cc = np.mgrid[:40, :60]
+    mask = ((rr - 20) ** 2 + (cc - 18) ** 2 <= 144) | ((rr - 20) ** 2 + (cc - 36) ** 2 <= 81)
+    squared = np.rint(ndi.distance_transform_edt(mask) ** 2)
+    assert squared[20, 36] == 82 and squared[20, 29] == 36 and squared.max() == 145
+    px = replace(KI67.in_pixels(MPP), min_distance=8)
+    assert px.min_dynamic == 0  # off by default
+    for dynamic, nuclei in ((0.0, 2), (3.0, 2), (3.1, 1)):
+        labels = split_touching(mask, px=replace(px, min_dynamic=dynamic))
+        assert len(set(np.unique(labels)) - {0}) == nuclei, dynamic
+        assert (labels[mask] > 0).all()
+        if dynamic:  # scikit-image's h-maxima agree
+            assert bool(h_maxima(np.sqrt(squared), dynamic)[20, 36]) == (nuclei == 2)
+    assert PostprocessConfig(min_dynamic_um=0.75).in_pixels(0.25).min_dynamic == 3.0
+
+
 def test_float_and_uint8_maps_give_the_same_labels():
     prob = discs((80, 80), [(25, 25), (50, 55)], 8)
     as_float = label_nuclei(prob / 255.0, mpp=MPP, config=KI67)

@@ -78,6 +78,17 @@ def test_blocked_table_equals_in_memory_labelling_on_uneven_zarr_chunks(tmp_path
     assert blocked["id"].tolist() == list(range(1, len(blocked) + 1))
 
 
+def test_blocked_equals_in_memory_with_h_maxima_markers(tmp_path: Path):
+    # Markers filtered by their dynamic: each component decides alone, so blocks stay exact.
+    prob = synthetic_map(seed=3)
+    config = PostprocessConfig(min_dynamic_um=1.0)
+    expected = label_centroids(label_nuclei(prob, mpp=MPP, config=config))
+    assert len(expected) < len(in_memory_centroids(prob))  # the filter dropped some markers
+    blocked = blocked_table(prob, tmp_path, config)
+    assert len(blocked) == len(expected) > 50
+    assert np.allclose(sorted_centroids(blocked), expected, atol=1e-9)
+
+
 def test_every_column_matches_a_single_whole_map_block_with_uneven_dask_chunks():
     prob = synthetic_map(seed=2)
     uneven = da.from_array(prob, chunks=((100, 120, 80), (90, 110, 60)))

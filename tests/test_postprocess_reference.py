@@ -51,6 +51,7 @@ PROFILES = {
     "her2": load_stain_profile("her2"),  # per-nucleus erosion
     "grown": replace(load_stain_profile("ki67"), expand_um=0.5),
     "filled": replace(load_stain_profile("ki67"), fill_holes=True, min_distance_um=2.0),
+    "shallow": replace(load_stain_profile("ki67"), min_dynamic_um=0.5),  # h-maxima markers
 }
 
 

@@ -42,6 +42,7 @@ class PixelSizes:
     erosion: int
     expansion: int
     halo: int
+    min_dynamic: float = 0.0
 
 
 #: The classes a nucleus can get: QuPath's Negative / Positive (positive/negative only) or 1+ / 2+ / 3+.
@@ -63,6 +64,12 @@ class PostprocessConfig:
     S's mask and interior channels), never in a profile: nuclei are the map at or above
     ``threshold / 2`` and the watershed markers are the interiors, the map at or above
     ``(1 + threshold) / 2``, instead of the distance transform's maxima.
+
+    ``min_dynamic_um`` (0 = off): a distance maximum is a watershed marker only if its dynamic
+    is at least this many µm, i.e. the distance falls at least that far on every path from it
+    to a higher maximum of its component (an h-maximum): a shallow bump on a nucleus' outline
+    or a waist of an elongated nucleus is not a second nucleus. A component's highest maximum
+    always stays.
 
     ``stain_gate`` (0 = off) applies to a model's map, not to the baselines: in each tile's core,
     a pixel more DAB than hematoxylin whose hematoxylin + DAB optical density is under
@@ -89,6 +96,7 @@ class PostprocessConfig:
     closing_radius: int = setting(1, at_least(0))
     fill_holes: bool = True
     min_distance_um: float = setting(3.0, positive())
+    min_dynamic_um: float = setting(0.0, at_least(0))
     min_area_um2: float = setting(10.0, at_least(0))
     max_diameter_um: float = setting(30.0, positive())
     erosion_um: float = setting(0.0, at_least(0))
@@ -161,6 +169,7 @@ class PostprocessConfig:
             erosion=erosion,
             expansion=expansion,
             halo=diameter + reach + 2,
+            min_dynamic=self.min_dynamic_um / mpp,
         )
 
 

@@ -277,7 +277,10 @@ def split_touching(
     components, count = ndi.label(mask)
     # The components' bounding boxes, as arrays (ndi.find_objects from their runs, cheaper).
     start, stop = Runs.of(components).extent(count, mask.shape[1])
-    at = _seeded(np.flatnonzero(peaks), components, start, stop, squared)
+    at = np.flatnonzero(peaks)
+    if px.min_dynamic > 0:
+        at = _significant(at, components, start, stop, squared, px.min_dynamic)
+    at = _seeded(at, components, start, stop, squared)
     # The markers: the peaks' 8-connected groups (with ``spaced``, also those of one component
     # less than min_distance apart), numbered in the raster order of their first pixel.
     marker_at = _linked_groups(at, mask.shape[1], components, px.min_distance - 1 if spaced else 1)
@@ -364,6 +367,51 @@ def _watershed(priority: np.ndarray, seeds: np.ndarray, member: np.ndarray, floo
 def _box(start: np.ndarray, stop: np.ndarray, index: int) -> tuple[slice, slice]:
     """Label ``index``'s bounding box as slices, from :meth:`Runs.extent`'s arrays."""
     return slice(int(start[index, 0]), int(stop[index, 0])), slice(int(start[index, 1]), int(stop[index, 1]))
+
+
+def _significant(
+    at: np.ndarray, components: np.ndarray, start: np.ndarray, stop: np.ndarray, squared: np.ndarray,
+    dynamic: float,
+) -> np.ndarray:
+    """The peaks ``at`` (sorted flat indices) that are h-maxima of their component's distance:
+    regional maxima from which the distance falls by at least ``dynamic`` px on every path to a
+    higher pixel of the component (``skimage.morphology.h_maxima``'s, tested equal to it).
+
+    A peak's 8-connected group is one plateau of window maxima: it is tested as one, on its
+    component's crop (the component alone decides, as in a block): the pixels of the component
+    above the plateau's height minus ``dynamic`` that connect to it must hold nothing higher.
+    Only components with several groups are tested: a lone group is the component's highest
+    maximum, and :func:`_seeded` gives a component that lost every peak its first maximum back.
+    """
+    cols = components.shape[1]
+    component_at = components.ravel()[at]
+    group = _linked_groups(at, cols)
+    span = int(group.max(initial=0)) + 1
+    pairs = np.unique(component_at.astype(np.int64) * span + group)
+    several = np.flatnonzero(np.bincount(pairs // span) > 1)
+    if not several.size:
+        return at
+    keep = np.ones(at.size, bool)
+    order = np.argsort(component_at, kind="stable")
+    bounds = np.searchsorted(component_at[order], np.stack([several, several + 1]))
+    eight = np.ones((3, 3), bool)
+    for index, low, high in zip(several, bounds[0], bounds[1], strict=True):
+        box = _box(start, stop, int(index))
+        member = components[box] == index
+        height = np.sqrt(squared[box], dtype=np.float64)
+        mine = order[low:high]
+        rows, cols_ = np.divmod(at[mine], cols)
+        rows, cols_ = rows - box[0].start, cols_ - box[1].start
+        tops = height[rows, cols_]
+        # Groups at the component's highest value have nothing higher; groups of one height
+        # share their region's labelling.
+        below = tops < height[member].max()
+        for top in np.unique(tops[below]):
+            region, _ = ndi.label(member & (height > top - dynamic), structure=eight)
+            higher = np.unique(region[member & (height > top)])  # regions holding a higher pixel
+            here = np.flatnonzero(below & (tops == top))
+            keep[mine[here]] = ~np.isin(region[rows[here], cols_[here]], higher)
+    return at[keep]
 
 
 def _seeded(
