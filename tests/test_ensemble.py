@@ -42,6 +42,21 @@ def test_the_ensemble_map_is_the_mean_of_its_members_maps(tmp_path: Path) -> Non
     assert not torch.allclose(got, members[0].build()(x), atol=1e-4)  # the members differ: the mean did something
 
 
+def test_under_bf16_autocast_the_ensemble_map_is_still_the_mean_of_its_members_maps(tmp_path: Path) -> None:
+    # Where inference runs under autocast (a GPU, or a CPU with native bf16: see
+    # nucflow.inference.predictors), the UNets compute in bf16. The map must still be the float32
+    # mean of the members' own maps; summed and divided in bf16 it was off by up to 2**-9.
+    paths = [_member(tmp_path, seed) for seed in (0, 1)]
+    ensemble_models(paths, tmp_path / "ens.safetensors")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = [load_model(p).build()(x) for p in paths]
+        got = load_model(tmp_path / "ens.safetensors").build()(x)
+    assert got.dtype == torch.float32 and all(m.dtype == torch.float32 for m in maps)
+    torch.testing.assert_close(got, (maps[0] + maps[1]) / 2, atol=1e-6, rtol=0)
+    assert not torch.equal(maps[0], maps[1])  # the members differ
+
+
 def test_an_interior_head_ensemble_averages_both_channels(tmp_path: Path) -> None:
     card = replace(CARD, head="interior")
     paths = [_member(tmp_path, seed, card) for seed in (0, 1)]

@@ -46,6 +46,10 @@ class Segmentator(nn.Module):
     sigmoid; with several output channels (the "interior" head: mask and interior), the map
     is their mean. An ensemble (``unet`` an ``nn.ModuleList``) gives the mean of its members'
     maps. H and W must be multiples of the UNets' ``input_multiple``.
+
+    The scaling, the sigmoid and the means run in float32 whatever the UNets computed in (bf16
+    under autocast on a GPU or a CPU with native bf16): the map is then each member's own map,
+    averaged, not a bf16 sum rounded again at every step, and the result is float32.
     """
 
     def __init__(self, unet: nn.Module, *, r: float) -> None:
@@ -56,9 +60,9 @@ class Segmentator(nn.Module):
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         x = rgb * 2.0 - 1.0
         members = self.unet if isinstance(self.unet, nn.ModuleList) else (self.unet,)
-        prob = torch.sigmoid(self.r * members[0](x))
+        prob = torch.sigmoid(self.r * members[0](x).float())
         for member in members[1:]:
-            prob = prob + torch.sigmoid(self.r * member(x))
+            prob = prob + torch.sigmoid(self.r * member(x).float())
         prob = prob / len(members)
         return prob if prob.shape[1] == 1 else prob.mean(dim=1, keepdim=True)
 
