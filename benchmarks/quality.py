@@ -8,10 +8,11 @@ Usage (from the repository root)::
 
 Every model (each at every ``--model-mpp``) and both baselines run once per validation tile
 (``nucflow.pipeline.image.segment_image``, the steps ``segment`` takes); their probability
-maps are cached under ``--cache`` and then post-processed with every combination of the
-``--vary`` settings of the stain profile. Each combination gets the validation table of
-``nucflow validate`` (mean over each set's images, then over sets; mean and spread over the
-models), and ``sweep.md`` lists them side by side. Choose settings from this table only.
+maps are cached under ``--cache`` (float32 and bf16 maps apart: :func:`cache_key`) and then
+post-processed with every combination of the ``--vary`` settings of the stain profile. Each
+combination gets the validation table of ``nucflow validate`` (mean over each set's images,
+then over sets; mean and spread over the models), and ``sweep.md`` lists them side by side.
+Choose settings from this table only.
 
 ``--register-truth`` first moves each instance truth onto its own image (the shift that best
 aligns its foreground with the image's hematoxylin + DAB density; ``nucflow.evaluation._register``)
@@ -45,6 +46,7 @@ from nucflow.evaluation._report import EvaluationReport, ImageScore  # noqa: E40
 from nucflow.evaluation._truth import pair_files, read_image, read_truth  # noqa: E402
 from nucflow.evaluation._validation import VALIDATION_METRICS, _nanmean, _set_row, model_labels  # noqa: E402
 from nucflow.evaluation.metrics import count_instances, count_points  # noqa: E402
+from nucflow.inference.predictors import cpu_has_native_bf16  # noqa: E402
 from nucflow.inference.tiled import gate_core  # noqa: E402
 from nucflow.pipeline import load_segment_config  # noqa: E402
 from nucflow.pipeline.image import (  # noqa: E402
@@ -64,7 +66,7 @@ from nucflow.pipeline.image import (  # noqa: E402
 from nucflow.postprocess import label_nuclei, load_stain_profile  # noqa: E402
 from nucflow.slide.reader import array_slide  # noqa: E402
 
-__all__ = ["main"]
+__all__ = ["cache_key", "main"]
 
 
 def _parse_vary(items: list[str]) -> dict[str, list[Any]]:
@@ -98,11 +100,18 @@ def _runs(models: list[str], model_mpps: list[float | None], baselines: list[str
     return runs
 
 
+def cache_key(run: dict[str, Any], set_name: str, *, bf16: bool) -> str:
+    """The cache folder of ``run``'s maps of one set: its method, model, resolution and
+    augmentation, and whether the model ran in bf16 (a CPU with native bf16 runs it under
+    autocast; float32 maps keep the key they had before bf16 was part of it)."""
+    parts = [run["method"], run["model"] and str(Path(run["model"]).resolve()), run["model_mpp"], set_name, run["tta"]]
+    return hashlib.sha256(json.dumps(parts + ["bf16"] * bf16).encode()).hexdigest()[:16]
+
+
 def _probabilities(run: dict[str, Any], vset: Any, cache: Path, *, register: bool = False) -> list[dict[str, Any]]:
     """Each image of the set with its cached (or new) probability map at the working resolution."""
-    key = hashlib.sha256(json.dumps([run["method"], run["model"] and str(Path(run["model"]).resolve()),
-                                     run["model_mpp"], vset.name, run["tta"]]).encode()).hexdigest()[:16]
     config = replace(load_segment_config(), method=run["method"], model=run["model"], model_mpp=run["model_mpp"])
+    key = cache_key(run, vset.name, bf16=run["method"] == "unet" and config.inference.amp and cpu_has_native_bf16())
     config = replace(config, inference=replace(config.inference, tta=run["tta"]))
     spec = method_spec(config)
     shrink = mask_shrink_um(spec)  # from the card, at the working resolution (never cached)

@@ -63,6 +63,20 @@ def test_naive_versus_pipeline_matches_mutual_nearest_centroids(tmp_path: Path) 
     assert got["median_distance_um"] == pytest.approx(0.75) and got["area_ratio_median"] == pytest.approx(1.05)
 
 
+def test_quality_caches_bf16_maps_apart_from_float32_ones(tmp_path: Path) -> None:
+    # A CPU with native bf16 runs the model under autocast: its maps differ from float32 ones
+    # (slightly) and must not be read back as theirs, nor the other way round.
+    from benchmarks.quality import _runs, cache_key
+
+    model = tmp_path / "m.safetensors"
+    unet = next(r for r in _runs([str(model)], [None], ["deconvolution"], ["none"]) if r["method"] == "unet")
+    keys = {cache_key(unet, "glioma", bf16=b) for b in (False, True)}
+    assert len(keys) == 2
+    assert cache_key(unet, "glioma", bf16=False) == cache_key(dict(unet), "glioma", bf16=False)  # stable
+    assert cache_key(unet, "endonuke", bf16=False) not in keys  # and per set
+    assert cache_key({**unet, "tta": "flips"}, "glioma", bf16=False) not in keys
+
+
 def test_mirrored_field_equals_symmetric_padding() -> None:
     block = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     out = np.zeros((23, 16, 3), np.uint8)
