@@ -46,7 +46,7 @@ from nucflow.evaluation._report import EvaluationReport, ImageScore  # noqa: E40
 from nucflow.evaluation._truth import pair_files, read_image, read_truth  # noqa: E402
 from nucflow.evaluation._validation import VALIDATION_METRICS, _nanmean, _set_row, model_labels  # noqa: E402
 from nucflow.evaluation.metrics import count_instances, count_points  # noqa: E402
-from nucflow.inference.predictors import cpu_has_native_bf16  # noqa: E402
+from nucflow.inference.predictors import autocast_dtype  # noqa: E402
 from nucflow.inference.tiled import gate_core  # noqa: E402
 from nucflow.pipeline import load_segment_config  # noqa: E402
 from nucflow.pipeline.image import (  # noqa: E402
@@ -100,18 +100,21 @@ def _runs(models: list[str], model_mpps: list[float | None], baselines: list[str
     return runs
 
 
-def cache_key(run: dict[str, Any], set_name: str, *, bf16: bool) -> str:
+def cache_key(run: dict[str, Any], set_name: str, *, autocast: Any = None) -> str:
     """The cache folder of ``run``'s maps of one set: its method, model, resolution and
-    augmentation, and whether the model ran in bf16 (a CPU with native bf16 runs it under
-    autocast; float32 maps keep the key they had before bf16 was part of it)."""
+    augmentation, and the dtype the model computed in under autocast (``autocast_dtype``: bf16
+    on a CPU with native bf16); float32 maps (None) keep the key they had before it was part
+    of it."""
     parts = [run["method"], run["model"] and str(Path(run["model"]).resolve()), run["model_mpp"], set_name, run["tta"]]
-    return hashlib.sha256(json.dumps(parts + ["bf16"] * bf16).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(parts + ([] if autocast is None else [str(autocast)])).encode()).hexdigest()[:16]
 
 
 def _probabilities(run: dict[str, Any], vset: Any, cache: Path, *, register: bool = False) -> list[dict[str, Any]]:
     """Each image of the set with its cached (or new) probability map at the working resolution."""
     config = replace(load_segment_config(), method=run["method"], model=run["model"], model_mpp=run["model_mpp"])
-    key = cache_key(run, vset.name, bf16=run["method"] == "unet" and config.inference.amp and cpu_has_native_bf16())
+    # the predictor below runs on the CPU (build_predictor's default device)
+    numerics = autocast_dtype("cpu", amp=config.inference.amp) if run["method"] == "unet" else None
+    key = cache_key(run, vset.name, autocast=numerics)
     config = replace(config, inference=replace(config.inference, tta=run["tta"]))
     spec = method_spec(config)
     shrink = mask_shrink_um(spec)  # from the card, at the working resolution (never cached)

@@ -66,15 +66,19 @@ def test_naive_versus_pipeline_matches_mutual_nearest_centroids(tmp_path: Path) 
 def test_quality_caches_bf16_maps_apart_from_float32_ones(tmp_path: Path) -> None:
     # A CPU with native bf16 runs the model under autocast: its maps differ from float32 ones
     # (slightly) and must not be read back as theirs, nor the other way round.
+    import torch
+
     from benchmarks.quality import _runs, cache_key
+    from nucflow.inference.predictors import autocast_dtype
 
     model = tmp_path / "m.safetensors"
     unet = next(r for r in _runs([str(model)], [None], ["deconvolution"], ["none"]) if r["method"] == "unet")
-    keys = {cache_key(unet, "glioma", bf16=b) for b in (False, True)}
+    keys = {cache_key(unet, "glioma", autocast=dtype) for dtype in (None, torch.bfloat16)}
     assert len(keys) == 2
-    assert cache_key(unet, "glioma", bf16=False) == cache_key(dict(unet), "glioma", bf16=False)  # stable
-    assert cache_key(unet, "endonuke", bf16=False) not in keys  # and per set
-    assert cache_key({**unet, "tta": "flips"}, "glioma", bf16=False) not in keys
+    assert cache_key(unet, "glioma") == cache_key(dict(unet), "glioma")  # stable
+    assert cache_key(unet, "endonuke") not in keys  # and per set
+    assert cache_key({**unet, "tta": "flips"}, "glioma") not in keys
+    assert autocast_dtype("cpu", amp=False) is None  # amp off: float32, the plain key
 
 
 def test_mirrored_field_equals_symmetric_padding() -> None:

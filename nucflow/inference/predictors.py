@@ -17,8 +17,8 @@ from nucflow.errors import InputError
 from nucflow.methods import METHODS, TTA_MODES, parse_method
 
 __all__ = [
-    "METHODS", "TTA_MODES", "BaselinePredictor", "MethodSpec", "Predictor", "UNetPredictor", "cpu_has_native_bf16",
-    "parse_method",
+    "METHODS", "TTA_MODES", "BaselinePredictor", "MethodSpec", "Predictor", "UNetPredictor", "autocast_dtype",
+    "cpu_has_native_bf16", "parse_method",
 ]
 
 
@@ -80,7 +80,7 @@ class UNetPredictor:
         if channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
         self.input_multiple = int(model.card.input_multiple)
-        self._autocast_dtype = _autocast_dtype(torch, self.device) if amp else None
+        self._autocast_dtype = autocast_dtype(self.device, amp=amp)
         self._lock = threading.Lock()
 
     def __call__(self, batch: np.ndarray, *, params: dict[str, Any] | None = None) -> np.ndarray:
@@ -119,12 +119,19 @@ class UNetPredictor:
         with torch.inference_mode():
             if self._autocast_dtype is not None:
                 with torch.autocast(self.device.type, dtype=self._autocast_dtype):
-                    return self.network(x)[:, 0].float()
-            return self.network(x)[:, 0].float()
+                    return self.network(x)[:, 0]  # float32 whatever autocast computed in (Segmentator)
+            return self.network(x)[:, 0]
 
 
-def _autocast_dtype(torch: Any, device: Any) -> Any:
-    """bf16 (fp16 on GPUs without bf16), or None on a CPU without native bf16."""
+def autocast_dtype(device: Any, *, amp: bool = True) -> Any:
+    """The dtype the model computes in on ``device`` (a ``torch.device`` or its name) under
+    autocast: bf16 (fp16 on GPUs without bf16); None (float32) without ``amp`` or on a CPU
+    without native bf16."""
+    import torch
+
+    device = torch.device(device)
+    if not amp:
+        return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and cpu_has_native_bf16():
