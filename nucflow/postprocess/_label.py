@@ -382,6 +382,10 @@ def _significant(
     above the plateau's height minus ``dynamic`` that connect to it must hold nothing higher.
     Only components with several groups are tested: a lone group is the component's highest
     maximum, and :func:`_seeded` gives a component that lost every peak its first maximum back.
+    Written here rather than calling ``h_maxima`` on each such component's crop (the reference
+    in ``benchmarks/postprocess_reference.py`` does that) because it gives the same labels in
+    less than half the time: 1.0 against 2.3 CPU s of ``label_nuclei`` over 67 cached maps
+    (0.66 s with the rule off).
     """
     cols = components.shape[1]
     component_at = components.ravel()[at]
