@@ -63,6 +63,12 @@ def test_validation_table(data_root: Path, tiny_model: Path, tmp_path: Path, cap
     assert mean["dice_sd"] == pytest.approx(0.0, abs=1e-12)
     second = report.value("deepliif", "unet[second]", "dice")
     assert report.value("deepliif", "unet[mean]", "dice") == pytest.approx(second)
+    # each set's annotated nuclei: DeepLIIF's 188 + 61 outlines (data README), one per EndoNuke point
+    points = sum(len(f.read_text().splitlines()) - 1 for f in (data_root / "endonuke" / "points").iterdir())
+    nuclei = {(r["set"], r["method"]): r["nuclei"] for r in report.rows}
+    assert {nuclei["deepliif", m] for m in methods} == {249}
+    assert {nuclei["endonuke", m] for m in methods} == {points} and points > 0
+    assert {nuclei["overall", m] for m in methods} == {249 + points}
     # Ki67 labelling-index error where positivity is known (DeepLIIF), not on points without it
     assert report.value("deepliif", "threshold", "li_error") >= 0.0
     assert math.isnan(report.value("endonuke", "threshold", "li_error"))
@@ -74,7 +80,8 @@ def test_validate_cli(data_root: Path, tmp_path: Path) -> None:
                                        "--method", "threshold", "--method", "deconvolution", "--set", "endonuke",
                                        "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "| endonuke | deconvolution | 5 |" in result.output
+    points = sum(len(f.read_text().splitlines()) - 1 for f in (data_root / "endonuke" / "points").iterdir())
+    assert f"| endonuke | deconvolution | 5 | {points} |" in result.output
     rows = list(csv.DictReader((out / "validation.csv").open()))
     assert [(r["set"], r["method"]) for r in rows] == [("endonuke", "threshold"), ("endonuke", "deconvolution"),
                                                        ("overall", "threshold"), ("overall", "deconvolution")]

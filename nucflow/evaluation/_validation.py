@@ -95,21 +95,23 @@ class ValidationReport:
         raise KeyError((set_name, method))
 
     def markdown(self) -> str:
-        head = "| set | method | images | " + " | ".join(_TITLES[m] for m in VALIDATION_METRICS) + " |"
+        head = "| set | method | images | nuclei | " + " | ".join(_TITLES[m] for m in VALIDATION_METRICS) + " |"
         lines = [
             "# nucflow validation\n",
             f"nucflow {__version__}; sets: {', '.join(self.settings['sets'])}. Mean over each set's images, in %"
-            " (LI error in percentage points); `overall` = mean over sets; `±` = standard deviation over models.\n",
-            head, "|---|---|---:|" + "---:|" * len(VALIDATION_METRICS),
+            " (LI error in percentage points); `overall` = mean over sets; `±` = standard deviation over models;"
+            " `nuclei` = the annotated nuclei each set's figures rest on.\n",
+            head, "|---|---|---:|---:|" + "---:|" * len(VALIDATION_METRICS),
         ]
         for row in self.rows:
             cells = [_fmt(row, m) for m in VALIDATION_METRICS]
-            lines.append(f"| {row['set']} | {row['method']} | {row['images']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row['set']} | {row['method']} | {row['images']} | {row['nuclei']} | "
+                         + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
-        names = ["set", "method", "images", *VALIDATION_METRICS, *(f"{m}_sd" for m in VALIDATION_METRICS)]
+        names = ["set", "method", "images", "nuclei", *VALIDATION_METRICS, *(f"{m}_sd" for m in VALIDATION_METRICS)]
         writer = csv.DictWriter(buffer, fieldnames=names, extrasaction="ignore")
         writer.writeheader()
         for row in self.rows:
@@ -172,7 +174,8 @@ def validate(
     names = list(dict.fromkeys(r["method"] for r in rows))
     for name in names:
         mine = [r for r in rows if r["method"] == name]
-        overall = {"set": OVERALL, "method": name, "images": sum(r["images"] for r in mine)}
+        overall = {"set": OVERALL, "method": name, "images": sum(r["images"] for r in mine),
+                   "nuclei": sum(r["nuclei"] for r in mine)}
         for metric in VALIDATION_METRICS:
             overall[metric] = _nanmean([r[metric] for r in mine])
             overall[f"{metric}_sd"] = math.nan
@@ -205,7 +208,9 @@ def _label(model: str | Path, *, depth: int) -> str:
 def _set_row(set_name: str, name: str, method: str, report: Any) -> dict[str, Any]:
     mean = report.summary("mean")[method]
     pooled = report.summary("pooled")[method]
-    row: dict[str, Any] = {"set": set_name, "method": name, "images": len(report.scores)}
+    # ``nuclei``: the annotated nuclei (instances or points) the set's figures rest on
+    row: dict[str, Any] = {"set": set_name, "method": name, "images": len(report.scores),
+                           "nuclei": int(pooled["n_true"])}
     for metric in VALIDATION_METRICS:
         if metric == "li_error":
             row[metric] = abs(pooled["li_pred"] - pooled["li_true"])
@@ -216,7 +221,8 @@ def _set_row(set_name: str, name: str, method: str, report: Any) -> dict[str, An
 
 
 def _spread(set_name: str, method: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"set": set_name, "method": method, "images": rows[0]["images"] if rows else 0}
+    out: dict[str, Any] = {"set": set_name, "method": method, "images": rows[0]["images"] if rows else 0,
+                           "nuclei": rows[0]["nuclei"] if rows else 0}
     for metric in VALIDATION_METRICS:
         values = [r[metric] for r in rows if not math.isnan(r[metric])]
         out[metric] = statistics.fmean(values) if values else math.nan
