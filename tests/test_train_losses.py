@@ -111,6 +111,32 @@ def test_train_step_terms_and_updates(profile: str) -> None:
     assert not all(torch.equal(a, b) for a, b in zip(before, nets.d_s.parameters(), strict=True))
 
 
+def test_hematoxylin_cycle_target_rebuilds_the_hematoxylin_channel_under_ki67() -> None:
+    """``loss.cycle_target: hematoxylin``: R has one output channel, the warm start's cycle is
+    the L1 of R(pseudo-mask) against the tile's hematoxylin channel (computed here by hand), and
+    training is the "her2" profile's step for step while the card keeps ki67."""
+    loss = LossConfig(**{**TINY.loss.__dict__, "cycle_target": "hematoxylin"})
+    config = TrainConfig(**{**TINY.__dict__, "loss": loss})
+    assert config.stain_profile == "ki67" and config.hematoxylin_cycle and not TINY.hematoxylin_cycle
+    torch.manual_seed(0)
+    nets = build_nets(config)
+    b = _batch()
+    with torch.no_grad():
+        rebuilt = nets.r(b.pseudo)
+        assert rebuilt.shape == (2, 1, 32, 32)
+        expected = float((rebuilt - hematoxylin(b.x)).abs().mean())
+    warm = train_step(nets, b, step=0, config=config)
+    assert warm["cycle_ihc"] == pytest.approx(expected, rel=1e-6)
+    her2 = TrainConfig(**{**TINY.__dict__, "stain_profile": "her2"})
+    losses = {}
+    for name, cfg in (("option", config), ("her2", her2), ("rgb", TINY)):
+        torch.manual_seed(0)
+        run = build_nets(cfg)
+        losses[name] = [train_step(run, _batch(), step=step, config=cfg) for step in (0, 1, 2)]
+    assert losses["option"] == losses["her2"]
+    assert losses["option"][0]["cycle_ihc"] != losses["rgb"][0]["cycle_ihc"]
+
+
 def test_ablations_switch_terms_off() -> None:
     config = TrainConfig(**{**TINY.__dict__, "loss": LossConfig(consistency=0.0, cycle=0.0)})
     out = train_step(build_nets(config), _batch(), step=0, config=config)

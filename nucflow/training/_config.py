@@ -54,6 +54,9 @@ class LossConfig:
     colour-threshold pseudo-masks (Otsu on smoothed luminance) during the first
     ``pseudo_steps`` steps; R is then also fitted to rebuild the tile from its pseudo-mask.
     ``pseudo_anchor`` keeps that cross-entropy, with this weight, in the adversarial phase.
+    ``cycle_target`` "hematoxylin": R rebuilds, and D_R judges, the tile's hematoxylin channel
+    only, and S segments R's hematoxylin rendered alone in RGB (as the "her2" stain profile
+    always does: :attr:`TrainConfig.hematoxylin_cycle`); "rgb": the whole tile (the paper).
     """
 
     r: float = setting(60.0, positive())
@@ -66,6 +69,7 @@ class LossConfig:
     pseudo: float = setting(0.0, at_least(0))
     pseudo_steps: int = setting(0, at_least(0))
     pseudo_anchor: float = setting(0.0, at_least(0))
+    cycle_target: str = setting("rgb", one_of("rgb", "hematoxylin"))
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -179,6 +183,12 @@ class TrainConfig:
         if self.data.crop % 2**self.network.depth:
             multiple = f"be a multiple of 2**network.depth ({2**self.network.depth})"
             raise InvalidValue("data.crop", self.data.crop, multiple, template="{key} {value!r} must {requirement}")
+
+    @property
+    def hematoxylin_cycle(self) -> bool:
+        """R rebuilds, and D_R judges, the hematoxylin channel only: always for the "her2" stain
+        profile, and for any profile with ``loss.cycle_target: hematoxylin``."""
+        return self.stain_profile == "her2" or self.loss.cycle_target == "hematoxylin"
 
 
 def load_train_config(path: str | Path | None = None, **overrides: object) -> TrainConfig:

@@ -63,7 +63,7 @@ def build_nets(config: TrainConfig, *, wrap: Any = None) -> GanNets:
     is applied to each network before its optimiser is made."""
     wrap = wrap or (lambda m: m)
     n, o = config.network, config.optim
-    ihc_channels = 1 if config.stain_profile == "her2" else 3
+    ihc_channels = 1 if config.hematoxylin_cycle else 3
     mask_channels = HEADS[config.data.head]
     s = wrap(build_unet(n, 3, mask_channels))
     r = wrap(build_unet(n, mask_channels, ihc_channels))
@@ -90,12 +90,12 @@ def current_r(config: TrainConfig, step: int) -> float:
 
 
 def _ihc_target(config: TrainConfig, x: torch.Tensor) -> torch.Tensor:
-    return hematoxylin(x) if config.stain_profile == "her2" else x
+    return hematoxylin(x) if config.hematoxylin_cycle else x
 
 
 def _as_rgb(config: TrainConfig, ihc: torch.Tensor) -> torch.Tensor:
-    """R's output as S's RGB input; for "her2", the hematoxylin channel alone rendered in RGB."""
-    if config.stain_profile != "her2":
+    """R's output as S's RGB input; for a hematoxylin cycle, that channel alone rendered in RGB."""
+    if not config.hematoxylin_cycle:
         return ihc
     h = (ihc + 1.0) / 2.0 * HEMATOXYLIN_MAX
     hed = torch.cat([h, torch.zeros_like(h), torch.zeros_like(h)], dim=1)
