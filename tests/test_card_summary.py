@@ -27,7 +27,7 @@ def test_bundled_card_has_no_machine_path_and_its_weights_are_unchanged() -> Non
     path = default_model_path()
     assert path is not None
     loaded = load_model(path)
-    assert loaded.card.model_id == "760840250c6caa1b" and loaded.card.members == 3
+    assert loaded.card.model_id == "474e374e9b78f78c" and loaded.card.members == 3
     card = json.loads(Path(path).with_suffix(".json").read_text())
     assert [s for s in _strings(card) if ABSOLUTE.search(s)] == []
     members = card["training"]["ensemble"]
