@@ -25,7 +25,9 @@ CARD_FORMAT = "nucflow-model-card"
 CARD_VERSION = 1
 #: "minus_one_one": RGB in [0, 1] is mapped to [-1, 1] before the UNet (pix2pix convention).
 NORMALISATIONS = ("minus_one_one",)
-#: "ki67": R and D_R work on RGB; "her2": on the hematoxylin channel only (membranous stains).
+#: The stain profile a model is post-processed with. In training, "her2" makes R and D_R work on
+#: the hematoxylin channel only (membranous stains); "ki67" on RGB, or on hematoxylin too with
+#: ``loss.cycle_target: hematoxylin`` (the bundled model since session s30).
 STAIN_PROFILES = ("ki67", "her2")
 #: S's output channels per head. "mask": one, the nucleus mask. "interior": two, the nucleus mask
 #: and its interior (each nucleus eroded, also where two touch); the probability map is their mean,
