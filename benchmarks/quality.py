@@ -8,7 +8,7 @@ Usage (from the repository root)::
 
 Every model (each at every ``--model-mpp``) and both baselines run once per validation tile
 (``nucflow.pipeline.image.segment_image``, the steps ``segment`` takes); their probability
-maps are cached under ``--cache`` (float32 and bf16 maps apart: :func:`cache_key`) and then
+maps are cached under ``--cache`` (per weights, and float32 and bf16 maps apart: :func:`cache_key`) and then
 post-processed with every combination of the ``--vary`` settings of the stain profile. Each
 combination gets the validation table of ``nucflow validate`` (mean over each set's images,
 then over sets; mean and spread over the models), and ``sweep.md`` lists them side by side.
@@ -100,13 +100,15 @@ def _runs(models: list[str], model_mpps: list[float | None], baselines: list[str
     return runs
 
 
-def cache_key(run: dict[str, Any], set_name: str, *, autocast: Any = None) -> str:
-    """The cache folder of ``run``'s maps of one set: its method, model, resolution and
-    augmentation, and the dtype the model computed in under autocast (``autocast_dtype``: bf16
-    on a CPU with native bf16); float32 maps (None) keep the key they had before it was part
-    of it."""
+def cache_key(run: dict[str, Any], set_name: str, *, autocast: Any = None, model_id: str | None = None) -> str:
+    """The cache folder of ``run``'s maps of one set: its method, model (path, and ``model_id``,
+    the hash of its weights, so new weights at the same path, e.g. a re-exported bundled model,
+    are never read back as the old ones' maps), resolution and augmentation, and the dtype the
+    model computed in under autocast (``autocast_dtype``: bf16 on a CPU with native bf16)."""
     parts = [run["method"], run["model"] and str(Path(run["model"]).resolve()), run["model_mpp"], set_name, run["tta"]]
-    return hashlib.sha256(json.dumps(parts + ([] if autocast is None else [str(autocast)])).encode()).hexdigest()[:16]
+    parts += [] if autocast is None else [str(autocast)]
+    parts += [] if model_id is None else [model_id]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def _probabilities(run: dict[str, Any], vset: Any, cache: Path, *, register: bool = False) -> list[dict[str, Any]]:
@@ -114,9 +116,9 @@ def _probabilities(run: dict[str, Any], vset: Any, cache: Path, *, register: boo
     config = replace(load_segment_config(), method=run["method"], model=run["model"], model_mpp=run["model_mpp"])
     # the predictor below runs on the CPU (build_predictor's default device)
     numerics = autocast_dtype("cpu", amp=config.inference.amp) if run["method"] == "unet" else None
-    key = cache_key(run, vset.name, autocast=numerics)
     config = replace(config, inference=replace(config.inference, tta=run["tta"]))
     spec = method_spec(config)
+    key = cache_key(run, vset.name, autocast=numerics, model_id=spec.model_id if run["method"] == "unet" else None)
     shrink = mask_shrink_um(spec)  # from the card, at the working resolution (never cached)
     interior = interior_markers(spec)
     predictor = None

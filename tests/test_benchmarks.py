@@ -79,6 +79,9 @@ def test_quality_caches_bf16_maps_apart_from_float32_ones(tmp_path: Path) -> Non
     assert cache_key(unet, "endonuke") not in keys  # and per set
     assert cache_key({**unet, "tta": "flips"}, "glioma") not in keys
     assert autocast_dtype("cpu", amp=False) is None  # amp off: float32, the plain key
+    # other weights at the same path (a re-exported model) get other maps
+    new, old = (cache_key(unet, "glioma", model_id=i) for i in ("474e374e9b78f78c", "760840250c6caa1b"))
+    assert new != old and new not in keys
 
 
 def test_mirrored_field_equals_symmetric_padding() -> None:
