@@ -34,6 +34,11 @@ def data_root(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return root
 
 
+def _points(data_root: Path) -> int:
+    """The EndoNuke points of the data root: one CSV row (after the header) per nucleus."""
+    return sum(len(f.read_text().splitlines()) - 1 for f in (data_root / "endonuke" / "points").iterdir())
+
+
 def test_validation_table(data_root: Path, tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     other = tmp_path / "second" / "model.safetensors"
     other.parent.mkdir()
@@ -64,7 +69,7 @@ def test_validation_table(data_root: Path, tiny_model: Path, tmp_path: Path, cap
     second = report.value("deepliif", "unet[second]", "dice")
     assert report.value("deepliif", "unet[mean]", "dice") == pytest.approx(second)
     # each set's annotated nuclei: DeepLIIF's 188 + 61 outlines (data README), one per EndoNuke point
-    points = sum(len(f.read_text().splitlines()) - 1 for f in (data_root / "endonuke" / "points").iterdir())
+    points = _points(data_root)
     nuclei = {(r["set"], r["method"]): r["nuclei"] for r in report.rows}
     assert {nuclei["deepliif", m] for m in methods} == {249}
     assert {nuclei["endonuke", m] for m in methods} == {points} and points > 0
@@ -80,7 +85,7 @@ def test_validate_cli(data_root: Path, tmp_path: Path) -> None:
                                        "--method", "threshold", "--method", "deconvolution", "--set", "endonuke",
                                        "-o", str(out)])
     assert result.exit_code == 0, result.output
-    points = sum(len(f.read_text().splitlines()) - 1 for f in (data_root / "endonuke" / "points").iterdir())
+    points = _points(data_root)
     assert f"| endonuke | deconvolution | 5 | {points} |" in result.output
     rows = list(csv.DictReader((out / "validation.csv").open()))
     assert [(r["set"], r["method"]) for r in rows] == [("endonuke", "threshold"), ("endonuke", "deconvolution"),
