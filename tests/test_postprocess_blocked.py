@@ -289,6 +289,24 @@ def test_grown_labels_blocked_equal_the_whole_map(tmp_path: Path):
     assert np.allclose(sorted_centroids(blocked), expected, atol=1e-9)
 
 
+def test_a_window_grows_its_nuclei_as_the_whole_map_does() -> None:
+    """``within`` leaves a component outside the window unlabelled, yet it still stops the growth
+    of a window's nucleus 2 px away as its own label does in the whole map (grown by 3 px, the
+    window's nucleus would otherwise spread over it)."""
+    from dataclasses import replace
+
+    config = replace(CONFIG, median_size=1, opening_radius=0, closing_radius=0, min_area_um2=1.0, expand_um=3.0)
+    prob = np.zeros((32, 48), np.uint8)
+    prob[10:20, 10:20] = 230  # in the window (columns < 22)
+    prob[10:20, 23:33] = 230  # its bounding box misses the window: left unlabelled
+    whole = label_nuclei(prob, mpp=MPP, config=config)
+    window = label_nuclei(prob, mpp=MPP, config=config, within=(0, 32, 0, 22))
+    inside = whole == whole[15, 15]
+    assert inside.sum() > 100 and whole[15, 28] > 0 and not (inside & (prob > 0))[:, 23:].any()
+    assert np.array_equal(window == window[15, 15], inside)
+    assert window[15, 28] == 0 and (window > 0).sum() == inside.sum()  # the outside nucleus stays 0
+
+
 def test_interior_marker_labels_blocked_equal_the_whole_map(tmp_path: Path):
     """An "interior" head's map (edges ~0.5, interiors ~1): blocks label as the whole map does."""
     from dataclasses import replace

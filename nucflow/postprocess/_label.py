@@ -73,8 +73,9 @@ def label_nuclei(
     within : (row0, row1, col0, col1), optional
         Only nuclei that can have their centroid in this window are wanted (a block's core):
         connected foreground components whose bounding box misses it are not split or
-        labelled (0). The other labels are the same, renumbered in the same order. Ignored
-        when labels are grown (``expand_um``): growth depends on the neighbours.
+        labelled (0). The other labels are the same, renumbered in the same order. When labels
+        are grown (``expand_um``), the components left unlabelled still block the growth, as
+        their nuclei would.
 
     Returns
     -------
@@ -82,8 +83,15 @@ def label_nuclei(
         0 for background, 1..N for nuclei.
     """
     px = config.in_pixels(mpp)
-    labels = split_labels(prob, mpp=mpp, config=config, device=device, within=None if px.expansion else within)
-    if px.expansion:
+    labels, mask = _split(prob, mpp=mpp, config=config, device=device, within=within)
+    if px.expansion and within is not None:
+        # Growth goes into background only: the components left unlabelled (their bounding box
+        # misses ``within``; every other component is labelled whole) stop it where their
+        # nuclei would, as one extra label removed afterwards.
+        blocker = int(labels.max(initial=0)) + 1
+        labels = expand_labels(np.where(mask & (labels == 0), blocker, labels), px.expansion)
+        labels[labels == blocker] = 0
+    elif px.expansion:
         labels = expand_labels(labels, px.expansion)
     keep = plausible(labels, px=px)
     if px.erosion:
@@ -102,8 +110,15 @@ def split_labels(
 
     Threshold, filters, markers and watershed (:func:`split_touching`); each label is a
     marker's number (``ndi.label`` order of the markers, so in the order of the final
-    labels), with gaps. ``within`` as in :func:`label_nuclei`, without the growth exception.
+    labels), with gaps. ``within`` as in :func:`label_nuclei`.
     """
+    return _split(prob, mpp=mpp, config=config, device=device, within=within)[0]
+
+
+def _split(
+    prob: np.ndarray, *, mpp: float, config: PostprocessConfig, device: str, within: tuple[int, int, int, int] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`split_labels`' labels and the foreground mask they split (on the host)."""
     px = config.in_pixels(mpp)
     on = backend(device)
     prob = on.asarray(as_uint8_probability(prob))
@@ -113,8 +128,9 @@ def split_labels(
         peaks = _majority(prob >= math.ceil((1.0 + config.threshold) / 2.0 * 255.0), config.median_size, on) & mask
     else:
         squared, peaks = distance_maxima(mask, px=px, on=on)
-    return split_touching(on.to_host(mask), px=px, squared=on.to_host(squared), peaks=on.to_host(peaks),
-                          within=within, spaced=not config.interior_markers)
+    host = on.to_host(mask)
+    return split_touching(host, px=px, squared=on.to_host(squared), peaks=on.to_host(peaks),
+                          within=within, spaced=not config.interior_markers), host
 
 
 def foreground_mask(
