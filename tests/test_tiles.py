@@ -161,6 +161,19 @@ def test_segment_and_evaluate_give_the_same_nuclei(lung1: Path, tmp_path: Path, 
     assert row["n_pred"] == len(table) and row["n_true"] == LUNG1_NUCLEI
 
 
+def test_a_shrunk_model_is_grown_on_top_of_the_profiles_growth() -> None:
+    """The card's shrink undoes what the model learnt; the profile's growth (ki67: 0.25 µm) is
+    post-processing chosen on validation: the two add, and a plain model keeps the profile's."""
+    from nucflow.pipeline.image import adapt_profile
+    from nucflow.postprocess import load_stain_profile
+
+    ki67 = load_stain_profile("ki67")
+    assert ki67.expand_um == 0.25
+    assert adapt_profile(ki67, shrink_um=1.0).expand_um == pytest.approx(1.25)
+    assert adapt_profile(ki67).expand_um == 0.25
+    assert ki67.in_pixels(0.25).expansion == 1 and ki67.in_pixels(0.5).expansion == 0  # the baselines' 0.5 µm/px
+
+
 def test_shrink_scales_with_the_working_resolution(shrunk_model: Path) -> None:
     """The model shrinks nuclei by a number of its own pixels: run at half its card's µm/px, that
     is half as many µm, and the labels are grown back by as much."""

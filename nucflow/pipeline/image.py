@@ -98,7 +98,7 @@ def interior_markers(spec: MethodSpec) -> bool:
 
 def postprocess_profile(config: SegmentConfig, *, shrink_um: float = 0.0, interior: bool = False) -> Any:
     """The stain profile of ``config`` (see :func:`with_stain_profile`), growing labels back by
-    ``shrink_um`` (see :func:`mask_shrink_um`), with markers from interiors when ``interior``
+    ``shrink_um`` more (see :func:`mask_shrink_um`), with markers from interiors when ``interior``
     (see :func:`interior_markers`)."""
     from nucflow.postprocess import load_stain_profile
 
@@ -107,9 +107,11 @@ def postprocess_profile(config: SegmentConfig, *, shrink_um: float = 0.0, interi
 
 
 def adapt_profile(profile: Any, *, shrink_um: float = 0.0, interior: bool = False) -> Any:
-    """``profile`` growing labels back by ``shrink_um`` (when not 0) and taking its watershed
-    markers from interiors when ``interior``: the two settings a model card decides."""
-    profile = replace(profile, expand_um=shrink_um) if shrink_um else profile
+    """``profile`` growing labels back by ``shrink_um`` (when not 0) on top of the profile's own
+    ``expand_um``, and taking its watershed markers from interiors when ``interior``: the two
+    settings a model card decides. The two growths add: the card's undoes the shrink the model
+    learnt, the profile's is the post-processing chosen on the validation table."""
+    profile = replace(profile, expand_um=profile.expand_um + shrink_um) if shrink_um else profile
     return replace(profile, interior_markers=True) if interior else profile
 
 

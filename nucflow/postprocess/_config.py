@@ -58,8 +58,11 @@ class PostprocessConfig:
     A nucleus is DAB-positive when its mean DAB optical density is at least ``dab_threshold``
     and at least ``dab_min_fraction`` of its hematoxylin + DAB density (dark hematoxylin
     leaks into the DAB channel of the standard stain vectors). ``expand_um`` grows every
-    label by that many µm after the watershed (into background only): it is set from the
-    model card of a model trained on shrunk masks (``mask_shrink_um``), never in a profile.
+    label by that many µm after the watershed (into background only), before the size limits;
+    a profile may set it (``ki67``: 0.25, chosen on the validation table), and a model trained
+    on shrunk masks adds its card's ``mask_shrink_um`` to it. It is rounded to
+    whole pixels (0.25 µm is 1 px at the bundled model's 0.25 µm/px and 0 px at
+    the baselines' 0.5 µm/px: they are not grown).
     ``interior_markers`` is set from the model card of an "interior" head (the map is the mean of
     S's mask and interior channels), never in a profile: nuclei are the map at or above
     ``threshold / 2`` and the watershed markers are the interiors, the map at or above
