@@ -59,10 +59,9 @@ class PostprocessConfig:
     and at least ``dab_min_fraction`` of its hematoxylin + DAB density (dark hematoxylin
     leaks into the DAB channel of the standard stain vectors). ``expand_um`` grows every
     label by that many µm after the watershed (into background only), before the size limits;
-    a profile may set it (``ki67``: 0.25, chosen on the validation table), and a model trained
-    on shrunk masks adds its card's ``mask_shrink_um`` to it. It is rounded to
-    whole pixels (0.25 µm is 1 px at the bundled model's 0.25 µm/px and 0 px at
-    the baselines' 0.5 µm/px: they are not grown).
+    a profile may set it (``ki67`` does, chosen on the validation table), and a model trained
+    on shrunk masks adds its card's ``mask_shrink_um`` to it. It is rounded to whole pixels
+    (0.25 µm is 1 px at 0.25 µm/px, the bundled model's, and 0 px at 0.5 µm/px, the baselines').
     ``interior_markers`` is set from the model card of an "interior" head (the map is the mean of
     S's mask and interior channels), never in a profile: nuclei are the map at or above
     ``threshold / 2`` and the watershed markers are the interiors, the map at or above
