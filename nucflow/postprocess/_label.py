@@ -58,7 +58,7 @@ def label_nuclei(
     Threshold, median filter, opening and closing, optional filling of nucleus-sized holes,
     distance transform, markers at its local maxima (or, for an "interior" head, the
     interiors: see ``PostprocessConfig.interior_markers``), watershed; labels grown by
-    ``expand_um`` (models trained on shrunk masks); objects smaller than
+    ``expand_um`` (the profile's, plus a shrunk model's card); objects smaller than
     ``min_area_um2`` or wider than ``max_diameter_um`` are dropped; then the optional
     per-nucleus erosion (HER2), and labels renumbered 1..N.
 
