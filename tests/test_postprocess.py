@@ -406,6 +406,25 @@ def test_expansion_grows_each_nucleus_into_background_only():
     assert labels[15, 5] == 0 and labels[15, 38] == 0
 
 
+def test_one_pixel_growth_equals_expand_labels_ties_included():
+    # grow_labels' one-pixel path (four shifted views) must give expand_labels' labels, also
+    # where a background pixel touches several labels (dense random labels, then real splits).
+    from skimage.segmentation import expand_labels
+
+    from nucflow.postprocess._label import grow_labels, split_labels
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        shape = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
+        labels = (rng.integers(1, 7, shape) * (rng.random(shape) < rng.uniform(0.05, 0.9))).astype(np.int32)
+        np.testing.assert_array_equal(grow_labels(labels, 1), expand_labels(labels, 1))
+    for seed in (0, 1):
+        labels = split_labels(_cluttered_map(seed), mpp=MPP, config=KI67)
+        assert labels.max() > 10
+        np.testing.assert_array_equal(grow_labels(labels, 1), expand_labels(labels, 1))
+        np.testing.assert_array_equal(grow_labels(labels, 2), expand_labels(labels, 2))
+
+
 def interior_map(shape: tuple[int, int], centres: list[tuple[int, int]], radius: float, core: float) -> np.ndarray:
     """An "interior" head's map: the mean of a mask channel (discs of ``radius``) and an interior
     channel (discs of ``core`` around the same centres): 255 in interiors, ~128 on edges."""

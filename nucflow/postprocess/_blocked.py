@@ -289,7 +289,7 @@ def _block_table(
     core = (block.core[0] - r0, block.core[1] - r0, block.core[2] - c0, block.core[3] - c0)
     # Nuclei of components away from the core cannot be owned: they are left unlabelled.
     px = config.in_pixels(geometry.mpp)
-    if px.expansion or px.erosion:  # growth and erosion need the filtered labels
+    if px.erosion:  # erosion needs the filtered labels
         labels = label_nuclei(prob, mpp=geometry.mpp, config=config, device=device, within=core)
         stats = region_stats(labels)
         keep = None

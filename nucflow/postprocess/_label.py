@@ -23,7 +23,7 @@ from nucflow.postprocess._config import PixelSizes, PostprocessConfig
 from nucflow.postprocess._device import ArrayBackend, backend
 from nucflow.postprocess._features import Runs
 
-__all__ = ["as_uint8_probability", "label_nuclei"]
+__all__ = ["as_uint8_probability", "grow_labels", "label_nuclei"]
 
 
 def as_uint8_probability(prob: np.ndarray) -> np.ndarray:
@@ -83,16 +83,7 @@ def label_nuclei(
         0 for background, 1..N for nuclei.
     """
     px = config.in_pixels(mpp)
-    labels, mask = _split(prob, mpp=mpp, config=config, device=device, within=within)
-    if px.expansion and within is not None:
-        # Growth goes into background only: the components left unlabelled (their bounding box
-        # misses ``within``; every other component is labelled whole) stop it where their
-        # nuclei would, as one extra label removed afterwards.
-        blocker = int(labels.max(initial=0)) + 1
-        labels = expand_labels(np.where(mask & (labels == 0), blocker, labels), px.expansion)
-        labels[labels == blocker] = 0
-    elif px.expansion:
-        labels = expand_labels(labels, px.expansion)
+    labels = split_labels(prob, mpp=mpp, config=config, device=device, within=within)
     keep = plausible(labels, px=px)
     if px.erosion:
         labels = erode_labels(np.where(np.take(keep, labels), labels, 0), px.erosion)
@@ -106,13 +97,48 @@ def split_labels(
     prob: np.ndarray, *, mpp: float, config: PostprocessConfig, device: str = "cpu",
     within: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
-    """The labels of :func:`label_nuclei` before they are grown, filtered and renumbered.
+    """The labels of :func:`label_nuclei` before they are filtered and renumbered.
 
-    Threshold, filters, markers and watershed (:func:`split_touching`); each label is a
-    marker's number (``ndi.label`` order of the markers, so in the order of the final
-    labels), with gaps. ``within`` as in :func:`label_nuclei`.
+    Threshold, filters, markers and watershed (:func:`split_touching`), then the growth by
+    ``expand_um``; each label is a marker's number (``ndi.label`` order of the markers, so in
+    the order of the final labels), with gaps. ``within`` as in :func:`label_nuclei`.
     """
-    return _split(prob, mpp=mpp, config=config, device=device, within=within)[0]
+    px = config.in_pixels(mpp)
+    labels, mask = _split(prob, mpp=mpp, config=config, device=device, within=within)
+    if px.expansion and within is not None:
+        # Growth goes into background only: the components left unlabelled (their bounding box
+        # misses ``within``; every other component is labelled whole) stop it where their
+        # nuclei would, as one extra label removed afterwards.
+        blocker = int(labels.max(initial=0)) + 1
+        labels = grow_labels(np.where(mask & (labels == 0), blocker, labels), px.expansion)
+        labels[labels == blocker] = 0
+    elif px.expansion:
+        labels = grow_labels(labels, px.expansion)
+    return labels
+
+
+def grow_labels(labels: np.ndarray, distance: int) -> np.ndarray:
+    """``skimage.segmentation.expand_labels(labels, distance)``: every background pixel
+    within ``distance`` px (Euclidean) of a label takes its nearest label's number.
+
+    One pixel, the ``ki67`` profile's growth at 0.25 µm/px, is four shifted views instead of
+    ``expand_labels``' distance transform with indices over the whole block (15x less CPU on
+    a 0.5 MP map of 432 nuclei): a pixel 1 px from a label is 4-adjacent to it (diagonals
+    are sqrt(2) away), and where several 4-neighbours are labelled, ``expand_labels`` takes
+    the left one, else the upper, else the lower, else the right (the order of scipy's
+    feature transform), as here; tests/test_postprocess.py compares the two, ties included.
+    Other distances call ``expand_labels``. ``benchmarks/postprocess_reference.py`` keeps
+    ``expand_labels``, so the suite checks the two give the same tables.
+    """
+    if distance != 1:
+        return expand_labels(labels, distance)
+    padded = np.pad(labels, 1)
+    out = labels.copy()
+    background = labels == 0
+    # The least preferred neighbour first, so the preferred one is written last and wins.
+    for neighbour in (padded[1:-1, 2:], padded[2:, 1:-1], padded[:-2, 1:-1], padded[1:-1, :-2]):
+        np.copyto(out, neighbour, where=background & (neighbour != 0))
+    return out
 
 
 def _split(
