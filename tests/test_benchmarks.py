@@ -118,6 +118,7 @@ def test_memory_sampler_counts_child_processes() -> None:
         child.wait()
 
 
+@pytest.mark.e2e
 def test_suite_runs_on_a_tiny_slide(shared_data: Path, tmp_path: Path, bundled_member_model: Path) -> None:
     out = tmp_path / "out"
     # One trained network: the suite's sections, at a third of the bundled ensemble's model time.

@@ -40,7 +40,7 @@ NUCFLOW = str(VENV_BIN / "nucflow")
 #: Ray nodes, jobs and Ray Train take minutes, and no test asserts on how long anything took.
 PATIENCE_S = 900
 
-pytestmark = pytest.mark.timeout(3 * PATIENCE_S)
+pytestmark = [pytest.mark.timeout(3 * PATIENCE_S), pytest.mark.e2e]
 
 
 @dataclass(frozen=True)

@@ -385,6 +385,7 @@ def test_killed_model_actor_is_replaced_and_its_tiles_retried(
     assert len(_table(tmp_path, "demo")) == len(_table(unet_run[0], "demo"))
 
 
+@pytest.mark.e2e
 def test_resume_after_a_real_kill_ends_with_the_same_table(tmp_path: Path, tiny_model: Path, kill_mid_run) -> None:
     slide = write_svs(tmp_path / "big.svs", demo_ihc_image(repeats=4), mpp=0.5)  # 2048 px
     config = tmp_path / "segment.yaml"  # 128 px tiles with 64 px cores: 1024 tiles, seconds of work

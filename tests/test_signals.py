@@ -29,6 +29,8 @@ VENV_BIN = Path(sys.executable).parent
 NUCFLOW = [sys.executable, "-m", "nucflow"]
 _WAIT_S = 600  # generous: a loaded 2-core machine starts Ray in minutes, not seconds
 
+pytestmark = pytest.mark.e2e  # every test here starts real runs and Ray heads of its own
+
 
 def _ray_env(ray_tmp: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}

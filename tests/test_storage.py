@@ -167,6 +167,7 @@ def test_segment_reads_a_slide_from_the_bucket_like_the_local_file(
     _same_table(_table(tmp_path / "remote", "small"), local_table)
 
 
+@pytest.mark.e2e
 def test_outputs_in_the_bucket_resume_there_and_equal_a_local_run(
     s3: dict[str, str], local_table: gpd.GeoDataFrame, tmp_path: Path
 ) -> None:
@@ -211,6 +212,7 @@ def test_outputs_in_the_bucket_resume_there_and_equal_a_local_run(
     assert skipped.returncode == 0 and "skipped" in skipped.stdout, skipped.stdout + skipped.stderr[-2000:]
 
 
+@pytest.mark.e2e
 def test_a_run_killed_while_writing_to_the_bucket_resumes_there_to_the_local_table(
     s3: dict[str, str], tmp_path: Path, kill_mid_run
 ) -> None:
